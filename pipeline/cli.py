@@ -1,0 +1,258 @@
+"""The ``caption`` command: parse options, build one frozen config, run, map errors to exit codes.
+
+The only module that reads the environment (the API key, by the variable name
+the config gives) and the only one that builds production dependencies.
+
+Exit codes: 0 all rows ok/filtered; 1 some rows error; 2 bad usage, config or
+manifest (nothing sent); 3 stopped early (auth/quota/model, budget, breaker;
+resumable); 130 interrupted (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .config import Config, load_config, override_flags, parse_override
+from .errors import ConfigError, InterruptedRunError, ManifestError, PipelineError
+from .journal import Journal
+from .manifest import inspect_manifest
+from .models import RunTotals
+from .progress import BarProgress, LogProgress, NoProgress, Progress
+from .request import missing_columns
+
+log = logging.getLogger("caption")
+
+RUN_EPILOG = """examples:
+  caption run data/manifest.csv --out runs/demo --config configs/demo.toml --simulate
+  caption run images.jsonl --out runs/night1 --model gpt-4o-mini --rpm 3000 --tpm 2000000
+  caption run folder/ --out runs/labels --config configs/labels.toml --max-cost 25
+Re-running the same command on the same --out resumes: finished rows are never sent again."""
+
+
+class _SecretFilter(logging.Filter):
+    """Last line of defence: a key that reached a log message is masked."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self._secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self._secret in message:
+            record.msg, record.args = message.replace(self._secret, "***"), None
+        return True
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("config overrides (any config key, by its name)")
+    for flag, dotted in sorted(override_flags().items()):
+        group.add_argument(f"--{flag}", dest=f"override__{flag}", metavar="VALUE", help=dotted)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="caption", description="Batch image captioning against OpenAI-compatible vision endpoints.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="caption a manifest (resumable)", epilog=RUN_EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("manifest", type=Path, help="CSV, TSV, JSONL, Parquet, a text list of images, or a folder")
+    run.add_argument("--out", type=Path, required=True, help="output folder (results.parquet, journal/, run.json)")
+    run.add_argument("--config", type=Path, help="TOML config (defaults fill what it leaves out)")
+    run.add_argument("--simulate", action="store_true", help="start the local simulator and run against it (no key, no network)")
+    run.add_argument("--retry-errors", action="store_true", help="also retry rows whose earlier error was not retryable")
+    run.add_argument("--force", action="store_true", help="resume even though the request parameters changed")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar; a periodic log line instead")
+    _add_overrides(run)
+
+    sim = sub.add_parser("simulate", help="serve a local OpenAI-compatible vision endpoint",
+                         epilog="example: caption simulate --port 8000 --rpm 600 --latency-median 1.5 --fault 503=0.02")
+    sim.add_argument("--port", type=int, default=8000)
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--latency-median", type=float, default=0.5, help="seconds")
+    sim.add_argument("--latency-p99", type=float, default=2.0, help="seconds")
+    sim.add_argument("--rpm", type=int)
+    sim.add_argument("--tpm", type=int)
+    sim.add_argument("--burst-window", type=float, default=1.0, help="seconds of the short-window burst cap")
+    sim.add_argument("--burst-factor", type=float, default=2.0)
+    sim.add_argument("--fault", action="append", default=[], metavar="KIND=RATE",
+                     help="inject a fault at a rate, e.g. 503=0.02 (kinds: 500 502 503 429 reset stall truncated "
+                          "nonjson nochoices invalid_image_url filter_completion filter_prompt quota auth)")
+    sim.add_argument("--stall", type=float, default=30.0, help="seconds a 'stall' fault holds the response")
+    sim.add_argument("--api-key-env", help="require the key held in this environment variable")
+    sim.add_argument("--header-style", choices=["openai", "azure"], default="openai")
+    sim.add_argument("--any-model", action="store_true", help="accept any model name")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--log", help="append one JSON line per request to this file")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values = {}
+    for name, raw in vars(args).items():
+        if name.startswith("override__") and raw is not None:
+            dotted, value = parse_override(name.removeprefix("override__"), raw)
+            values[dotted] = value
+    return values
+
+
+def _setup_logging(verbosity: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbosity >= 1 else logging.INFO)
+    log.propagate = False
+
+
+def _api_key(config: Config, *, simulate: bool) -> str | None:
+    key = os.environ.get(config.endpoint.api_key_env) or None
+    if key is None and not simulate and not _is_loopback(config.endpoint.base_url):
+        raise ConfigError(f"no API key: set the environment variable {config.endpoint.api_key_env} "
+                          "(or point endpoint.api_key_env at the variable that holds it)", key="endpoint.api_key_env",
+                          path=config.source)
+    return key
+
+
+def _is_loopback(url: str) -> bool:
+    host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _progress(total: int, initial: int, *, no_progress: bool) -> Progress:
+    if no_progress or not sys.stderr.isatty():
+        return LogProgress(total=total) if total > 0 else NoProgress()
+    return BarProgress(total=total, initial=initial)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .simulator import SimConfig, SimulatorApp, SimulatorServer
+
+    config = load_config(args.config, overrides=_overrides(args))
+    info = inspect_manifest(args.manifest, url_column=config.manifest.url_column, id_column=config.manifest.id_column)
+    for template, key in ((config.request.prompt, "request.prompt"), (config.request.system or "", "request.system")):
+        missing = missing_columns(template, [*info.columns, config.manifest.url_column, config.manifest.id_column])
+        if missing:
+            raise ManifestError(str(args.manifest), f"{key} uses {{{missing[0]}}} but the manifest has no such column "
+                                                    f"(columns: {', '.join(info.columns)})")
+    journal = Journal(args.out)
+    from .runner import check_resume
+
+    check_resume(journal, config, force=args.force)
+    api_key = _api_key(config, simulate=args.simulate)
+    if api_key:
+        log.addFilter(_SecretFilter(api_key))
+    if not args.simulate:
+        return anyio.run(_run_async, config, args, info.rows, journal, api_key)
+    app = SimulatorApp(SimConfig(latency_median_s=0.05, latency_p99_s=0.4, accept_any_model=True))
+    with SimulatorServer(app, log_level="error") as sim:
+        log.info("simulator listening on %s", sim.base_url)
+        config = _with_base_url(config, sim.base_url)
+        return anyio.run(_run_async, config, args, info.rows, journal, api_key)
+
+
+def _with_base_url(config: Config, base_url: str) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(config, endpoint=dataclasses.replace(config.endpoint, base_url=base_url))
+
+
+async def _run_async(config: Config, args: argparse.Namespace, total_rows: int, journal: Journal, api_key: str | None) -> int:
+    from .breaker import CircuitBreaker
+    from .client import VisionClient, make_http_client
+    from .ratelimit import RateLimiter
+    from .runner import Runner, RunnerDeps
+
+    limits = config.limits
+    async with make_http_client(concurrency=limits.concurrency, timeout_s=config.endpoint.timeout_s) as http:
+        client = VisionClient(http, base_url=config.endpoint.base_url, api_key=api_key, timeout_s=config.endpoint.timeout_s)
+        limiter = RateLimiter(rpm=limits.rpm, tpm=limits.tpm, clock=time.monotonic, sleep=anyio.sleep)
+        deps = RunnerDeps(client=client, journal=journal, limiter=limiter, breaker=CircuitBreaker(),
+                          progress=_progress(total_rows, 0, no_progress=args.no_progress))
+        runner = Runner(config, deps, manifest_path=args.manifest, total_rows=total_rows, retry_errors=args.retry_errors)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signals, runner, tg.cancel_scope)
+            try:
+                totals = await runner.run()
+            except PipelineError as exc:
+                _print_summary(runner.totals, journal, stopped=exc)
+                raise
+            finally:
+                tg.cancel_scope.cancel()
+    _print_summary(totals, journal, stopped=None)
+    return 1 if _errors_in_results(journal) else 0
+
+
+async def _stop_on_signals(runner: Any, scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            runner.request_stop(InterruptedRunError(f"interrupted by {name}; re-run the same command to resume"))
+
+
+def _errors_in_results(journal: Journal) -> bool:
+    import polars as pl
+
+    return bool(pl.scan_parquet(journal.results_path).filter(pl.col("status") == "error").select(pl.len()).collect().item())
+
+
+def _print_summary(totals: RunTotals, journal: Journal, *, stopped: PipelineError | None) -> None:
+    verb = "stopped" if stopped else "finished"
+    remaining = max(0, totals.total - totals.skipped - totals.done)
+    print(
+        f"caption: {verb}: {totals.done} rows this run (ok {totals.ok}, filtered {totals.filtered}, error {totals.error}, "
+        f"flagged {totals.flagged}), {totals.skipped} already done, {remaining} left; {totals.requests} requests, "
+        f"{totals.prompt_tokens} prompt + {totals.completion_tokens} completion tokens, ${totals.cost_usd:.4f}; "
+        f"results: {journal.results_path}",
+        file=sys.stderr,
+    )
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulator import FAULT_KINDS, SimConfig, SimulatorApp, SimulatorServer
+
+    rates = {}
+    for spec in args.fault:
+        kind, _, rate = spec.partition("=")
+        if kind not in FAULT_KINDS:
+            raise ConfigError(f"unknown fault kind '{kind}' (kinds: {', '.join(FAULT_KINDS)})", key="--fault")
+        try:
+            rates[kind] = float(rate)
+        except ValueError:
+            raise ConfigError(f"'{spec}': the rate must be a number, e.g. {kind}=0.01", key="--fault") from None
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    if args.api_key_env and not api_key:
+        raise ConfigError(f"the environment variable {args.api_key_env} is not set", key="--api-key-env")
+    sim_config = SimConfig(
+        latency_median_s=args.latency_median, latency_p99_s=args.latency_p99, rpm=args.rpm, tpm=args.tpm,
+        burst_window_s=args.burst_window, burst_factor=args.burst_factor, api_key=api_key, fault_rates=rates,
+        stall_s=args.stall, header_style=args.header_style, accept_any_model=args.any_model, seed=args.seed,
+        log_path=args.log,
+    )
+    server = SimulatorServer(SimulatorApp(sim_config), host=args.host, port=args.port)
+    print(f"caption simulate: listening on {server.base_url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    server.serve_forever()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    handlers = {"run": cmd_run, "simulate": cmd_simulate}
+    try:
+        return handlers[args.command](args)
+    except PipelineError as exc:
+        print(f"caption: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("caption: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,99 @@
+"""The one error tree of the pipeline, and the exit code each branch maps to.
+
+    PipelineError
+    ├── UsageError            exit 2  bad command line, config or manifest; nothing was sent
+    │   ├── ConfigError               names the key and the file
+    │   ├── ManifestError             names the file and the problem
+    │   └── ResumeMismatchError       the output folder belongs to a run with other parameters
+    ├── RunStoppedError       exit 3  the run ended early but can be resumed
+    │   ├── AuthError                 401/403: the key was refused
+    │   ├── QuotaError                insufficient_quota / no credit left
+    │   ├── ModelNotFoundError        the endpoint does not serve the model
+    │   ├── BudgetExceededError       max_cost_usd reached
+    │   └── CircuitOpenError          most recent requests failed: the endpoint looks down
+    ├── InterruptedRunError   exit 130 Ctrl-C / SIGTERM; resumable
+    ├── JournalError          exit 2  the output folder cannot be read or written
+    └── RowError                        one row's failure; caught at the per-row boundary
+        └── ImageUnreadableError      the image is missing, empty, not an image, too big
+
+A failure of one row is never an exception that leaves the runner: it becomes
+that row's status / error_type / error_message (see models.py).
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Root of every error the pipeline raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(PipelineError):
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    def __init__(self, message: str, *, key: str | None = None, path: str | None = None):
+        where = []
+        if path:
+            where.append(str(path))
+        if key:
+            where.append(f"key '{key}'")
+        prefix = f"{': '.join(where)}: " if where else ""
+        super().__init__(f"{prefix}{message}")
+        self.key = key
+        self.path = path
+
+
+class ManifestError(UsageError):
+    def __init__(self, path: str, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class ResumeMismatchError(UsageError):
+    """The folder holds results made with other request parameters."""
+
+
+class JournalError(PipelineError):
+    exit_code = 2
+
+
+class RunStoppedError(PipelineError):
+    """The run stopped before the manifest was done; re-running resumes it."""
+
+    exit_code = 3
+
+
+class AuthError(RunStoppedError):
+    pass
+
+
+class QuotaError(RunStoppedError):
+    pass
+
+
+class ModelNotFoundError(RunStoppedError):
+    pass
+
+
+class BudgetExceededError(RunStoppedError):
+    pass
+
+
+class CircuitOpenError(RunStoppedError):
+    pass
+
+
+class InterruptedRunError(PipelineError):
+    exit_code = 130
+
+
+class RowError(PipelineError):
+    """A failure that belongs to one row; the runner records it and goes on."""
+
+
+class ImageUnreadableError(RowError):
+    pass

@@ -1,0 +1,161 @@
+"""Turning a manifest's image reference into what goes in ``image_url.url``.
+
+- ``http(s)://`` is sent as is (the endpoint fetches it), unless inlining is asked for.
+- a local path (relative to the manifest's folder) or ``file://`` is read, checked
+  with Pillow (header only, plus ``verify``), optionally resized, and inlined as a
+  base64 data URL.
+- ``data:`` URLs pass through; their header is read for the size.
+
+Everything else (an empty cell, ``ftp://``, a missing file, not an image, too
+large) raises ``ImageUnreadableError`` with a message that says which.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageUnreadableError
+
+# What OpenAI-compatible endpoints accept; anything else is re-encoded as PNG.
+SENDABLE_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedImage:
+    url: str
+    width: int | None = None
+    height: int | None = None
+    inlined: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLimits:
+    max_bytes: int = 20_000_000
+    max_pixels: int = 89_478_485
+    max_side: int | None = None
+
+
+def shorten_data_url(url: str, *, keep: int = 48) -> str:
+    """A data URL as it goes in the output: its head and its length, not megabytes of base64."""
+    if not url.startswith("data:") or len(url) <= keep:
+        return url
+    return f"{url[:keep]}…[{len(url)} chars]"
+
+
+def is_remote(url: str) -> bool:
+    return url.startswith(("http://", "https://"))
+
+
+def prepare_image(url: str, *, base_dir: Path, limits: ImageLimits) -> PreparedImage:
+    """Blocking (file I/O, decoding): call it from a worker thread."""
+    if not url:
+        raise ImageUnreadableError("the row has no image (empty url)")
+    if is_remote(url):
+        return PreparedImage(url=url)
+    if url.startswith("data:"):
+        return _from_data_url(url, limits)
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        path = Path(unquote(parsed.path))
+    elif parsed.scheme and len(parsed.scheme) > 1:
+        raise ImageUnreadableError(f"unsupported scheme '{parsed.scheme}://' (use http(s)://, a file path or data:)")
+    else:
+        path = Path(url)
+    if not path.is_absolute():
+        path = base_dir / path
+    return inline_bytes(_read_file(path, limits), limits=limits, source=str(path))
+
+
+def _read_file(path: Path, limits: ImageLimits) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > limits.max_bytes:
+            raise ImageUnreadableError(f"{path}: {size} bytes is over images.max_bytes ({limits.max_bytes})")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageUnreadableError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ImageUnreadableError(f"{path}: is a directory, not an image") from None
+    except OSError as exc:
+        raise ImageUnreadableError(f"{path}: cannot be read ({exc.strerror})") from None
+
+
+def _from_data_url(url: str, limits: ImageLimits) -> PreparedImage:
+    header, _, payload = url.partition(",")
+    if ";base64" not in header:
+        raise ImageUnreadableError("data URL is not base64-encoded")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageUnreadableError("data URL holds invalid base64") from None
+    if limits.max_side is not None:
+        return inline_bytes(data, limits=limits, source="data URL")
+    width, height, _ = _inspect(data, limits, source="data URL")
+    return PreparedImage(url=url, width=width, height=height, inlined=True)
+
+
+def _inspect(data: bytes, limits: ImageLimits, *, source: str) -> tuple[int, int, str]:
+    if not data:
+        raise ImageUnreadableError(f"{source}: the image is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise ImageUnreadableError(f"{source}: {len(data)} bytes is over images.max_bytes ({limits.max_bytes})")
+    try:
+        with warnings.catch_warnings():
+            # Our own max_pixels check below decides; Pillow's warning would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+                fmt = im.format or ""
+                if width * height > limits.max_pixels:
+                    raise ImageUnreadableError(
+                        f"{source}: {width}x{height} is over images.max_pixels ({limits.max_pixels}); "
+                        "refused as a possible decompression bomb"
+                    )
+                im.verify()
+    except ImageUnreadableError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageUnreadableError(f"{source}: refused as a decompression bomb (too many pixels)") from None
+    except UnidentifiedImageError:
+        raise ImageUnreadableError(f"{source}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageUnreadableError(f"{source}: broken or truncated image ({exc})") from None
+    return width, height, fmt
+
+
+def inline_bytes(data: bytes, *, limits: ImageLimits, source: str) -> PreparedImage:
+    """Check, maybe resize or re-encode, and wrap image bytes as a base64 data URL."""
+    width, height, fmt = _inspect(data, limits, source=source)
+    needs_resize = limits.max_side is not None and max(width, height) > limits.max_side
+    if needs_resize or fmt not in SENDABLE_FORMATS:
+        data, width, height, fmt = _reencode(data, max_side=limits.max_side if needs_resize else None, source=source)
+    mime = SENDABLE_FORMATS[fmt]
+    encoded = base64.b64encode(data).decode("ascii")
+    return PreparedImage(url=f"data:{mime};base64,{encoded}", width=width, height=height, inlined=True)
+
+
+def _reencode(data: bytes, *, max_side: int | None, source: str) -> tuple[bytes, int, int, str]:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if max_side is not None:
+                im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+            has_alpha = im.mode in ("RGBA", "LA", "P") and "transparency" in im.info or im.mode in ("RGBA", "LA")
+            out = io.BytesIO()
+            if has_alpha or im.format == "PNG":
+                im.save(out, format="PNG", optimize=False)
+                fmt = "PNG"
+            else:
+                im.convert("RGB").save(out, format="JPEG", quality=90)
+                fmt = "JPEG"
+            return out.getvalue(), im.width, im.height, fmt
+    except (OSError, ValueError) as exc:
+        raise ImageUnreadableError(f"{source}: cannot be decoded for resizing ({exc})") from None

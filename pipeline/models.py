@@ -1,0 +1,190 @@
+"""Row and result types shared by every layer, and the Parquet schema of the output."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import polars as pl
+
+Status = Literal["ok", "filtered", "error"]
+ErrorType = Literal[
+    "rate_limited",
+    "server_error",
+    "timeout",
+    "connection",
+    "bad_request",
+    "image_unreadable",
+    "invalid_response",
+    "content_filter",
+    "auth",
+    "quota",
+    "model_not_found",
+]
+Severity = Literal["safe", "low", "medium", "high"]
+SEVERITY_ORDER: dict[str, int] = {"safe": 0, "low": 1, "medium": 2, "high": 3}
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One manifest row: its id, the image as given, and the row's other columns."""
+
+    id: str
+    url: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FilterVerdict:
+    """What the provider's content filter said about the prompt and the choices."""
+
+    flagged: bool = False
+    categories: tuple[str, ...] = ()
+    max_severity: Severity | None = None
+    raw_json: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A parsed 200 response."""
+
+    caption: str | None
+    model: str | None
+    finish_reason: str | None
+    usage: Usage
+    filters: FilterVerdict
+    response_id: str | None
+    refusal: str | None = None
+
+
+@dataclass(slots=True)
+class ResultRow:
+    """One line of results.parquet; field order is the column order."""
+
+    id: str
+    url: str
+    status: Status
+    caption: str | None = None
+    model: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cost_usd: float | None = None
+    flagged: bool = False
+    flagged_categories: list[str] = field(default_factory=list)
+    max_severity: str | None = None
+    filter_results: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    http_status: int | None = None
+    retryable: bool = False
+    attempts: int = 0
+    latency_s: float | None = None
+    response_id: str | None = None
+    finished_at: datetime | None = None
+
+
+RESULT_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
+    "url": pl.String(),
+    "status": pl.String(),
+    "caption": pl.String(),
+    "model": pl.String(),
+    "finish_reason": pl.String(),
+    "prompt_tokens": pl.Int64(),
+    "completion_tokens": pl.Int64(),
+    "total_tokens": pl.Int64(),
+    "cached_tokens": pl.Int64(),
+    "reasoning_tokens": pl.Int64(),
+    "cost_usd": pl.Float64(),
+    "flagged": pl.Boolean(),
+    "flagged_categories": pl.List(pl.String()),
+    "max_severity": pl.String(),
+    "filter_results": pl.String(),
+    "error_type": pl.String(),
+    "error_message": pl.String(),
+    "http_status": pl.Int32(),
+    "retryable": pl.Boolean(),
+    "attempts": pl.Int32(),
+    "latency_s": pl.Float64(),
+    "response_id": pl.String(),
+    "finished_at": pl.Datetime("us", "UTC"),
+}
+
+assert list(RESULT_SCHEMA) == [f.name for f in dataclasses.fields(ResultRow)]
+
+
+def rows_to_frame(rows: list[ResultRow]) -> pl.DataFrame:
+    """Column-wise build: several times faster than a list of dicts for polars."""
+    columns = {name: [getattr(r, name) for r in rows] for name in RESULT_SCHEMA}
+    return pl.DataFrame(columns, schema=RESULT_SCHEMA)
+
+
+FatalKind = Literal["auth", "quota", "model_not_found"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One attempt that got a usable 200."""
+
+    completion: Completion
+    http_status: int
+    latency_s: float
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One attempt that did not: what happened, and what to do about it."""
+
+    error_type: str
+    message: str
+    retryable: bool
+    http_status: int | None = None
+    latency_s: float | None = None
+    retry_after_s: float | None = None
+    fatal: FatalKind | None = None
+    filters: FilterVerdict | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Outcome = Reply | Failure
+
+
+@dataclass(slots=True)
+class RunTotals:
+    """Counters of one run, for the progress display and the closing summary."""
+
+    total: int = 0
+    skipped: int = 0
+    done: int = 0
+    ok: int = 0
+    filtered: int = 0
+    error: int = 0
+    flagged: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, row: ResultRow) -> None:
+        self.done += 1
+        setattr(self, row.status, getattr(self, row.status) + 1)
+        self.flagged += row.flagged
+        self.prompt_tokens += row.prompt_tokens or 0
+        self.completion_tokens += row.completion_tokens or 0
+        self.cost_usd += row.cost_usd or 0.0

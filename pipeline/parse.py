@@ -1,0 +1,173 @@
+"""PURE: a chat-completions response body → ``Completion``; an error body → its parts.
+
+Tolerant by design: vendor extras in ``usage`` (seed 003), absent detail
+objects, Azure's ``content_filter_results`` per choice and
+``prompt_filter_results`` (whose entries say ``content_filter_results`` or,
+as in seed 000, ``content_filter_result``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .models import SEVERITY_ORDER, Completion, FilterVerdict, Usage
+
+
+class InvalidResponseError(ValueError):
+    """The body of a 200 is not a usable completion (not JSON, no choices)."""
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def parse_usage(usage: Any) -> Usage:
+    if not isinstance(usage, dict):
+        return Usage()
+    prompt_details = usage.get("prompt_tokens_details")
+    completion_details = usage.get("completion_tokens_details")
+    cached = prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else None
+    reasoning = completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else None
+    return Usage(
+        prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
+        completion_tokens=_int_or_none(usage.get("completion_tokens")),
+        total_tokens=_int_or_none(usage.get("total_tokens")),
+        cached_tokens=_int_or_none(cached),
+        reasoning_tokens=_int_or_none(reasoning),
+    )
+
+
+def _category_results(block: Any) -> dict[str, Any]:
+    return block if isinstance(block, dict) else {}
+
+
+def filter_verdict(prompt_results: Any, choice_results: list[Any]) -> FilterVerdict:
+    """Fold prompt-level and choice-level filter results into flags and a max severity."""
+    blocks: list[dict[str, Any]] = []
+    if isinstance(prompt_results, list):
+        for entry in prompt_results:
+            if isinstance(entry, dict):
+                blocks.append(_category_results(entry.get("content_filter_results", entry.get("content_filter_result"))))
+    elif isinstance(prompt_results, dict):
+        blocks.append(prompt_results)
+    blocks.extend(_category_results(b) for b in choice_results)
+    if prompt_results is None and not any(choice_results):
+        return FilterVerdict()
+    categories: set[str] = set()
+    worst = -1
+    for block in blocks:
+        for category, result in block.items():
+            if not isinstance(result, dict):
+                continue
+            if result.get("filtered") is True:
+                categories.add(category)
+            severity = result.get("severity")
+            if isinstance(severity, str) and severity in SEVERITY_ORDER:
+                worst = max(worst, SEVERITY_ORDER[severity])
+    raw = {"prompt": prompt_results, "choices": choice_results}
+    max_severity = next((s for s, rank in SEVERITY_ORDER.items() if rank == worst), None)
+    return FilterVerdict(
+        flagged=bool(categories),
+        categories=tuple(sorted(categories)),
+        max_severity=max_severity,  # type: ignore[arg-type]
+        raw_json=orjson.dumps(raw).decode(),
+    )
+
+
+def _message_text(message: Any) -> tuple[str | None, str | None]:
+    if not isinstance(message, dict):
+        return None, None
+    content = message.get("content")
+    refusal = message.get("refusal") if isinstance(message.get("refusal"), str) else None
+    if isinstance(content, list):  # some servers return content parts
+        texts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        content = "".join(texts) if texts else None
+    return (content if isinstance(content, str) else None), refusal
+
+
+def parse_completion(data: Any) -> Completion:
+    if not isinstance(data, dict):
+        raise InvalidResponseError("the response is not a JSON object")
+    if isinstance(data.get("error"), dict):
+        message = data["error"].get("message") or "an error object"
+        raise InvalidResponseError(f"a 200 carrying an error: {message}")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise InvalidResponseError("the response has no choices")
+    first = choices[0]
+    caption, refusal = _message_text(first.get("message"))
+    choice_filters = [c.get("content_filter_results") for c in choices if isinstance(c, dict)]
+    prompt_filters = data.get("prompt_filter_results")
+    has_filters = prompt_filters is not None or any(b is not None for b in choice_filters)
+    verdict = filter_verdict(prompt_filters, choice_filters) if has_filters else FilterVerdict()
+    return Completion(
+        caption=caption,
+        model=data.get("model") if isinstance(data.get("model"), str) else None,
+        finish_reason=first.get("finish_reason") if isinstance(first.get("finish_reason"), str) else None,
+        usage=parse_usage(data.get("usage")),
+        filters=verdict,
+        response_id=data.get("id") if isinstance(data.get("id"), str) else None,
+        refusal=refusal,
+    )
+
+
+def parse_completion_bytes(body: bytes) -> Completion:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidResponseError(f"the response is not valid JSON ({len(body)} bytes)") from None
+    return parse_completion(data)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorBody:
+    """OpenAI's error envelope, read tolerantly; every field may be absent."""
+
+    message: str
+    type: str | None = None
+    code: str | None = None
+    param: str | None = None
+    inner_filter: dict[str, Any] | None = None
+
+
+def parse_error_body(body: bytes) -> ErrorBody:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace").strip()
+        return ErrorBody(message=_summarise_text(text))
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        if isinstance(data, dict) and isinstance(data.get("message"), str):
+            return ErrorBody(message=data["message"])
+        return ErrorBody(message=_summarise_text(body.decode("utf-8", "replace")))
+    inner = error.get("innererror")
+    inner_filter = None
+    if isinstance(inner, dict):
+        found = inner.get("content_filter_result", inner.get("content_filter_results"))
+        inner_filter = found if isinstance(found, dict) else None
+
+    def text(key: str) -> str | None:
+        value = error.get(key)
+        return str(value) if value is not None else None
+
+    return ErrorBody(
+        message=text("message") or "(no message)",
+        type=text("type"),
+        code=text("code"),
+        param=text("param"),
+        inner_filter=inner_filter,
+    )
+
+
+def _summarise_text(text: str, limit: int = 200) -> str:
+    """An HTML error page (Cloudflare's 502) reduced to its title, else its first characters."""
+    lower = text.lower()
+    start, end = lower.find("<title>"), lower.find("</title>")
+    if start != -1 and end > start:
+        return text[start + 7 : end].strip()
+    text = " ".join(text.split())
+    return text[:limit] + ("…" if len(text) > limit else "") if text else "(empty body)"

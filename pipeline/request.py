@@ -1,0 +1,61 @@
+"""PURE: manifest item + request config → the chat-completions request body."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .config import RequestConfig
+
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def placeholders(template: str) -> list[str]:
+    """Column names a prompt template refers to, in order of appearance."""
+    return [m.group(1) for m in _PLACEHOLDER.finditer(template) if m.group(1)]
+
+
+def missing_columns(template: str, columns: Iterable[str]) -> list[str]:
+    available = set(columns)
+    return [name for name in dict.fromkeys(placeholders(template)) if name not in available]
+
+
+def render_prompt(template: str, fields: Mapping[str, Any]) -> str:
+    """Fill ``{column}`` from the row; ``{{``/``}}`` are literal braces; other braces are kept.
+
+    Unlike ``str.format`` a JSON example inside a prompt does not break it.
+    """
+
+    def substitute(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token == "{{":
+            return "{"
+        if token == "}}":
+            return "}"
+        value = fields.get(match.group(1))
+        return "" if value is None else str(value)
+
+    return _PLACEHOLDER.sub(substitute, template)
+
+
+_OPTIONAL_KNOBS = ("temperature", "top_p", "n", "stop", "response_format")
+
+
+def build_body(request: RequestConfig, *, image_url: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    content = [
+        {"type": "text", "text": render_prompt(request.prompt, fields)},
+        {"type": "image_url", "image_url": {"url": image_url, "detail": request.detail}},
+    ]
+    messages: list[dict[str, Any]] = []
+    if request.system:
+        messages.append({"role": "system", "content": render_prompt(request.system, fields)})
+    messages.append({"role": "user", "content": content})
+    body: dict[str, Any] = {"model": request.model, "messages": messages, "max_tokens": request.max_tokens}
+    for knob in _OPTIONAL_KNOBS:
+        value = getattr(request, knob)
+        if value is not None:
+            body[knob] = value
+    # Verbatim, last: the gateway's own fields (ocr_model, ...) may override anything above.
+    body.update(request.extra_body)
+    return body

@@ -1,0 +1,341 @@
+"""Wires the pipeline: manifest → workers (pace, send, retry) → journal.
+
+One task reads the manifest chunk by chunk and drops ids the journal already
+holds; ``concurrency`` workers each prepare an image, build the body, pace
+through the rate limiter and send with retries; a flusher writes the finished
+rows as Parquet parts every ``chunk_size`` rows and every ``flush_interval_s``.
+
+The client, clock, sleep, journal and progress display are passed in, so tests
+drive it against the simulator or ``httpx.MockTransport`` without patching.
+
+Stopping: a fatal answer (auth, quota, unknown model) or an open circuit breaker
+cancels in-flight work at once; Ctrl-C and the budget stop dispatching and give
+in-flight requests ``grace_s`` to finish. Either way what finished is flushed,
+and rows that did not finish are simply not written, so a re-run sends them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import polars as pl
+
+from .breaker import CircuitBreaker
+from .client import VisionClient
+from .config import Config
+from .cost import row_cost_usd
+from .errors import (
+    AuthError,
+    CircuitOpenError,
+    ImageUnreadableError,
+    InterruptedRunError,
+    ModelNotFoundError,
+    PipelineError,
+    QuotaError,
+    ResumeMismatchError,
+)
+from .images import ImageLimits, PreparedImage, is_remote, prepare_image, shorten_data_url
+from .journal import Journal
+from .manifest import iter_chunks
+from .models import Failure, Item, Outcome, Reply, ResultRow, RunTotals
+from .progress import NoProgress, Progress
+from .ratelimit import RateLimiter
+from .request import build_body
+from .retry import call_with_retries
+from .tokens import TextCounter, image_tokens, request_tokens
+
+log = logging.getLogger("caption")
+
+_FATAL_ERRORS: dict[str, tuple[type[PipelineError], str]] = {
+    "auth": (AuthError, "the endpoint refused the API key (401/403); check the key in ${env}"),
+    "quota": (QuotaError, "the account has no quota or credit left; top it up, then re-run to resume"),
+    "model_not_found": (ModelNotFoundError, "the endpoint does not serve model '{model}'; check request.model and endpoint.base_url"),
+}
+
+
+class _StopDispatch(Exception):
+    """Raised inside a worker when the run is stopping; the row is left for the next run."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(kw_only=True)
+class RunnerDeps:
+    """What touches the outside world; production defaults are built in cli.py."""
+
+    client: VisionClient
+    journal: Journal
+    limiter: RateLimiter
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+    now: Callable[[], datetime] = utc_now
+    progress: Progress = field(default_factory=NoProgress)
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+
+
+def check_resume(journal: Journal, config: Config, *, force: bool) -> None:
+    """Refuse to continue a folder made with other request parameters (unless forced)."""
+    meta = journal.read_meta()
+    if not meta or force or meta.get("fingerprint") == config.request_fingerprint():
+        return
+    before = meta.get("request", {})
+    now = config.request_identity()
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    details = "; ".join(f"{k}: {before.get(k)!r} → {now.get(k)!r}" for k in changed[:5])
+    raise ResumeMismatchError(
+        f"{journal.out_dir} holds results made with other request parameters ({details or 'fingerprint differs'}). "
+        "Use another --out folder, or --force to continue with the new parameters."
+    )
+
+
+class Runner:
+    def __init__(self, config: Config, deps: RunnerDeps, *, manifest_path: Path, total_rows: int,
+                 retry_errors: bool = False, grace_s: float = 10.0) -> None:
+        self.config = config
+        self.deps = deps
+        self.manifest_path = manifest_path
+        self.base_dir = manifest_path.parent if manifest_path.is_file() else manifest_path
+        self.retry_errors = retry_errors
+        self.grace_s = grace_s
+        self.totals = RunTotals(total=total_rows)
+        self._limits = ImageLimits(max_bytes=config.images.max_bytes, max_pixels=config.images.max_pixels,
+                                   max_side=config.images.max_side)
+        self._text = TextCounter()
+        self._buffer: list[ResultRow] = []
+        self._buffer_full = anyio.Event()
+        self._stopping = anyio.Event()
+        self._stop_reason: PipelineError | None = None
+        self._unpriced_warned: set[str] = set()
+
+    # -- stopping ------------------------------------------------------------
+
+    def request_stop(self, reason: PipelineError) -> None:
+        """Stop dispatching; the first reason given wins."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            log.warning("stopping: %s", reason)
+        self._stopping.set()
+
+    @property
+    def stop_reason(self) -> PipelineError | None:
+        return self._stop_reason
+
+    async def _watch_stop(self, work: anyio.CancelScope) -> None:
+        await self._stopping.wait()
+        if isinstance(self._stop_reason, InterruptedRunError) or self._stop_reason is None:
+            await anyio.sleep(self.grace_s)
+        work.cancel()
+
+    # -- the run ---------------------------------------------------------------
+
+    async def run(self) -> RunTotals:
+        journal = self.deps.journal
+        self._write_meta(status="running")
+        skip = journal.skip_ids(retry_errors=self.retry_errors)
+        items_send, items_recv = anyio.create_memory_object_stream[Item](self.config.limits.concurrency)
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._flush_loop)
+            work = anyio.CancelScope()
+            outer.start_soon(self._watch_stop, work)
+            with work:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._produce, items_send, skip)
+                    for _ in range(self.config.limits.concurrency):
+                        tg.start_soon(self._work, items_recv.clone())
+                    items_recv.close()
+            outer.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await self._flush()
+            await anyio.to_thread.run_sync(journal.finalize)
+            self._write_meta(status="stopped" if self._stop_reason else "finished")
+        self.deps.progress.close(self.totals)
+        if self._stop_reason is not None:
+            raise self._stop_reason
+        return self.totals
+
+    async def _produce(self, send: anyio.abc.ObjectSendStream[Item], skip: pl.DataFrame) -> None:
+        chunks = iter_chunks(self.manifest_path, chunk_size=self.config.run.chunk_size,
+                             url_column=self.config.manifest.url_column, id_column=self.config.manifest.id_column)
+        async with send:
+            while not self._stopping.is_set():
+                chunk = await anyio.to_thread.run_sync(next, chunks, None)
+                if chunk is None:
+                    return
+                done = _already_done([item.id for item in chunk], skip)
+                for item in chunk:
+                    if item.id in done:
+                        self.totals.skipped += 1
+                        continue
+                    if self._stopping.is_set():
+                        return
+                    await send.send(item)
+
+    async def _work(self, receive: anyio.abc.ObjectReceiveStream[Item]) -> None:
+        async with receive:
+            async for item in receive:
+                if self._stopping.is_set():
+                    return
+                row = await self._process(item)
+                if row is not None:
+                    self._record(row)
+
+    def _record(self, row: ResultRow) -> None:
+        self.totals.add(row)
+        self._buffer.append(row)
+        if len(self._buffer) >= self.config.run.chunk_size:
+            self._buffer_full.set()
+        self.deps.progress.update(self.totals)
+
+    # -- one row ---------------------------------------------------------------
+
+    async def _process(self, item: Item) -> ResultRow | None:
+        """The per-row boundary: whatever happens to this row ends as its result row."""
+        try:
+            image = await self._prepare(item)
+        except ImageUnreadableError as exc:
+            return self._row(item, status="error", error_type="image_unreadable", error_message=str(exc))
+        body = build_body(self.config.request, image_url=image.url, fields=item.fields)
+        est = self._estimate_tokens(body, image)
+        try:
+            outcome, attempts = await call_with_retries(
+                lambda attempt: self._attempt(body, est), max_attempts=self.config.limits.max_attempts,
+                sleep=self.deps.sleep, rng=self.deps.rng,
+            )
+        except _StopDispatch:
+            return None
+        except Exception as exc:  # noqa: BLE001 - the per-row boundary: a bug must not kill the run
+            log.exception("unexpected error on row %s", item.id)
+            return self._row(item, status="error", error_type="invalid_response",
+                             error_message=f"internal error: {type(exc).__name__}: {exc}", retryable=True)
+        return self._row_from_outcome(item, outcome, attempts)
+
+    async def _prepare(self, item: Item) -> PreparedImage:
+        if is_remote(item.url):
+            return PreparedImage(url=item.url)
+        return await anyio.to_thread.run_sync(
+            lambda: prepare_image(item.url, base_dir=self.base_dir, limits=self._limits))
+
+    def _estimate_tokens(self, body: dict[str, Any], image: PreparedImage) -> int:
+        request = self.config.request
+        text = "".join(part["text"] for m in body["messages"] for part in
+                       (m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}])
+                       if part.get("type") == "text")
+        return request_tokens(
+            text_tokens=self._text.count(text, model=request.model),
+            image_tokens_=image_tokens(request.model, detail=request.detail, width=image.width, height=image.height),
+            max_tokens=request.max_tokens * (request.n or 1),
+        )
+
+    async def _attempt(self, body: dict[str, Any], est_tokens: int) -> Outcome:
+        if self._stopping.is_set():
+            raise _StopDispatch
+        await self.deps.limiter.acquire(est_tokens)
+        if self._stopping.is_set():
+            raise _StopDispatch
+        outcome = await self.deps.client.complete(body)
+        self.totals.requests += 1
+        limiter, breaker = self.deps.limiter, self.deps.breaker
+        limiter.observe(outcome.headers)
+        if isinstance(outcome, Reply):
+            breaker.record(None)
+            return outcome
+        breaker.record(outcome.error_type)
+        if outcome.error_type == "rate_limited":
+            limiter.pause(outcome.retry_after_s)
+        if outcome.fatal is not None:
+            cls, hint = _FATAL_ERRORS[outcome.fatal]
+            hint = hint.replace("{env}", self.config.endpoint.api_key_env).replace("{model}", self.config.request.model)
+            self.request_stop(cls(f"{hint} ({outcome.message})"))
+            raise _StopDispatch
+        if breaker.is_open:
+            self.request_stop(CircuitOpenError(
+                f"the endpoint looks down: {breaker.describe()} (last: {outcome.message}). Re-run to resume once it is back."))
+            raise _StopDispatch
+        return outcome
+
+    def _row(self, item: Item, **values: Any) -> ResultRow:
+        return ResultRow(id=item.id, url=shorten_data_url(item.url), finished_at=self.deps.now(), **values)
+
+    def _row_from_outcome(self, item: Item, outcome: Outcome, attempts: int) -> ResultRow:
+        if isinstance(outcome, Failure):
+            filters = outcome.filters
+            return self._row(
+                item, status="filtered" if outcome.error_type == "content_filter" else "error",
+                error_type=outcome.error_type, error_message=outcome.message, http_status=outcome.http_status,
+                retryable=outcome.retryable, attempts=attempts, latency_s=outcome.latency_s,
+                flagged=bool(filters and filters.flagged), flagged_categories=list(filters.categories) if filters else [],
+                max_severity=filters.max_severity if filters else None, filter_results=filters.raw_json if filters else None,
+            )
+        c = outcome.completion
+        cut = c.finish_reason == "content_filter"
+        return self._row(
+            item, status="filtered" if cut else "ok", caption=c.caption, model=c.model, finish_reason=c.finish_reason,
+            prompt_tokens=c.usage.prompt_tokens, completion_tokens=c.usage.completion_tokens,
+            total_tokens=c.usage.total_tokens, cached_tokens=c.usage.cached_tokens,
+            reasoning_tokens=c.usage.reasoning_tokens, cost_usd=self._cost(c.model, c.usage),
+            flagged=c.filters.flagged, flagged_categories=list(c.filters.categories),
+            max_severity=c.filters.max_severity, filter_results=c.filters.raw_json,
+            error_type="content_filter" if cut else None,
+            error_message="the completion was cut by the content filter" if cut else c.refusal,
+            http_status=outcome.http_status, attempts=attempts, latency_s=outcome.latency_s, response_id=c.response_id,
+        )
+
+    def _cost(self, model: str | None, usage: Any) -> float | None:
+        model = model or self.config.request.model
+        cost = row_cost_usd(model, usage, self.config.pricing, ocr_model=self.config.request.extra_body.get("ocr_model"))
+        if cost is None and model not in self._unpriced_warned:
+            self._unpriced_warned.add(model)
+            log.warning("no price for model '%s': cost_usd stays null (add [pricing.\"%s\"] to the config)", model, model)
+        return cost
+
+    # -- flushing ----------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with anyio.move_on_after(self.config.run.flush_interval_s):
+                await self._buffer_full.wait()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        rows, self._buffer = self._buffer, []
+        self._buffer_full = anyio.Event()
+        if rows:
+            path = await anyio.to_thread.run_sync(self.deps.journal.write_rows, rows)
+            log.debug("flushed %d rows to %s", len(rows), path.name if path else "-")
+
+    def _write_meta(self, *, status: str) -> None:
+        journal = self.deps.journal
+        meta = journal.read_meta() or {"created_at": self.deps.now().isoformat()}
+        meta.update(
+            fingerprint=self.config.request_fingerprint(),
+            request=self.config.request_identity(),
+            manifest=str(self.manifest_path),
+            base_url=self.config.endpoint.base_url,
+            status=status,
+            updated_at=self.deps.now().isoformat(),
+        )
+        if status != "running":
+            meta["last_run"] = {
+                "rows_in_manifest": self.totals.total, "skipped": self.totals.skipped, "done": self.totals.done,
+                "ok": self.totals.ok, "filtered": self.totals.filtered, "error": self.totals.error,
+                "requests": self.totals.requests, "prompt_tokens": self.totals.prompt_tokens,
+                "completion_tokens": self.totals.completion_tokens, "cost_usd": round(self.totals.cost_usd, 6),
+                "stopped_by": type(self._stop_reason).__name__ if self._stop_reason else None,
+            }
+        journal.write_meta(meta)
+
+
+def _already_done(ids: list[str], skip: pl.DataFrame) -> set[str]:
+    if skip.is_empty():
+        return set()
+    chunk = pl.DataFrame({"id": ids}, schema={"id": pl.String()})
+    return set(chunk.join(skip, on="id", how="semi")["id"].to_list())

@@ -1,0 +1,221 @@
+"""PURE: what the simulated endpoint answers — captions, usage, filter results, error bodies.
+
+Captions are derived from the image (its URL, or the bytes of an inlined one),
+so a test can compute the caption every row must carry. Prompt tokens are
+counted the way OpenAI counts them (text plus image tokens by detail level and
+the image's real size when inlined; ``pipeline.tokens``), so costs from a
+simulated run are realistic.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from PIL import Image, UnidentifiedImageError
+
+from ..tokens import MESSAGE_OVERHEAD_TOKENS, TextCounter, image_tokens
+
+_ADJECTIVES = ("red", "quiet", "sunlit", "blurry", "small", "crowded", "wooden", "snowy", "bright", "old")
+_NOUNS = ("bicycle", "cat", "lighthouse", "kitchen", "mountain", "street", "teapot", "garden", "bridge", "robot")
+_PLACES = ("a window", "the sea", "a market", "a forest", "a wall", "a river", "the city", "a table")
+_SIM_RULE = re.compile(r"^([a-z0-9_]+)(?:x(\d+))?$")
+
+
+def image_key(url: str) -> str:
+    """What identifies an image to the simulator: the URL, or a digest of inlined bytes."""
+    if url.startswith("data:"):
+        return "data:" + hashlib.sha256(url.partition(",")[2].encode()).hexdigest()[:16]
+    return url
+
+
+def caption_for(url: str) -> str:
+    digest = hashlib.sha256(image_key(url).encode()).digest()
+    adj = _ADJECTIVES[digest[0] % len(_ADJECTIVES)]
+    noun = _NOUNS[digest[1] % len(_NOUNS)]
+    place = _PLACES[digest[2] % len(_PLACES)]
+    return f"A {adj} {noun} near {place} (#{digest[3:6].hex()})."
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    url: str
+    detail: str
+    width: int | None
+    height: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    model: str
+    text: str
+    images: tuple[ImagePart, ...]
+    max_tokens: int | None
+    n: int
+
+
+class BadRequest(ValueError):
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+def _image_size(url: str) -> tuple[int | None, int | None]:
+    if url.startswith("data:"):
+        try:
+            data = base64.b64decode(url.partition(",")[2], validate=True)
+            with Image.open(io.BytesIO(data)) as im:
+                return im.size
+        except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
+            raise BadRequest("Invalid base64 image_url or unsupported image.", param="url", code="invalid_image") from None
+    # Remote images are not fetched (no network); a test may state the size in the URL.
+    size = parse_qs(urlparse(url).query).get("size", [""])[0]
+    if "x" in size:
+        w, _, h = size.partition("x")
+        if w.isdigit() and h.isdigit():
+            return int(w), int(h)
+    return None, None
+
+
+def parse_request(body: Any) -> ParsedRequest:
+    """Validate like the real API: model, messages, and well-formed content parts."""
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("you must provide a model parameter", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty array", param="messages")
+    texts: list[str] = []
+    images: list[ImagePart] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant", "developer"):
+            raise BadRequest(f"Invalid value for 'messages[{i}].role'.", param=f"messages[{i}].role")
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+            continue
+        if not isinstance(content, list):
+            raise BadRequest(f"Invalid type for 'messages[{i}].content'.", param=f"messages[{i}].content")
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif kind == "image_url" and isinstance(part.get("image_url"), dict) and isinstance(part["image_url"].get("url"), str):
+                url = part["image_url"]["url"]
+                detail = part["image_url"].get("detail", "auto")
+                if detail not in ("low", "high", "auto"):
+                    raise BadRequest(f"Invalid value for 'detail': {detail!r}.", param=f"messages[{i}].content[{j}].image_url.detail")
+                if not url.startswith(("http://", "https://", "data:image/")):
+                    raise BadRequest("Invalid image URL: expected an http(s) URL or a base64 data URL.",
+                                     param=f"messages[{i}].content[{j}].image_url.url", code="invalid_image_url")
+                w, h = _image_size(url)
+                images.append(ImagePart(url=url, detail=detail, width=w, height=h))
+            else:
+                raise BadRequest(f"Invalid content part at 'messages[{i}].content[{j}]'.", param=f"messages[{i}].content[{j}]")
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        raise BadRequest("Invalid 'max_tokens': must be a positive integer.", param="max_tokens")
+    n = body.get("n", 1)
+    if not isinstance(n, int) or n < 1:
+        raise BadRequest("Invalid 'n': must be a positive integer.", param="n")
+    return ParsedRequest(model=model, text="\n".join(texts), images=tuple(images), max_tokens=max_tokens, n=n)
+
+
+def prompt_tokens(req: ParsedRequest, counter: TextCounter) -> int:
+    text = counter.count(req.text, model=req.model) if req.text else 0
+    imgs = sum(image_tokens(req.model, detail=p.detail, width=p.width, height=p.height) for p in req.images)
+    return text + imgs + MESSAGE_OVERHEAD_TOKENS
+
+
+def fault_rule(url: str) -> tuple[str, int] | None:
+    """``?sim=503x2`` → ("503", 2): fail the first 2 requests for this image; ``?sim=auth`` → every time."""
+    if url.startswith("data:"):
+        return None
+    values = parse_qs(urlparse(url).query).get("sim")
+    if not values:
+        return None
+    match = _SIM_RULE.match(values[0])
+    if not match:
+        return None
+    return match.group(1), int(match.group(2)) if match.group(2) else 10**9
+
+
+def _filter_block(flag: str | None = None, severity: str = "high") -> dict[str, Any]:
+    block: dict[str, Any] = {c: {"filtered": False, "severity": "safe"} for c in ("hate", "self_harm", "sexual", "violence")}
+    if flag:
+        block[flag] = {"filtered": True, "severity": severity}
+    return block
+
+
+def completion_body(
+    req: ParsedRequest, *, response_id: str, created: int, prompt_tokens_: int, counter: TextCounter,
+    filtered_category: str | None = None,
+) -> dict[str, Any]:
+    """An Azure-flavoured OpenAI completion, shaped like seed 000."""
+    caption = caption_for(req.images[0].url) if req.images else "There is no image in this request."
+    choices = []
+    completion_tokens = 0
+    for index in range(req.n):
+        text, finish = caption, "stop"
+        tokens = counter.count(text, model=req.model)
+        if req.max_tokens is not None and tokens > req.max_tokens:
+            words = text.split()
+            text = " ".join(words[: max(1, req.max_tokens)])
+            tokens, finish = req.max_tokens, "length"
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+        results = _filter_block()
+        if filtered_category:
+            message["content"], finish, tokens = None, "content_filter", 0
+            results = _filter_block(filtered_category)
+        completion_tokens += tokens
+        choices.append({"index": index, "message": message, "logprobs": None, "finish_reason": finish,
+                        "content_filter_results": results})
+    return {
+        "id": response_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": req.model,
+        "system_fingerprint": "fp_simulated",
+        "choices": choices,
+        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": _filter_block()}],
+        "usage": {
+            "prompt_tokens": prompt_tokens_,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens_ + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        },
+    }
+
+
+def error_body(message: str, *, type_: str | None, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def prompt_filter_error() -> dict[str, Any]:
+    """Azure's 400 for a prompt its filter blocked (`innererror.content_filter_result`, singular)."""
+    body = error_body(
+        "The response was filtered due to the prompt triggering Azure OpenAI's content management policy. "
+        "Please modify your prompt and retry.",
+        type_=None, code="content_filter", param="prompt",
+    )
+    body["error"]["status"] = 400
+    body["error"]["innererror"] = {"code": "ResponsibleAIPolicyViolation",
+                                   "content_filter_result": _filter_block("violence", "medium")}
+    return body
+
+
+CLOUDFLARE_502 = (
+    "<html>\r\n<head><title>api.openai.com | 502: Bad gateway</title></head>\r\n"
+    "<body><h1>502 Bad Gateway</h1><p>cloudflare</p></body>\r\n</html>\r\n"
+)
