@@ -1,10 +1,11 @@
 """Pacing for rpm and tpm, and the run-wide pause the server can ask for.
 
 Pacing is GCRA (a virtual-scheduling token bucket): each grant pushes a
-"theoretical arrival time" by 60/rpm seconds (and by tokens * 60/tpm), with at
-most ``burst_s`` seconds of credit. That spreads requests evenly: providers check
-limits over 1-10 s windows, so a burst at the top of a minute gets 429s even
-under the per-minute total.
+"theoretical arrival time" by 60/rpm seconds (and by tokens * 60/tpm). That
+spreads requests evenly: providers check limits over 1-10 s windows, so a burst
+at the top of a minute gets 429s even under the per-minute total. ``burst_s``
+of credit is off by default because any credit lets a sliding 60 s window see
+more than rpm requests (rpm + burst_s * rpm / 60).
 
 The server's word wins: a 429 (or ``remaining-requests: 0``) pauses every
 dispatch until its Retry-After / reset time, not only the request that got it.
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
+_SAFETY = 1.001
 _GO_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
 _GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
@@ -86,11 +88,12 @@ class RateLimiter:
         tpm: int | None,
         clock: Clock,
         sleep: Sleep,
-        burst_s: float = 1.0,
+        burst_s: float = 0.0,
         default_pause_s: float = 1.0,
     ) -> None:
-        self._request_interval_s = 60.0 / rpm if rpm else 0.0
-        self._token_interval_s = 60.0 / tpm if tpm else 0.0
+        # A hair slower than the limit, so float drift never fits rpm + 1 into a 60 s window.
+        self._request_interval_s = 60.0 / rpm * _SAFETY if rpm else 0.0
+        self._token_interval_s = 60.0 / tpm * _SAFETY if tpm else 0.0
         self._clock = clock
         self._sleep = sleep
         self._burst_s = burst_s

@@ -25,7 +25,7 @@ from ..tokens import MESSAGE_OVERHEAD_TOKENS, TextCounter, image_tokens
 _ADJECTIVES = ("red", "quiet", "sunlit", "blurry", "small", "crowded", "wooden", "snowy", "bright", "old")
 _NOUNS = ("bicycle", "cat", "lighthouse", "kitchen", "mountain", "street", "teapot", "garden", "bridge", "robot")
 _PLACES = ("a window", "the sea", "a market", "a forest", "a wall", "a river", "the city", "a table")
-_SIM_RULE = re.compile(r"^([a-z0-9_]+)(?:x(\d+))?$")
+_SIM_RULE = re.compile(r"^([a-z0-9_]+?)(?:x(\d+))?$")
 
 
 def image_key(url: str) -> str:

@@ -1,0 +1,85 @@
+"""Image preparation: inlining local files, data URLs, and each way an image can be unusable."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+from pipeline.errors import ImageUnreadableError
+from pipeline.images import ImageLimits, prepare_image, shorten_data_url
+
+
+def _png(size=(40, 30), mode="RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size, "red").save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_remote_url_passes_through(tmp_path):
+    """http(s) URLs are sent as given."""
+    assert prepare_image("https://x/a.jpg", base_dir=tmp_path, limits=ImageLimits()).url == "https://x/a.jpg"
+
+
+def test_local_relative_and_file_urls_are_inlined_with_mime_and_size(tmp_path):
+    """A relative path (to the manifest's folder) and file:// become base64 data URLs."""
+    (tmp_path / "a.png").write_bytes(_png())
+    for ref in ("a.png", f"file://{tmp_path / 'a.png'}"):
+        image = prepare_image(ref, base_dir=tmp_path, limits=ImageLimits())
+        assert image.url.startswith("data:image/png;base64,") and (image.width, image.height) == (40, 30)
+        assert base64.b64decode(image.url.split(",", 1)[1]) == _png()
+
+
+def test_max_side_resizes_before_inlining(tmp_path):
+    """With max_side the inlined image is scaled down, keeping the aspect ratio."""
+    (tmp_path / "big.png").write_bytes(_png((400, 300)))
+    image = prepare_image("big.png", base_dir=tmp_path, limits=ImageLimits(max_side=100))
+    assert (image.width, image.height) == (100, 75)
+    with Image.open(io.BytesIO(base64.b64decode(image.url.split(",", 1)[1]))) as im:
+        assert im.size == (100, 75)
+
+
+def test_data_url_passes_through_with_its_size(tmp_path):
+    """A data URL is not re-encoded; its header gives the size for token estimates."""
+    url = "data:image/png;base64," + base64.b64encode(_png((64, 32))).decode()
+    image = prepare_image(url, base_dir=tmp_path, limits=ImageLimits())
+    assert image.url == url and (image.width, image.height) == (64, 32)
+
+
+@pytest.mark.parametrize(
+    ("setup", "ref", "words"),
+    [
+        (None, "", "empty url"),
+        (None, "ftp://host/a.jpg", "unsupported scheme 'ftp://'"),
+        (None, "missing.png", "file not found"),
+        (("empty.png", b""), "empty.png", "empty (0 bytes)"),
+        (("notes.png", b"hello, not an image"), "notes.png", "not an image"),
+        (("cut.png", _png((200, 200))[:60]), "cut.png", "broken or truncated"),
+        (None, "data:image/png;base64,@@@", "invalid base64"),
+    ],
+)
+def test_unusable_images_say_why(tmp_path, setup, ref, words):
+    """Each unusable image raises ImageUnreadableError with a message saying which problem."""
+    if setup:
+        (tmp_path / setup[0]).write_bytes(setup[1])
+    with pytest.raises(ImageUnreadableError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        prepare_image(ref, base_dir=tmp_path, limits=ImageLimits())
+
+
+def test_too_many_pixels_and_too_many_bytes_are_refused(tmp_path):
+    """Over max_pixels is refused as a decompression bomb; over max_bytes before reading."""
+    (tmp_path / "a.png").write_bytes(_png((100, 100)))
+    with pytest.raises(ImageUnreadableError, match="decompression bomb"):
+        prepare_image("a.png", base_dir=tmp_path, limits=ImageLimits(max_pixels=5000))
+    with pytest.raises(ImageUnreadableError, match="over images.max_bytes"):
+        prepare_image("a.png", base_dir=tmp_path, limits=ImageLimits(max_bytes=10))
+
+
+def test_data_urls_are_shortened_for_the_output():
+    """The url column gets the head of a data URL and its length, not the payload."""
+    url = "data:image/png;base64," + "A" * 10000
+    short = shorten_data_url(url)
+    assert short.startswith("data:image/png;base64,AAAA") and "[10022 chars]" in short and len(short) < 80
+    assert shorten_data_url("https://x/a.jpg") == "https://x/a.jpg"

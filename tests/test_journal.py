@@ -1,0 +1,91 @@
+"""The Parquet journal: atomic parts, bounded part count, one row per id, resume state, crash leftovers."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.journal import Journal
+from pipeline.models import RESULT_SCHEMA, ResultRow
+
+
+def row(i: int, status: str = "ok", *, retryable: bool = False, caption: str | None = None) -> ResultRow:
+    return ResultRow(id=f"id{i}", url=f"https://x/{i}", status=status, caption=caption or f"c{i}",
+                     retryable=retryable, attempts=1, finished_at=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_finalize_keeps_the_latest_row_per_id_with_the_spec_schema(tmp_path):
+    """Later parts win; results.parquet has one row per id and SPEC's column types."""
+    journal = Journal(tmp_path)
+    journal.write_rows([row(1, "error", retryable=True), row(2)])
+    journal.write_rows([row(1, caption="second")])
+    journal.finalize()
+    frame = pl.read_parquet(tmp_path / "results.parquet")
+    assert frame.schema == pl.Schema(RESULT_SCHEMA)
+    assert sorted(frame["id"]) == ["id1", "id2"]
+    assert frame.filter(pl.col("id") == "id1")["caption"].item() == "second"
+    assert journal.part_count() == 0
+
+
+def test_part_count_stays_bounded_on_long_runs(tmp_path):
+    """Compaction keeps a few dozen files however many flushes happen."""
+    journal = Journal(tmp_path, merge_factor=4)
+    for i in range(100):
+        journal.write_rows([row(i)])
+    assert journal.part_count() <= 3 * 4
+    assert journal.latest_frame().height == 100
+
+
+def test_skip_ids_follows_the_resume_rules(tmp_path):
+    """ok and filtered are skipped; non-retryable errors skipped unless retry_errors; retryable ones retried."""
+    journal = Journal(tmp_path)
+    journal.write_rows([row(1), row(2, "filtered"), row(3, "error", retryable=False), row(4, "error", retryable=True)])
+    assert sorted(journal.skip_ids(retry_errors=False)["id"]) == ["id1", "id2", "id3"]
+    assert sorted(journal.skip_ids(retry_errors=True)["id"]) == ["id1", "id2"]
+
+
+def test_leftovers_of_a_killed_merge_and_temp_files_are_cleaned(tmp_path):
+    """A merged part beside the parts it replaced (kill before delete) and temp files are tidied on open."""
+    journal = Journal(tmp_path, merge_factor=2)
+    journal.write_rows([row(1)])
+    saved = tmp_path / "saved.parquet"
+    shutil.copy(next((tmp_path / "journal").iterdir()), saved)
+    journal.write_rows([row(2)])  # merges p1 and p2 into p2-1
+    shutil.copy(saved, tmp_path / "journal" / "p0000000001-0000000001.parquet")
+    (tmp_path / "journal" / ".p0000000003-0000000003.parquet.tmp-99").write_bytes(b"partial")
+    reopened = Journal(tmp_path, merge_factor=2)
+    names = sorted(p.name for p in (tmp_path / "journal").iterdir())
+    assert names == ["p0000000002-0000000001.parquet"]
+    assert reopened.latest_frame().height == 2
+
+
+def test_meta_round_trip(tmp_path):
+    """run.json is written atomically and read back."""
+    journal = Journal(tmp_path)
+    assert journal.read_meta() is None
+    journal.write_meta({"fingerprint": "abc"})
+    assert journal.read_meta() == {"fingerprint": "abc"}
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 15), st.sampled_from(["ok", "error", "filtered"])), max_size=6), max_size=12),
+       st.integers(2, 4))
+def test_round_trip_latest_wins_whatever_the_flush_pattern(tmp_path_factory, batches, merge_factor):
+    """For any sequence of flushes and merges, each id's final row is the last one written."""
+    out = tmp_path_factory.mktemp("j")
+    journal = Journal(out, merge_factor=merge_factor)
+    expected: dict[str, str] = {}
+    for n, batch in enumerate(batches):
+        rows = []
+        for i, status in batch:
+            r = row(i, status, caption=f"b{n}-{i}")
+            rows = [x for x in rows if x.id != r.id] + [r]
+            expected[r.id] = r.caption
+        journal.write_rows(rows)
+    journal.finalize()
+    frame = pl.read_parquet(out / "results.parquet") if expected else pl.DataFrame(schema=RESULT_SCHEMA)
+    assert dict(zip(frame["id"], frame["caption"], strict=True)) == expected

@@ -1,0 +1,104 @@
+"""Pacing arithmetic with a fake clock, header formats, and the run-wide pause."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from pipeline.ratelimit import RateLimiter, parse_duration_s, parse_rate_limit_headers
+
+
+class FakeClock:
+    """Time that moves only when someone sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+
+
+def _grant_times(limiter: RateLimiter, clock: FakeClock, n: int, tokens: int = 1) -> list[float]:
+    times = []
+
+    async def go() -> None:
+        for _ in range(n):
+            await limiter.acquire(tokens)
+            times.append(clock.now)
+
+    anyio.run(go)
+    return times
+
+
+def test_rpm_is_spread_evenly_from_the_first_request():
+    """At rpm 600 with no burst credit: one grant every 0.1 s, so no 60 s window sees more than 600."""
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=600, tpm=None, clock=clock, sleep=clock.sleep)
+    times = _grant_times(limiter, clock, 1200)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert all(g == pytest.approx(0.1, rel=2e-3) for g in gaps)
+    window_counts = [sum(1 for t in times if start - 60 < t <= start) for start in times[::50]]
+    assert max(window_counts) <= 600
+
+
+def test_burst_credit_lets_a_burst_through_then_paces():
+    """With burst_s = 1.0 at rpm 600, about a second's worth (10) go at once, then one every 0.1 s."""
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=600, tpm=None, clock=clock, sleep=clock.sleep, burst_s=1.0)
+    times = _grant_times(limiter, clock, 30)
+    at_once = sum(1 for t in times if t - times[0] < 0.01)
+    assert 10 <= at_once <= 11
+    assert times[29] - times[28] == pytest.approx(0.1, rel=2e-3)
+
+
+def test_tpm_paces_by_tokens():
+    """At tpm 60,000 and 1,000-token requests: one per second in steady state."""
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=None, tpm=60_000, clock=clock, sleep=clock.sleep)
+    times = _grant_times(limiter, clock, 10, tokens=1000)
+    assert times[-1] - times[-2] == pytest.approx(1.0, rel=2e-3)
+    assert times[-1] - times[0] == pytest.approx(9.0, rel=2e-3)
+
+
+def test_no_limits_means_no_waiting():
+    """rpm and tpm unset: grants are immediate."""
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=None, tpm=None, clock=clock, sleep=clock.sleep)
+    assert _grant_times(limiter, clock, 50)[-1] == 1000.0
+
+
+def test_pause_holds_every_dispatch_until_it_ends():
+    """A 429's Retry-After pauses the next grants for everyone."""
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=None, tpm=None, clock=clock, sleep=clock.sleep)
+    limiter.pause(2.5)
+    assert _grant_times(limiter, clock, 3) == [1002.5, 1002.5, 1002.5]
+    assert limiter.pauses == 1
+
+
+def test_headers_saying_the_window_is_spent_pause_before_a_429():
+    """remaining-requests 0 with a reset of 1.5s pauses 1.5 s."""
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=None, tpm=None, clock=clock, sleep=clock.sleep)
+    limiter.observe({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.5s"})
+    assert limiter.paused_until == pytest.approx(1001.5)
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [("20ms", 0.02), ("1s", 1.0), ("6m0s", 360.0), ("26.604s", 26.604),
+                                              ("24h6m34s", 86794.0), ("55", 55.0), ("-1", None), ("0", 0.0),
+                                              ("soon", None), (None, None)])
+def test_reset_durations_in_every_format(raw, seconds):
+    """Go durations (OpenAI), integer seconds (Azure), -1 as unknown."""
+    assert parse_duration_s(raw) == (pytest.approx(seconds) if seconds is not None else None)
+
+
+def test_rate_limit_header_family_parses_openai_and_azure_names():
+    """x-ratelimit-* and Azure's hyphenated x-rate-limit-reset-tokens; -1 means unknown."""
+    info = parse_rate_limit_headers({"x-ratelimit-limit-requests": "3000", "x-ratelimit-remaining-requests": "2999",
+                                     "x-ratelimit-remaining-tokens": "-1", "x-rate-limit-reset-tokens": "55",
+                                     "x-ratelimit-reset-requests": "20ms"})
+    assert info.limit_requests == 3000 and info.remaining_requests == 2999
+    assert info.remaining_tokens is None and info.reset_tokens_s == 55.0 and info.reset_requests_s == 0.02
