@@ -60,10 +60,11 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caption", description="Batch image captioning against OpenAI-compatible vision endpoints.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0, help="debug log output (each flush, each stop)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="caption a manifest (resumable)", epilog=RUN_EPILOG,
+    run = sub.add_parser("run", help="caption a manifest (resumable)", epilog=RUN_EPILOG, parents=[common],
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("manifest", type=Path, help="CSV, TSV, JSONL, Parquet, a text list of images, or a folder")
     run.add_argument("--out", type=Path, required=True, help="output folder (results.parquet, journal/, run.json)")
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar; a periodic log line instead")
     _add_overrides(run)
 
-    sim = sub.add_parser("simulate", help="serve a local OpenAI-compatible vision endpoint",
+    sim = sub.add_parser("simulate", help="serve a local OpenAI-compatible vision endpoint", parents=[common],
                          epilog="example: caption simulate --port 8000 --rpm 600 --latency-median 1.5 --fault 503=0.02")
     sim.add_argument("--port", type=int, default=8000)
     sim.add_argument("--host", default="127.0.0.1")
@@ -178,20 +179,24 @@ async def _run_async(config: Config, args: argparse.Namespace, total_rows: int, 
         deps = RunnerDeps(client=client, journal=journal, limiter=limiter, breaker=CircuitBreaker(),
                           progress=_progress(total_rows, 0, no_progress=args.no_progress))
         runner = Runner(config, deps, manifest_path=args.manifest, total_rows=total_rows, retry_errors=args.retry_errors)
+        stopped: PipelineError | None = None
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signals, runner, tg.cancel_scope)
+            tg.start_soon(_stop_on_signals, runner)
             try:
                 totals = await runner.run()
             except PipelineError as exc:
-                _print_summary(runner.totals, journal, stopped=exc)
-                raise
+                # Raised outside the task group, or anyio would wrap it in an ExceptionGroup.
+                stopped = exc
             finally:
                 tg.cancel_scope.cancel()
+    if stopped is not None:
+        _print_summary(runner.totals, journal, stopped=stopped)
+        raise stopped
     _print_summary(totals, journal, stopped=None)
     return 1 if _errors_in_results(journal) else 0
 
 
-async def _stop_on_signals(runner: Any, scope: anyio.CancelScope) -> None:
+async def _stop_on_signals(runner: Any) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
