@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="serve a local OpenAI-compatible vision endpoint", parents=[common],
                          epilog="example: caption simulate --port 8000 --rpm 600 --latency-median 1.5 --fault 503=0.02")
-    sim.add_argument("--port", type=int, default=8000)
+    sim.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on start)")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--latency-median", type=float, default=0.5, help="seconds")
     sim.add_argument("--latency-p99", type=float, default=2.0, help="seconds")
@@ -242,7 +242,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         stall_s=args.stall, header_style=args.header_style, accept_any_model=args.any_model, seed=args.seed,
         log_path=args.log,
     )
-    server = SimulatorServer(SimulatorApp(sim_config), host=args.host, port=args.port)
+    server = SimulatorServer(SimulatorApp(sim_config), host=args.host, port=args.port,
+                             log_level="debug" if args.verbose else "warning")
+    # The actual port (--port 0 picks a free one) on a line scripts can read.
     print(f"caption simulate: listening on {server.base_url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     server.serve_forever()
     return 0
