@@ -3,7 +3,14 @@
 Two passes, neither holding the manifest whole:
 - ``inspect_manifest`` checks the file can be read, has the url column, is not
   empty and repeats no id; it counts rows. Nothing is sent before it passes.
+  Ids are checked as 8-byte hashes (sorted, then compared to their neighbours),
+  so 6 million rows need ~50 MB, not a set of strings.
 - ``iter_chunks`` streams ``Item`` lists of ``chunk_size`` rows.
+
+Every format is read by a pull-based reader (the csv module, pyarrow's
+``iter_batches``, line by line): polars' ``collect_batches`` reads far ahead of
+a slow consumer (342 MB resident after 3,000 of 6 million rows were taken),
+and the pipeline consumes at request speed.
 
 An id column is optional; a missing or empty id is derived from a stable hash
 of the url, so a re-run derives the same ids. Rows without an id that repeat
@@ -12,8 +19,10 @@ an earlier url are the same image and collapse into one id.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +30,8 @@ from typing import Any, Literal
 
 import orjson
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .errors import ManifestError
 from .models import Item
@@ -66,62 +77,136 @@ def inspect_manifest(path: Path, *, url_column: str = "url", id_column: str = "i
     fmt = detect_format(path)
     if fmt != "folder" and not os.access(path, os.R_OK):
         raise ManifestError(str(path), "cannot be read (permission denied)")
-    if fmt in ("text", "folder"):
-        rows = sum(len(chunk) for chunk in _iter_raw_lines(path, fmt, chunk_size=65536))
-        columns: tuple[str, ...] = (url_column,)
-        has_id = False
-    elif fmt == "jsonl":
-        rows, columns, has_id = _inspect_jsonl(path, url_column=url_column, id_column=id_column)
-    else:
-        rows, columns, has_id = _inspect_tabular(path, fmt, url_column=url_column, id_column=id_column)
+    if fmt in ("csv", "tsv", "parquet") and path.stat().st_size == 0:
+        raise ManifestError(str(path), "the file is empty")
+    columns = _columns(path, fmt, url_column=url_column)
+    rows = 0
+    id_hashes = array("q")
+    for records in _iter_records(path, fmt, url_column=url_column, chunk_size=65536):
+        for record in records:
+            rows += 1
+            if fmt == "jsonl" and url_column not in record:
+                raise ManifestError(str(path), f"row {rows} has no '{url_column}' field")
+            given = record.get(id_column)
+            if given not in (None, ""):
+                id_hashes.append(hash(str(given)))
     if rows == 0:
         raise ManifestError(str(path), "the manifest has no rows")
-    return ManifestInfo(path=path, format=fmt, rows=rows, columns=columns, has_id_column=has_id)
+    if _has_duplicates(id_hashes):
+        _raise_duplicate(path, fmt, url_column=url_column, id_column=id_column, hashes=id_hashes)
+    return ManifestInfo(path=path, format=fmt, rows=rows, columns=columns, has_id_column=bool(id_hashes))
 
 
-def _scan(path: Path, fmt: Format) -> pl.LazyFrame:
+def _columns(path: Path, fmt: Format, *, url_column: str) -> tuple[str, ...]:
+    if fmt in ("text", "folder"):
+        return (url_column,)
+    if fmt == "jsonl":
+        first = next(_iter_records(path, fmt, url_column=url_column, chunk_size=1), [])
+        return tuple(first[0]) if first else ()
     if fmt == "parquet":
-        return pl.scan_parquet(path)
-    separator = "\t" if fmt == "tsv" else ","
-    # Every column as text: a manifest's ids must not turn into integers or dates.
-    return pl.scan_csv(path, separator=separator, infer_schema=False)
+        try:
+            columns = tuple(pq.ParquetFile(path).schema_arrow.names)
+        except (pa.ArrowException, OSError) as exc:
+            raise ManifestError(str(path), f"cannot be read as Parquet ({_first_line(exc)})") from None
+    else:
+        with _open_text(path) as fh:
+            try:
+                columns = tuple(next(csv.reader(fh, delimiter=_DELIMITERS[fmt]), []))
+            except (csv.Error, UnicodeDecodeError) as exc:
+                raise ManifestError(str(path), f"cannot be read as {fmt.upper()} ({_first_line(exc)})") from None
+    if url_column not in columns:
+        raise ManifestError(str(path), f"no '{url_column}' column (columns: {', '.join(columns) or 'none'})")
+    return columns
 
 
-def _inspect_tabular(path: Path, fmt: Format, *, url_column: str, id_column: str) -> tuple[int, tuple[str, ...], bool]:
-    if path.stat().st_size == 0:
-        raise ManifestError(str(path), "the file is empty")
-    try:
-        lf = _scan(path, fmt)
-        columns = tuple(lf.collect_schema().names())
-        if url_column not in columns:
-            raise ManifestError(str(path), f"no '{url_column}' column (columns: {', '.join(columns) or 'none'})")
-        rows = lf.select(pl.len()).collect().item()
-        has_id = id_column in columns
-        if has_id:
-            dupes = (
-                lf.select(pl.col(id_column).cast(pl.String))
-                .filter(pl.col(id_column).is_not_null() & (pl.col(id_column) != ""))
-                .group_by(id_column)
-                .len()
-                .filter(pl.col("len") > 1)
-                .head(3)
-                .collect()
-            )
-            if dupes.height:
-                first = dupes.row(0)
-                raise ManifestError(
-                    str(path), f"id '{first[0]}' appears {first[1]} times (ids must be unique)"
-                )
-    except ManifestError:
-        raise
-    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(str(path), f"cannot be read as {fmt.upper()} ({_first_line(exc)})") from None
-    return rows, columns, has_id
+def _has_duplicates(hashes: array) -> bool:
+    if len(hashes) < 2:
+        return False
+    values = pl.from_arrow(pa.Array.from_buffers(pa.int64(), len(hashes), [None, pa.py_buffer(hashes)])).sort()
+    return bool((values.slice(1) == values.slice(0, len(values) - 1)).any())
+
+
+def _raise_duplicate(path: Path, fmt: Format, *, url_column: str, id_column: str, hashes: array) -> None:
+    """Second pass, only over ids whose hash repeats: name the first id that really repeats."""
+    values = pl.Series(hashes, dtype=pl.Int64)
+    suspects = set(values.filter(values.is_duplicated()).unique().to_list())
+    seen: dict[str, int] = {}
+    for records in _iter_records(path, fmt, url_column=url_column, chunk_size=65536):
+        for record in records:
+            given = record.get(id_column)
+            if given in (None, "") or hash(str(given)) not in suspects:
+                continue
+            key = str(given)
+            seen[key] = seen.get(key, 0) + 1
+    repeated = [(k, n) for k, n in seen.items() if n > 1]
+    if repeated:
+        key, n = repeated[0]
+        raise ManifestError(str(path), f"id '{key}' appears {n} times (ids must be unique)")
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+_DELIMITERS = {"csv": ",", "tsv": "\t"}
+
+
+def _open_text(path: Path):  # noqa: ANN202 - a text file object
+    try:
+        return path.open("r", encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise ManifestError(str(path), f"cannot be read ({exc.strerror})") from None
+
+
+def _iter_records(path: Path, fmt: Format, *, url_column: str, chunk_size: int) -> Iterator[list[dict[str, Any]]]:
+    """Every format as lists of dict records, pulled one chunk at a time."""
+    if fmt in ("text", "folder"):
+        for lines in _iter_raw_lines(path, fmt, chunk_size=chunk_size):
+            yield [{url_column: line} for line in lines]
+    elif fmt == "jsonl":
+        batch: list[dict[str, Any]] = []
+        for _, record in _iter_jsonl_records(path):
+            batch.append(record)
+            if len(batch) >= chunk_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+    elif fmt == "parquet":
+        try:
+            for table in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
+                yield table.to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            raise ManifestError(str(path), f"cannot be read as Parquet ({_first_line(exc)})") from None
+    else:
+        yield from _iter_delimited(path, fmt, chunk_size=chunk_size)
+
+
+def _iter_delimited(path: Path, fmt: Format, *, chunk_size: int) -> Iterator[list[dict[str, Any]]]:
+    # Inlined data: URLs in a cell can exceed the csv module's 128 KiB default.
+    csv.field_size_limit(2**31 - 1)
+    with _open_text(path) as fh:
+        reader = csv.reader(fh, delimiter=_DELIMITERS[fmt])
+        try:
+            header = next(reader, None)
+            if header is None:
+                return
+            width = len(header)
+            batch: list[dict[str, Any]] = []
+            for values in reader:
+                if not values:
+                    continue
+                if len(values) != width:
+                    raise ManifestError(str(path), f"line {reader.line_num} has {len(values)} fields, the header has {width}")
+                batch.append(dict(zip(header, values)))
+                if len(batch) >= chunk_size:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise ManifestError(str(path), f"cannot be read as {fmt.upper()} ({_first_line(exc)})") from None
 
 
 def _iter_jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -139,24 +224,6 @@ def _iter_jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 yield lineno, record
     except OSError as exc:
         raise ManifestError(str(path), f"cannot be read ({exc.strerror})") from None
-
-
-def _inspect_jsonl(path: Path, *, url_column: str, id_column: str) -> tuple[int, tuple[str, ...], bool]:
-    rows = 0
-    columns: dict[str, None] = {}
-    seen_ids: set[str] = set()
-    for lineno, record in _iter_jsonl_records(path):
-        rows += 1
-        columns.update(dict.fromkeys(record))
-        if url_column not in record:
-            raise ManifestError(str(path), f"line {lineno} has no '{url_column}' field")
-        given = record.get(id_column)
-        if given not in (None, ""):
-            key = str(given)
-            if key in seen_ids:
-                raise ManifestError(str(path), f"id '{key}' appears more than once (line {lineno}; ids must be unique)")
-            seen_ids.add(key)
-    return rows, tuple(columns), bool(seen_ids)
 
 
 def _iter_raw_lines(path: Path, fmt: Format, *, chunk_size: int) -> Iterator[list[str]]:
@@ -208,28 +275,7 @@ def iter_chunks(
     path: Path, *, chunk_size: int = 256, url_column: str = "url", id_column: str = "id"
 ) -> Iterator[list[Item]]:
     """Stream the manifest as lists of at most ``chunk_size`` items."""
-    fmt = detect_format(path)
     # Derived ids only: a given id is unique by inspect_manifest.
     seen_derived: set[str] = set()
-
-    def emit(records: list[dict[str, Any]]) -> list[Item]:
-        return _items_from_records(records, url_column=url_column, id_column=id_column, seen_derived=seen_derived)
-
-    if fmt in ("text", "folder"):
-        for lines in _iter_raw_lines(path, fmt, chunk_size=chunk_size):
-            yield emit([{url_column: line} for line in lines])
-    elif fmt == "jsonl":
-        batch: list[dict[str, Any]] = []
-        for _, record in _iter_jsonl_records(path):
-            batch.append(record)
-            if len(batch) >= chunk_size:
-                yield emit(batch)
-                batch = []
-        if batch:
-            yield emit(batch)
-    else:
-        try:
-            for frame in _scan(path, fmt).collect_batches(chunk_size=chunk_size):
-                yield emit(frame.to_dicts())
-        except pl.exceptions.PolarsError as exc:
-            raise ManifestError(str(path), f"cannot be read as {fmt.upper()} ({_first_line(exc)})") from None
+    for records in _iter_records(path, detect_format(path), url_column=url_column, chunk_size=chunk_size):
+        yield _items_from_records(records, url_column=url_column, id_column=id_column, seen_derived=seen_derived)

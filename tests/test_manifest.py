@@ -66,7 +66,8 @@ def test_empty_id_cells_fall_back_to_the_url_hash(tmp_path):
     [
         ("no_url.csv", "id,image\n1,https://x/1\n", "no 'url' column"),
         ("dupes.csv", "id,url\na,https://x/1\nb,https://x/2\na,https://x/3\n", "id 'a' appears 2 times"),
-        ("dupes.jsonl", '{"id": "a", "url": "u1"}\n{"id": "a", "url": "u2"}\n', "id 'a' appears more than once"),
+        ("dupes.jsonl", '{"id": "a", "url": "u1"}\n{"id": "a", "url": "u2"}\n', "id 'a' appears 2 times"),
+        ("ragged.csv", "id,url\na,https://x/1\nb,https://x/2,extra\n", "line 3 has 3 fields, the header has 2"),
         ("empty.csv", "", "the file is empty"),
         ("header_only.csv", "id,url\n", "the manifest has no rows"),
         ("empty.txt", "\n# nothing\n", "the manifest has no rows"),
@@ -114,3 +115,35 @@ def test_folder_manifest_lists_images(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     assert inspect_manifest(tmp_path).rows == 2
     assert [os.path.basename(i.url) for i in _all(tmp_path)] == ["a.jpg", "b.png"]
+
+
+def test_large_manifests_are_streamed_not_loaded(tmp_path):
+    """Taking the first chunk of a 60 MB CSV, and checking all its ids, stay far below the file's size in memory."""
+    import psutil
+
+    path = tmp_path / "big.csv"
+    with open(path, "w") as fh:
+        fh.write("id,url,note\n")
+        for i in range(1_000_000):
+            fh.write(f"id{i:08d},https://images.example.com/big/{i:08d}.jpg,some words here\n")
+    size_mb = path.stat().st_size / 2**20
+    process = psutil.Process()
+    before = process.memory_info().rss
+    chunks = iter_chunks(path, chunk_size=256)
+    first = next(chunks)
+    grown_mb = (process.memory_info().rss - before) / 2**20
+    assert len(first) == 256 and grown_mb < size_mb / 4, (grown_mb, size_mb)
+    assert inspect_manifest(path).rows == 1_000_000
+    assert (process.memory_info().rss - before) / 2**20 < size_mb / 2
+
+
+def test_duplicate_ids_are_found_among_a_million_rows(tmp_path):
+    """The hash-based check finds one repeated id among a million and names it."""
+    path = tmp_path / "big.csv"
+    with open(path, "w") as fh:
+        fh.write("id,url\n")
+        for i in range(1_000_000):
+            fh.write(f"id{i},https://x/{i}\n")
+        fh.write("id424242,https://x/again\n")
+    with pytest.raises(ManifestError, match="id 'id424242' appears 2 times"):
+        inspect_manifest(path)
