@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import polars as pl
 
 from .breaker import CircuitBreaker
 from .client import VisionClient
@@ -42,7 +41,7 @@ from .errors import (
     ResumeMismatchError,
 )
 from .images import ImageLimits, PreparedImage, is_remote, prepare_image, shorten_data_url
-from .journal import Journal
+from .journal import DoneIds, Journal
 from .manifest import iter_chunks
 from .models import Failure, Item, Outcome, Reply, ResultRow, RunTotals
 from .progress import NoProgress, Progress
@@ -162,7 +161,7 @@ class Runner:
             raise self._stop_reason
         return self.totals
 
-    async def _produce(self, send: anyio.abc.ObjectSendStream[Item], skip: pl.DataFrame) -> None:
+    async def _produce(self, send: anyio.abc.ObjectSendStream[Item], skip: DoneIds) -> None:
         chunks = iter_chunks(self.manifest_path, chunk_size=self.config.run.chunk_size,
                              url_column=self.config.manifest.url_column, id_column=self.config.manifest.id_column)
         async with send:
@@ -170,7 +169,7 @@ class Runner:
                 chunk = await anyio.to_thread.run_sync(next, chunks, None)
                 if chunk is None:
                     return
-                done = _already_done([item.id for item in chunk], skip)
+                done = skip.among([item.id for item in chunk])
                 for item in chunk:
                     if item.id in done:
                         self.totals.skipped += 1
@@ -333,9 +332,3 @@ class Runner:
             }
         journal.write_meta(meta)
 
-
-def _already_done(ids: list[str], skip: pl.DataFrame) -> set[str]:
-    if skip.is_empty():
-        return set()
-    chunk = pl.DataFrame({"id": ids}, schema={"id": pl.String()})
-    return set(chunk.join(skip, on="id", how="semi")["id"].to_list())

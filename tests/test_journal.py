@@ -44,8 +44,11 @@ def test_skip_ids_follows_the_resume_rules(tmp_path):
     """ok and filtered are skipped; non-retryable errors skipped unless retry_errors; retryable ones retried."""
     journal = Journal(tmp_path)
     journal.write_rows([row(1), row(2, "filtered"), row(3, "error", retryable=False), row(4, "error", retryable=True)])
-    assert sorted(journal.skip_ids(retry_errors=False)["id"]) == ["id1", "id2", "id3"]
-    assert sorted(journal.skip_ids(retry_errors=True)["id"]) == ["id1", "id2"]
+    assert sorted(journal.skip_ids(retry_errors=False).ids) == ["id1", "id2", "id3"]
+    assert sorted(journal.skip_ids(retry_errors=True).ids) == ["id1", "id2"]
+    done = journal.skip_ids(retry_errors=False)
+    assert done.among(["id0", "id1", "id3", "id4", "zzz"]) == {"id1", "id3"}
+    assert len(done) == 3
 
 
 def test_leftovers_of_a_killed_merge_and_temp_files_are_cleaned(tmp_path):
@@ -89,3 +92,12 @@ def test_round_trip_latest_wins_whatever_the_flush_pattern(tmp_path_factory, bat
     journal.finalize()
     frame = pl.read_parquet(out / "results.parquet") if expected else pl.DataFrame(schema=RESULT_SCHEMA)
     assert dict(zip(frame["id"], frame["caption"], strict=True)) == expected
+
+
+def test_done_ids_lookup_is_exact_at_both_ends():
+    """among() finds ids before the first, after the last, and between sorted neighbours exactly."""
+    from pipeline.journal import DoneIds
+
+    done = DoneIds(pl.Series("id", ["b", "d", "f"]).sort())
+    assert done.among(["a", "b", "c", "d", "e", "f", "g"]) == {"b", "d", "f"}
+    assert DoneIds(pl.Series("id", [], dtype=pl.String())).among(["a"]) == set()
