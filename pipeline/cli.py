@@ -144,6 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if missing:
             raise ManifestError(str(args.manifest), f"{key} uses {{{missing[0]}}} but the manifest has no such column "
                                                     f"(columns: {', '.join(info.columns)})")
+    _check_budget_is_priced(config)
     journal = Journal(args.out)
     from .runner import check_resume
 
@@ -160,6 +161,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         return anyio.run(_run_async, config, args, info.rows, journal, api_key)
 
 
+def _check_budget_is_priced(config: Config) -> None:
+    from .cost import row_cost_usd
+    from .models import Usage
+
+    if config.limits.max_cost_usd is None:
+        return
+    model = config.request.model
+    if row_cost_usd(model, Usage(prompt_tokens=1), config.pricing, ocr_model=config.request.extra_body.get("ocr_model")) is None:
+        raise ConfigError(f"limits.max_cost_usd needs a price for model '{model}': add [pricing.\"{model}\"] "
+                          "with input and output (USD per 1M tokens)", key="limits.max_cost_usd", path=config.source)
+
+
 def _with_base_url(config: Config, base_url: str) -> Config:
     import dataclasses
 
@@ -170,6 +183,7 @@ async def _run_async(config: Config, args: argparse.Namespace, total_rows: int, 
     from .breaker import CircuitBreaker
     from .client import VisionClient, make_http_client
     from .ratelimit import RateLimiter
+    from .manifest import base_dir, chunk_source
     from .runner import Runner, RunnerDeps
 
     limits = config.limits
@@ -178,7 +192,10 @@ async def _run_async(config: Config, args: argparse.Namespace, total_rows: int, 
         limiter = RateLimiter(rpm=limits.rpm, tpm=limits.tpm, clock=time.monotonic, sleep=anyio.sleep)
         deps = RunnerDeps(client=client, journal=journal, limiter=limiter, breaker=CircuitBreaker(),
                           progress=_progress(total_rows, 0, no_progress=args.no_progress))
-        runner = Runner(config, deps, manifest_path=args.manifest, total_rows=total_rows, retry_errors=args.retry_errors)
+        chunks = chunk_source(args.manifest, chunk_size=config.run.chunk_size, url_column=config.manifest.url_column,
+                              id_column=config.manifest.id_column)
+        runner = Runner(config, deps, chunks=chunks, base_dir=base_dir(args.manifest),
+                        total_rows=total_rows, manifest_label=str(args.manifest), retry_errors=args.retry_errors)
         stopped: PipelineError | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signals, runner)
@@ -189,10 +206,9 @@ async def _run_async(config: Config, args: argparse.Namespace, total_rows: int, 
                 stopped = exc
             finally:
                 tg.cancel_scope.cancel()
+    _print_summary(runner, journal, stopped=stopped)
     if stopped is not None:
-        _print_summary(runner.totals, journal, stopped=stopped)
         raise stopped
-    _print_summary(totals, journal, stopped=None)
     return 1 if _errors_in_results(journal) else 0
 
 
@@ -209,13 +225,15 @@ def _errors_in_results(journal: Journal) -> bool:
     return bool(pl.scan_parquet(journal.results_path).filter(pl.col("status") == "error").select(pl.len()).collect().item())
 
 
-def _print_summary(totals: RunTotals, journal: Journal, *, stopped: PipelineError | None) -> None:
+def _print_summary(runner: Any, journal: Journal, *, stopped: PipelineError | None) -> None:
+    totals: RunTotals = runner.totals
     verb = "stopped" if stopped else "finished"
     remaining = max(0, totals.total - totals.skipped - totals.done)
+    cap = f" ({runner.budget.describe()} in this folder)" if runner.budget.max_cost_usd is not None else ""
     print(
         f"caption: {verb}: {totals.done} rows this run (ok {totals.ok}, filtered {totals.filtered}, error {totals.error}, "
         f"flagged {totals.flagged}), {totals.skipped} already done, {remaining} left; {totals.requests} requests, "
-        f"{totals.prompt_tokens} prompt + {totals.completion_tokens} completion tokens, ${totals.cost_usd:.4f}; "
+        f"{totals.prompt_tokens} prompt + {totals.completion_tokens} completion tokens, ${totals.cost_usd:.4f}{cap}; "
         f"results: {journal.results_path}",
         file=sys.stderr,
     )

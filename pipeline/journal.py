@@ -233,6 +233,10 @@ class Journal:
             raise JournalError(f"{self.out_dir}: the journal cannot be read ({exc})") from None
         return DoneIds(pl.concat(ids).sort() if ids else pl.Series("id", [], dtype=pl.String()))
 
+    def spent_usd(self) -> float:
+        """What the rows recorded in this folder cost (their latest outcomes)."""
+        return float(sum(f["cost_usd"].sum() or 0.0 for f in self._iter_latest(self._sources(), ["id", "cost_usd"])))
+
     def part_count(self) -> int:
         return len(self._parts())
 

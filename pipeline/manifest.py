@@ -23,7 +23,7 @@ import csv
 import hashlib
 import os
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -269,6 +269,16 @@ def _items_from_records(
         fields = {k: v for k, v in record.items() if k not in (url_column, id_column)}
         items.append(Item(id=item_id, url=url, fields=fields))
     return items
+
+
+def base_dir(path: Path) -> Path:
+    """Where relative image paths in a manifest are resolved: the manifest's folder (or the folder itself)."""
+    return path if path.is_dir() else path.parent
+
+
+def chunk_source(path: Path, *, chunk_size: int, url_column: str, id_column: str) -> Callable[[], Iterator[list[Item]]]:
+    """A re-startable stream of chunks, as the runner takes it."""
+    return lambda: iter_chunks(path, chunk_size=chunk_size, url_column=url_column, id_column=id_column)
 
 
 def iter_chunks(

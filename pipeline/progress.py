@@ -20,8 +20,10 @@ class Progress(Protocol):
 
 
 def _counts(t: RunTotals) -> str:
+    todo = max(0, t.total - t.skipped)
+    projected = f" (~${t.cost_usd / t.done * todo:.2f} at the end)" if t.done else ""
     return (f"ok={t.ok} err={t.error} filt={t.filtered} flagged={t.flagged} "
-            f"tok={t.prompt_tokens + t.completion_tokens} ${t.cost_usd:.4f}")
+            f"tok={t.prompt_tokens + t.completion_tokens} ${t.cost_usd:.4f}{projected}")
 
 
 class BarProgress:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,11 +27,13 @@ from typing import Any
 import anyio
 
 from .breaker import CircuitBreaker
+from .budget import Budget
 from .client import VisionClient
 from .config import Config
 from .cost import row_cost_usd
 from .errors import (
     AuthError,
+    BudgetExceededError,
     CircuitOpenError,
     ImageUnreadableError,
     InterruptedRunError,
@@ -42,13 +44,12 @@ from .errors import (
 )
 from .images import ImageLimits, PreparedImage, is_remote, prepare_image, shorten_data_url
 from .journal import DoneIds, Journal
-from .manifest import iter_chunks
-from .models import Failure, Item, Outcome, Reply, ResultRow, RunTotals
+from .models import Failure, Item, Outcome, Reply, ResultRow, RunTotals, Usage
 from .progress import NoProgress, Progress
 from .ratelimit import RateLimiter
 from .request import build_body
 from .retry import call_with_retries
-from .tokens import TextCounter, image_tokens, request_tokens
+from .tokens import TextCounter, image_tokens, max_image_tokens, request_tokens
 
 log = logging.getLogger("caption")
 
@@ -96,13 +97,25 @@ def check_resume(journal: Journal, config: Config, *, force: bool) -> None:
     )
 
 
+ChunkSource = Callable[[], Iterator[list[Item]]]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEstimate:
+    """What a request is counted as before it is sent: TPM tokens, and its worst-case cost."""
+
+    tpm_tokens: int
+    max_cost_usd: float
+
+
 class Runner:
-    def __init__(self, config: Config, deps: RunnerDeps, *, manifest_path: Path, total_rows: int,
-                 retry_errors: bool = False, grace_s: float = 10.0) -> None:
+    def __init__(self, config: Config, deps: RunnerDeps, *, chunks: ChunkSource, base_dir: Path, total_rows: int,
+                 manifest_label: str = "", retry_errors: bool = False, grace_s: float = 10.0) -> None:
         self.config = config
         self.deps = deps
-        self.manifest_path = manifest_path
-        self.base_dir = manifest_path.parent if manifest_path.is_file() else manifest_path
+        self.chunks = chunks
+        self.base_dir = base_dir
+        self.manifest_label = manifest_label
         self.retry_errors = retry_errors
         self.grace_s = grace_s
         self.totals = RunTotals(total=total_rows)
@@ -114,6 +127,7 @@ class Runner:
         self._stopping = anyio.Event()
         self._stop_reason: PipelineError | None = None
         self._unpriced_warned: set[str] = set()
+        self.budget = Budget(max_cost_usd=config.limits.max_cost_usd)
 
     # -- stopping ------------------------------------------------------------
 
@@ -130,7 +144,9 @@ class Runner:
 
     async def _watch_stop(self, work: anyio.CancelScope) -> None:
         await self._stopping.wait()
-        if isinstance(self._stop_reason, InterruptedRunError) or self._stop_reason is None:
+        # Ctrl-C and the budget let in-flight requests finish (they are paid for);
+        # a fatal answer or an open breaker cancels them at once.
+        if isinstance(self._stop_reason, (InterruptedRunError, BudgetExceededError)) or self._stop_reason is None:
             await anyio.sleep(self.grace_s)
         work.cancel()
 
@@ -140,6 +156,7 @@ class Runner:
         journal = self.deps.journal
         self._write_meta(status="running")
         skip = journal.skip_ids(retry_errors=self.retry_errors)
+        self.budget.spent_usd = journal.spent_usd()
         items_send, items_recv = anyio.create_memory_object_stream[Item](self.config.limits.concurrency)
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._flush_loop)
@@ -162,8 +179,7 @@ class Runner:
         return self.totals
 
     async def _produce(self, send: anyio.abc.ObjectSendStream[Item], skip: DoneIds) -> None:
-        chunks = iter_chunks(self.manifest_path, chunk_size=self.config.run.chunk_size,
-                             url_column=self.config.manifest.url_column, id_column=self.config.manifest.id_column)
+        chunks = self.chunks()
         async with send:
             while not self._stopping.is_set():
                 chunk = await anyio.to_thread.run_sync(next, chunks, None)
@@ -203,7 +219,7 @@ class Runner:
         except ImageUnreadableError as exc:
             return self._row(item, status="error", error_type="image_unreadable", error_message=str(exc))
         body = build_body(self.config.request, image_url=image.url, fields=item.fields)
-        est = self._estimate_tokens(body, image)
+        est = self._estimate(body, image)
         try:
             outcome, attempts = await call_with_retries(
                 lambda attempt: self._attempt(body, est), max_attempts=self.config.limits.max_attempts,
@@ -223,24 +239,37 @@ class Runner:
         return await anyio.to_thread.run_sync(
             lambda: prepare_image(item.url, base_dir=self.base_dir, limits=self._limits))
 
-    def _estimate_tokens(self, body: dict[str, Any], image: PreparedImage) -> int:
+    def _estimate(self, body: dict[str, Any], image: PreparedImage) -> RequestEstimate:
         request = self.config.request
         text = "".join(part["text"] for m in body["messages"] for part in
                        (m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}])
                        if part.get("type") == "text")
-        return request_tokens(
-            text_tokens=self._text.count(text, model=request.model),
-            image_tokens_=image_tokens(request.model, detail=request.detail, width=image.width, height=image.height),
-            max_tokens=request.max_tokens * (request.n or 1),
-        )
+        text_tokens = self._text.count(text, model=request.model)
+        image_est = image_tokens(request.model, detail=request.detail, width=image.width, height=image.height)
+        max_completion = request.max_tokens * (request.n or 1)
+        tpm = request_tokens(text_tokens=text_tokens, image_tokens_=image_est, max_tokens=max_completion)
+        worst_image = image_est if image.width else max_image_tokens(request.model, detail=request.detail)
+        worst = Usage(prompt_tokens=tpm - max_completion - image_est + worst_image, completion_tokens=max_completion)
+        return RequestEstimate(tpm_tokens=tpm, max_cost_usd=self._cost(request.model, worst, warn=False) or 0.0)
 
-    async def _attempt(self, body: dict[str, Any], est_tokens: int) -> Outcome:
+    async def _attempt(self, body: dict[str, Any], est: RequestEstimate) -> Outcome:
         if self._stopping.is_set():
             raise _StopDispatch
-        await self.deps.limiter.acquire(est_tokens)
+        await self.deps.limiter.acquire(est.tpm_tokens)
         if self._stopping.is_set():
             raise _StopDispatch
-        outcome = await self.deps.client.complete(body)
+        if not self.budget.try_reserve(est.max_cost_usd):
+            self.request_stop(BudgetExceededError(
+                f"the budget is reached: {self.budget.describe()} with requests in flight; "
+                "raise --max-cost (limits.max_cost_usd) and re-run to continue"))
+            raise _StopDispatch
+        try:
+            outcome = await self.deps.client.complete(body)
+        except BaseException:  # cancelled mid-request: nothing is known to be billed
+            self.budget.settle(est.max_cost_usd, 0.0)
+            raise
+        paid = self._cost(outcome.completion.model, outcome.completion.usage) if isinstance(outcome, Reply) else None
+        self.budget.settle(est.max_cost_usd, paid or 0.0)
         self.totals.requests += 1
         limiter, breaker = self.deps.limiter, self.deps.breaker
         limiter.observe(outcome.headers)
@@ -288,10 +317,10 @@ class Runner:
             http_status=outcome.http_status, attempts=attempts, latency_s=outcome.latency_s, response_id=c.response_id,
         )
 
-    def _cost(self, model: str | None, usage: Any) -> float | None:
+    def _cost(self, model: str | None, usage: Usage, *, warn: bool = True) -> float | None:
         model = model or self.config.request.model
         cost = row_cost_usd(model, usage, self.config.pricing, ocr_model=self.config.request.extra_body.get("ocr_model"))
-        if cost is None and model not in self._unpriced_warned:
+        if cost is None and warn and model not in self._unpriced_warned:
             self._unpriced_warned.add(model)
             log.warning("no price for model '%s': cost_usd stays null (add [pricing.\"%s\"] to the config)", model, model)
         return cost
@@ -317,7 +346,7 @@ class Runner:
         meta.update(
             fingerprint=self.config.request_fingerprint(),
             request=self.config.request_identity(),
-            manifest=str(self.manifest_path),
+            manifest=self.manifest_label,
             base_url=self.config.endpoint.base_url,
             status=status,
             updated_at=self.deps.now().isoformat(),
@@ -329,6 +358,7 @@ class Runner:
                 "requests": self.totals.requests, "prompt_tokens": self.totals.prompt_tokens,
                 "completion_tokens": self.totals.completion_tokens, "cost_usd": round(self.totals.cost_usd, 6),
                 "stopped_by": type(self._stop_reason).__name__ if self._stop_reason else None,
+                "spent_usd_in_folder": round(self.budget.spent_usd, 6),
             }
         journal.write_meta(meta)
 

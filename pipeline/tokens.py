@@ -110,6 +110,12 @@ def image_tokens(model: str, *, detail: str = "auto", width: int | None = None, 
     return generic
 
 
+def max_image_tokens(model: str, *, detail: str = "auto") -> int:
+    """The most an image of unknown size can cost: the worst of a few aspect ratios at the size limits."""
+    shapes = [(2048, 2048), (768, 2048), (2048, 768), (512, 2048), (2048, 512), (1024, 1024)]
+    return max(image_tokens(model, detail=detail, width=w, height=h) for w, h in shapes)
+
+
 Encoding = Literal["o200k_base", "cl100k_base"]
 
 

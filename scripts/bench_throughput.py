@@ -73,7 +73,7 @@ def run_pipeline(base_url: str, manifest: Path, *, concurrency: int, rpm: int | 
     from pipeline.client import VisionClient, make_http_client
     from pipeline.config import build_config
     from pipeline.journal import Journal
-    from pipeline.manifest import inspect_manifest
+    from pipeline.manifest import chunk_source, inspect_manifest
     from pipeline.ratelimit import RateLimiter
     from pipeline.runner import Runner, RunnerDeps
 
@@ -92,7 +92,8 @@ def run_pipeline(base_url: str, manifest: Path, *, concurrency: int, rpm: int | 
             client = VisionClient(http, base_url=base_url, api_key=None, timeout_s=60)
             limiter = RateLimiter(rpm=rpm, tpm=tpm, clock=time.monotonic, sleep=anyio.sleep)
             deps = RunnerDeps(client=client, journal=Journal(out), limiter=limiter)
-            runner = Runner(config, deps, manifest_path=manifest, total_rows=inspect_manifest(manifest).rows)
+            chunks = chunk_source(manifest, chunk_size=256, url_column="url", id_column="id")
+            runner = Runner(config, deps, chunks=chunks, base_dir=manifest.parent, total_rows=inspect_manifest(manifest).rows)
             return await runner.run()
 
     cpu0, t0 = cpu_s(), time.perf_counter()

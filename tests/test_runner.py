@@ -16,7 +16,7 @@ from pipeline.client import VisionClient, make_http_client
 from pipeline.config import Config, build_config
 from pipeline.errors import AuthError, CircuitOpenError, InterruptedRunError, ModelNotFoundError, QuotaError, ResumeMismatchError
 from pipeline.journal import Journal
-from pipeline.manifest import inspect_manifest
+from pipeline.manifest import chunk_source, inspect_manifest
 from pipeline.ratelimit import RateLimiter
 from pipeline.runner import Runner, RunnerDeps, check_resume
 from pipeline.simulator import caption_for
@@ -43,7 +43,8 @@ def run_once(config: Config, manifest: Path, out: Path, *, retry_errors=False, b
             client = VisionClient(http, base_url=config.endpoint.base_url, api_key=api_key, timeout_s=config.endpoint.timeout_s)
             deps = RunnerDeps(client=client, journal=Journal(out), limiter=RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep),
                               sleep=_no_sleep, rng=random.Random(0), breaker=breaker or CircuitBreaker())
-            runner = Runner(config, deps, manifest_path=manifest, total_rows=inspect_manifest(manifest).rows,
+            runner = Runner(config, deps, chunks=chunk_source(manifest, chunk_size=config.run.chunk_size, url_column="url", id_column="id"),
+                            base_dir=manifest.parent, total_rows=inspect_manifest(manifest).rows,
                             retry_errors=retry_errors, grace_s=5.0)
             if on_runner:
                 on_runner(runner)
