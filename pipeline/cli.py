@@ -11,11 +11,16 @@ resumable); 130 interrupted (resumable).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
+import random
+import tempfile
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="resume even though the request parameters changed")
     run.add_argument("--no-progress", action="store_true", help="no progress bar; a periodic log line instead")
     _add_overrides(run)
+
+    est = sub.add_parser("estimate", help="tokens, cost and duration before a run", parents=[common],
+                         epilog="examples:\n  caption estimate images.csv --config configs/default.toml\n"
+                                "  caption estimate images.csv --sample 50 --out runs/night1   # the sampled rows are not paid for again\n"
+                                "  caption estimate urls.txt --probe --json",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    est.add_argument("manifest", type=Path)
+    est.add_argument("--config", type=Path)
+    est.add_argument("--sample", type=int, default=0, metavar="N", help="send N random rows and extrapolate with a 95%% interval")
+    est.add_argument("--out", type=Path, help="keep the sampled results in this run folder (the full run then skips them)")
+    est.add_argument("--probe", action="store_true", help="read the first bytes of remote images for their size (bounded)")
+    est.add_argument("--output-tokens", type=int, metavar="N", help="expected completion tokens per answer")
+    est.add_argument("--seed", type=int, default=0, help="seed of the random sample")
+    est.add_argument("--json", action="store_true", help="print one JSON object")
+    est.add_argument("--simulate", action="store_true", help="sample against the local simulator")
+    est.add_argument("--force", action="store_true", help="use --out even though its request parameters differ")
+    _add_overrides(est)
 
     sim = sub.add_parser("simulate", help="serve a local OpenAI-compatible vision endpoint", parents=[common],
                          epilog="example: caption simulate --port 8000 --rpm 600 --latency-median 1.5 --fault 503=0.02")
@@ -134,9 +156,8 @@ def _progress(total: int, initial: int, *, no_progress: bool) -> Progress:
     return BarProgress(total=total, initial=initial)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .simulator import SimConfig, SimulatorApp, SimulatorServer
-
+def _load_inputs(args: argparse.Namespace) -> tuple[Config, Any]:
+    """Config, then the manifest and the prompt's placeholders: all refused before anything is sent."""
     config = load_config(args.config, overrides=_overrides(args))
     info = inspect_manifest(args.manifest, url_column=config.manifest.url_column, id_column=config.manifest.id_column)
     for template, key in ((config.request.prompt, "request.prompt"), (config.request.system or "", "request.system")):
@@ -144,20 +165,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         if missing:
             raise ManifestError(str(args.manifest), f"{key} uses {{{missing[0]}}} but the manifest has no such column "
                                                     f"(columns: {', '.join(info.columns)})")
-    _check_budget_is_priced(config)
-    journal = Journal(args.out)
+    return config, info
+
+
+@contextlib.contextmanager
+def _endpoint(config: Config, *, simulate: bool) -> Iterator[Config]:
+    """The config pointed at the in-process simulator when --simulate, else as given."""
+    if not simulate:
+        yield config
+        return
+    from .simulator import SimConfig, SimulatorApp, SimulatorServer
+
+    app = SimulatorApp(SimConfig(latency_median_s=0.05, latency_p99_s=0.4, accept_any_model=True))
+    with SimulatorServer(app, log_level="error") as sim:
+        log.info("simulator listening on %s", sim.base_url)
+        yield _with_base_url(config, sim.base_url)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     from .runner import check_resume
 
+    config, info = _load_inputs(args)
+    _check_budget_is_priced(config)
+    journal = Journal(args.out)
     check_resume(journal, config, force=args.force)
     api_key = _api_key(config, simulate=args.simulate)
     if api_key:
         log.addFilter(_SecretFilter(api_key))
-    if not args.simulate:
-        return anyio.run(_run_async, config, args, info.rows, journal, api_key)
-    app = SimulatorApp(SimConfig(latency_median_s=0.05, latency_p99_s=0.4, accept_any_model=True))
-    with SimulatorServer(app, log_level="error") as sim:
-        log.info("simulator listening on %s", sim.base_url)
-        config = _with_base_url(config, sim.base_url)
+    with _endpoint(config, simulate=args.simulate) as config:
         return anyio.run(_run_async, config, args, info.rows, journal, api_key)
 
 
@@ -179,33 +214,49 @@ def _with_base_url(config: Config, base_url: str) -> Config:
     return dataclasses.replace(config, endpoint=dataclasses.replace(config.endpoint, base_url=base_url))
 
 
-async def _run_async(config: Config, args: argparse.Namespace, total_rows: int, journal: Journal, api_key: str | None) -> int:
+def _make_runner(http: Any, config: Config, journal: Journal, api_key: str | None, *, chunks: Any, base_dir: Path,
+                 total_rows: int, label: str, retry_errors: bool = False, no_progress: bool = False,
+                 progress: Progress | None = None) -> Any:
+    """The production runner: real client, clock, sleep, limiter, breaker and progress display."""
     from .breaker import CircuitBreaker
-    from .client import VisionClient, make_http_client
+    from .client import VisionClient
     from .ratelimit import RateLimiter
-    from .manifest import base_dir, chunk_source
     from .runner import Runner, RunnerDeps
 
-    limits = config.limits
-    async with make_http_client(concurrency=limits.concurrency, timeout_s=config.endpoint.timeout_s) as http:
-        client = VisionClient(http, base_url=config.endpoint.base_url, api_key=api_key, timeout_s=config.endpoint.timeout_s)
-        limiter = RateLimiter(rpm=limits.rpm, tpm=limits.tpm, clock=time.monotonic, sleep=anyio.sleep)
-        deps = RunnerDeps(client=client, journal=journal, limiter=limiter, breaker=CircuitBreaker(),
-                          progress=_progress(total_rows, 0, no_progress=args.no_progress))
-        chunks = chunk_source(args.manifest, chunk_size=config.run.chunk_size, url_column=config.manifest.url_column,
-                              id_column=config.manifest.id_column)
-        runner = Runner(config, deps, chunks=chunks, base_dir=base_dir(args.manifest),
-                        total_rows=total_rows, manifest_label=str(args.manifest), retry_errors=args.retry_errors)
-        stopped: PipelineError | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signals, runner)
-            try:
-                totals = await runner.run()
-            except PipelineError as exc:
-                # Raised outside the task group, or anyio would wrap it in an ExceptionGroup.
-                stopped = exc
-            finally:
-                tg.cancel_scope.cancel()
+    client = VisionClient(http, base_url=config.endpoint.base_url, api_key=api_key, timeout_s=config.endpoint.timeout_s)
+    limiter = RateLimiter(rpm=config.limits.rpm, tpm=config.limits.tpm, clock=time.monotonic, sleep=anyio.sleep)
+    deps = RunnerDeps(client=client, journal=journal, limiter=limiter, breaker=CircuitBreaker(),
+                      progress=progress if progress is not None else _progress(total_rows, 0, no_progress=no_progress))
+    return Runner(config, deps, chunks=chunks, base_dir=base_dir, total_rows=total_rows, manifest_label=label,
+                  retry_errors=retry_errors)
+
+
+async def _run_until_stopped(runner: Any) -> PipelineError | None:
+    """Run with Ctrl-C / SIGTERM turned into a graceful stop; the stop reason is returned, not raised."""
+    stopped: PipelineError | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_stop_on_signals, runner)
+        try:
+            await runner.run()
+        except PipelineError as exc:
+            # Returned outside the task group, or anyio would wrap it in an ExceptionGroup.
+            stopped = exc
+        finally:
+            tg.cancel_scope.cancel()
+    return stopped
+
+
+async def _run_async(config: Config, args: argparse.Namespace, total_rows: int, journal: Journal, api_key: str | None) -> int:
+    from .client import make_http_client
+    from .manifest import base_dir, chunk_source
+
+    chunks = chunk_source(args.manifest, chunk_size=config.run.chunk_size, url_column=config.manifest.url_column,
+                          id_column=config.manifest.id_column)
+    async with make_http_client(concurrency=config.limits.concurrency, timeout_s=config.endpoint.timeout_s) as http:
+        runner = _make_runner(http, config, journal, api_key, chunks=chunks, base_dir=base_dir(args.manifest),
+                              total_rows=total_rows, label=str(args.manifest), retry_errors=args.retry_errors,
+                              no_progress=args.no_progress)
+        stopped = await _run_until_stopped(runner)
     _print_summary(runner, journal, stopped=stopped)
     if stopped is not None:
         raise stopped
@@ -237,6 +288,118 @@ def _print_summary(runner: Any, journal: Journal, *, stopped: PipelineError | No
         f"results: {journal.results_path}",
         file=sys.stderr,
     )
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from .runner import check_resume
+
+    config, info = _load_inputs(args)
+    if args.sample < 0 or (args.output_tokens is not None and args.output_tokens < 1):
+        raise ConfigError("--sample must be >= 0 and --output-tokens >= 1")
+    journal = None
+    api_key = None
+    if args.sample:
+        if args.out is not None:
+            journal = Journal(args.out)
+            check_resume(journal, config, force=args.force)
+        api_key = _api_key(config, simulate=args.simulate)
+        if api_key:
+            log.addFilter(_SecretFilter(api_key))
+    with _endpoint(config, simulate=args.simulate and args.sample > 0) as config:
+        result = anyio.run(_estimate_async, config, args, journal, api_key)
+    print(json.dumps(result, indent=2) if args.json else _estimate_table(result, config))
+    return 0
+
+
+async def _estimate_async(config: Config, args: argparse.Namespace, journal: Journal | None, api_key: str | None) -> dict[str, Any]:
+    from .client import make_http_client, probe_image_size
+    from .estimate import Reservoir, Stratum, formula_pass, output_tokens, ratio_extrapolation, summarise, tokens_cost_usd
+    from .manifest import base_dir, chunk_source
+
+    chunks = chunk_source(args.manifest, chunk_size=config.run.chunk_size, url_column=config.manifest.url_column,
+                          id_column=config.manifest.id_column)
+    reservoir = Reservoir(k=args.sample, rng=random.Random(args.seed)) if args.sample else None
+    async with make_http_client(concurrency=max(32, config.limits.concurrency), timeout_s=config.endpoint.timeout_s) as http:
+        async def probe(url: str) -> tuple[int, int] | None:
+            return await probe_image_size(http, url)
+
+        totals = await formula_pass(chunks, config=config, base_dir=base_dir(args.manifest),
+                                    probe=probe if args.probe else None, reservoir=reservoir)
+        if reservoir is None:
+            return summarise(config, totals, average_output=args.output_tokens)
+        with contextlib.ExitStack() as stack:
+            sample_journal = journal or Journal(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="caption-sample-"))))
+            items = [item for item, _ in reservoir.items]
+            runner = _make_runner(http, config, sample_journal, api_key, chunks=lambda: iter([items]),
+                                  base_dir=base_dir(args.manifest), total_rows=len(items), label=str(args.manifest),
+                                  progress=NoProgress())
+            stopped = await _run_until_stopped(runner)
+            if stopped is not None:
+                raise stopped
+            results = {r["id"]: r for r in sample_journal.latest_frame().to_dicts()}
+    per_row_out = output_tokens(config, args.output_tokens)
+
+    def formula_cost(prompt: int) -> float:
+        return tokens_cost_usd(config, prompt=prompt, completion=per_row_out) or 0.0
+
+    sampled = [(results[item.id], formula) for item, formula in reservoir.items if item.id in results]
+    costs = [r["cost_usd"] or 0.0 for r, _ in sampled]
+    strata = []
+    for known in (True, False):
+        rows = [(r["cost_usd"] or 0.0, formula_cost(f.prompt_expected)) for r, f in sampled if f.size_known == known]
+        stratum_rows = totals.known_sizes if known else totals.rows - totals.known_sizes
+        stratum_input = totals.known_input_expected if known else totals.input_expected - totals.known_input_expected
+        total = tokens_cost_usd(config, prompt=stratum_input, completion=per_row_out * stratum_rows) or 0.0
+        strata.append(Stratum([c for c, _ in rows], [f for _, f in rows], total))
+    point, low, high = ratio_extrapolation(strata, rng=random.Random(args.seed))
+    latencies = [r["latency_s"] for r, _ in sampled if r["latency_s"] is not None]
+    completions = [r["completion_tokens"] for r, _ in sampled if r["completion_tokens"] is not None]
+    sample = {
+        "rows": len(sampled),
+        "by_status": {s: sum(1 for r, _ in sampled if r["status"] == s) for s in ("ok", "filtered", "error")},
+        "measured_cost_usd": round(sum(costs), 6),
+        "mean_latency_s": round(sum(latencies) / len(latencies), 3) if latencies else 0.0,
+        "mean_completion_tokens": sum(completions) / len(completions) if completions else 0.0,
+        "point_usd": round(point, 6),
+        "interval_95": [round(low, 6), round(high, 6)],
+        "kept_in": str(journal.out_dir) if journal else None,
+    }
+    return summarise(config, totals, average_output=args.output_tokens, sample=sample)
+
+
+def _money(value: float | None) -> str:
+    return "unpriced" if value is None else f"${value:,.4f}"
+
+
+def _estimate_table(result: dict[str, Any], config: Config) -> str:
+    cost = result["cost_usd"]
+    lines = [
+        f"rows               {result['rows']:,} ({result['images_with_known_size']:,} images of known size)",
+        f"model              {result['model']}",
+        f"input tokens       {result['input_tokens']:,} (range {result['input_tokens_range'][0]:,} - {result['input_tokens_range'][1]:,})",
+        f"output tokens      {result['output_tokens']:,} (at most {result['output_tokens_range'][1]:,} at max_tokens)",
+        f"cost               {_money(cost['expected'])} expected (low {_money(cost['low'])}, high {_money(cost['high'])})",
+        f"duration           {_duration(result['duration_s'])} at rpm {config.limits.rpm or '-'} / tpm {config.limits.tpm or '-'}, "
+        f"concurrency {config.limits.concurrency}",
+    ]
+    if "sample" in result:
+        s = result["sample"]
+        lo, hi = result["interval_95"]
+        lines.append(f"sample             {s['rows']} rows sent, {_money(s['measured_cost_usd'])} measured, "
+                     f"{s['mean_latency_s']:.2f} s mean latency; 95% interval {_money(lo)} - {_money(hi)}")
+        if s["kept_in"]:
+            lines.append(f"                   kept in {s['kept_in']}: the full run will not send them again")
+    if "max_side_saving_tokens" in result:
+        lines.append(f"max_side {result['max_side']}       saves {result['max_side_saving_tokens']:,} input tokens "
+                     f"({_money(result['max_side_saving_usd'])})")
+    lines += [f"assumption         {a}" for a in result["assumptions"]]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -272,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    handlers = {"run": cmd_run, "simulate": cmd_simulate}
+    handlers = {"run": cmd_run, "estimate": cmd_estimate, "simulate": cmd_simulate}
     try:
         return handlers[args.command](args)
     except PipelineError as exc:

@@ -55,6 +55,27 @@ def _is_timeout(exc: httpx.TransportError) -> bool:
     return isinstance(exc, httpx.TimeoutException)
 
 
+async def probe_image_size(http: httpx.AsyncClient, url: str, *, max_bytes: int = 65536,
+                           timeout_s: float = 5.0) -> tuple[int, int] | None:
+    """Read only enough of a remote image to learn its size: bounded in bytes and in time."""
+    from .images import header_size
+
+    head = bytearray()
+    try:
+        with anyio.fail_after(timeout_s):
+            async with http.stream("GET", url, headers={"Range": f"bytes=0-{max_bytes - 1}"}) as response:
+                if response.status_code not in (200, 206):
+                    return None
+                async for chunk in response.aiter_bytes():
+                    head.extend(chunk)
+                    size = header_size(bytes(head))
+                    if size is not None or len(head) >= max_bytes:
+                        return size
+    except (TimeoutError, httpx.HTTPError):
+        return None
+    return header_size(bytes(head))
+
+
 class VisionClient:
     """POSTs chat-completions bodies to one OpenAI-compatible endpoint."""
 

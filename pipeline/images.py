@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import ImageUnreadableError
 
@@ -72,6 +72,43 @@ def prepare_image(url: str, *, base_dir: Path, limits: ImageLimits) -> PreparedI
     if not path.is_absolute():
         path = base_dir / path
     return inline_bytes(_read_file(path, limits), limits=limits, source=str(path))
+
+
+def local_image_size(url: str, *, base_dir: Path) -> tuple[int, int] | None:
+    """Width and height from the header alone (local paths, file:// and data: URLs); None when unknown or unreadable."""
+    try:
+        if url.startswith("data:"):
+            payload = url.partition(",")[2]
+            # The header sits in the first bytes; decode a prefix, not megabytes.
+            head = base64.b64decode(payload[:65536], validate=False)
+            return header_size(head)
+        parsed = urlparse(url)
+        if is_remote(url) or (parsed.scheme and len(parsed.scheme) > 1 and parsed.scheme != "file"):
+            return None
+        path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(url)
+        path = path if path.is_absolute() else base_dir / path
+        with open(path, "rb") as fh:
+            return header_size(fh.read(65536))
+    except (OSError, binascii.Error, ValueError):
+        return None
+
+
+def header_size(head: bytes) -> tuple[int, int] | None:
+    """Image size from its first bytes (enough for PNG, GIF, WebP and most JPEGs)."""
+    parser = ImageFile.Parser()
+    try:
+        parser.feed(head)
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return parser.image.size if parser.image is not None else None
+
+
+def resized_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """The size ``max_side`` resizing produces (Pillow's thumbnail keeps the aspect ratio)."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def _read_file(path: Path, limits: ImageLimits) -> bytes:

@@ -31,6 +31,7 @@ from .behaviour import (
     completion_body,
     error_body,
     fault_rule,
+    generated_image,
     image_key,
     parse_request,
     prompt_filter_error,
@@ -139,6 +140,8 @@ class SimulatorApp:
         elif path.endswith("/models") and method == "GET":
             await _send_json(send, 200, {"object": "list", "data": [
                 {"id": m, "object": "model", "created": 0, "owned_by": "simulator"} for m in self.config.models]})
+        elif path.startswith("/images/") and method == "GET":
+            await self._image(scope, send)
         elif path == "/stats" and method == "GET":
             query = scope.get("query_string", b"").decode()
             await _send_json(send, 200, self.stats(images="images=1" in query, timeline="timeline=1" in query))
@@ -165,6 +168,13 @@ class SimulatorApp:
                     self._log.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _image(self, scope: dict[str, Any], send: Send) -> None:
+        """A generated image for remote-URL tests: ``/images/name.png?size=640x480`` (no network needed)."""
+        query = scope.get("query_string", b"").decode()
+        name = scope["path"].rsplit("/", 1)[-1]
+        data, content_type = generated_image(name, query)
+        await _send_raw(send, 200, data, content_type=content_type.encode())
 
     def _authorized(self, scope: dict[str, Any]) -> bool:
         if not self.config.api_key:

@@ -149,6 +149,23 @@ def fault_rule(url: str) -> tuple[str, int] | None:
     return match.group(1), int(match.group(2)) if match.group(2) else 10**9
 
 
+_FORMATS = {"png": ("PNG", "image/png"), "jpg": ("JPEG", "image/jpeg"), "jpeg": ("JPEG", "image/jpeg"),
+            "webp": ("WEBP", "image/webp"), "gif": ("GIF", "image/gif")}
+
+
+def generated_image(name: str, query: str) -> tuple[bytes, str]:
+    """Deterministic image bytes for a name and a ``size=WxH`` query (capped at 4096 px a side)."""
+    size = parse_qs(query).get("size", ["64x64"])[0]
+    w, _, h = size.partition("x")
+    width = min(4096, int(w)) if w.isdigit() else 64
+    height = min(4096, int(h)) if h.isdigit() else 64
+    fmt, content_type = _FORMATS.get(name.rsplit(".", 1)[-1].lower(), _FORMATS["png"])
+    digest = hashlib.sha256(name.encode()).digest()
+    out = io.BytesIO()
+    Image.new("RGB", (max(1, width), max(1, height)), tuple(digest[:3])).save(out, format=fmt)
+    return out.getvalue(), content_type
+
+
 def _filter_block(flag: str | None = None, severity: str = "high") -> dict[str, Any]:
     block: dict[str, Any] = {c: {"filtered": False, "severity": "safe"} for c in ("hate", "self_harm", "sexual", "violence")}
     if flag:

@@ -1,0 +1,272 @@
+"""Estimating a run before it starts: tokens, cost and duration, from the formula and from a sample.
+
+Formula (nothing is sent): every row's prompt tokens are computed the way the
+provider counts them, text by BPE and the image by its real size (read from
+the header of local files and data URLs, or with ``--probe`` from the first
+bytes of remote images); an image of unknown size is bounded by 512x512 (low),
+assumed 1024x1024 (expected) and bounded by the largest tiling (high). Output
+tokens are an assumption (``--output-tokens``, else 60, a one-sentence
+caption), bounded by ``max_tokens``.
+
+Sample (``--sample N``): N rows, drawn at random, go through the real pipeline;
+the total is extrapolated with a ratio estimator (measured cost / formula cost,
+times the formula cost of the whole manifest), which stays accurate when rows
+differ in size, and a bootstrap gives the 95% interval.
+
+The pure functions here are unit-tested; ``run_estimate`` does the I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Config
+from .cost import row_cost_usd
+from .images import resized_size
+from .models import Item, Usage
+from .request import build_body
+from .tokens import MESSAGE_OVERHEAD_TOKENS, TextCounter, image_tokens, max_image_tokens
+
+DEFAULT_OUTPUT_TOKENS = 60
+ASSUMED_LATENCY_S = 3.0
+UNKNOWN_LOW_SIZE = (512, 512)
+
+
+@dataclass(frozen=True, slots=True)
+class RowFormula:
+    prompt_low: int
+    prompt_expected: int
+    prompt_high: int
+    size_known: bool
+    resize_saving: int = 0
+
+
+@dataclass(slots=True)
+class FormulaTotals:
+    rows: int = 0
+    known_sizes: int = 0
+    input_low: int = 0
+    input_expected: int = 0
+    input_high: int = 0
+    resize_saving: int = 0
+    known_input_expected: int = 0
+
+    def add(self, row: RowFormula) -> None:
+        self.rows += 1
+        self.known_sizes += row.size_known
+        self.known_input_expected += row.prompt_expected if row.size_known else 0
+        self.input_low += row.prompt_low
+        self.input_expected += row.prompt_expected
+        self.input_high += row.prompt_high
+        self.resize_saving += row.resize_saving
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    parts = []
+    for message in body["messages"]:
+        content = message["content"]
+        if isinstance(content, str):
+            parts.append(content)
+        else:
+            parts.extend(p["text"] for p in content if p.get("type") == "text")
+    return "\n".join(parts)
+
+
+def row_formula(item: Item, *, config: Config, counter: TextCounter, size: tuple[int, int] | None) -> RowFormula:
+    """PURE: one row's prompt tokens as the provider would count them (size as read, before resizing)."""
+    request = config.request
+    body = build_body(request, image_url="", fields=item.fields)
+    text = counter.count(_prompt_text(body), model=request.model) + MESSAGE_OVERHEAD_TOKENS
+    model, detail = request.model, request.detail
+    if size is not None:
+        sent = resized_size(*size, config.images.max_side)
+        tokens = image_tokens(model, detail=detail, width=sent[0], height=sent[1])
+        saving = image_tokens(model, detail=detail, width=size[0], height=size[1]) - tokens
+        return RowFormula(text + tokens, text + tokens, text + tokens, True, saving)
+    low = image_tokens(model, detail=detail, width=UNKNOWN_LOW_SIZE[0], height=UNKNOWN_LOW_SIZE[1])
+    return RowFormula(text + low, text + image_tokens(model, detail=detail), text + max_image_tokens(model, detail=detail), False)
+
+
+def output_tokens(config: Config, average: int | None) -> int:
+    """Expected completion tokens per request: given, else a one-sentence caption, never over max_tokens."""
+    per_choice = average if average is not None else DEFAULT_OUTPUT_TOKENS
+    return min(per_choice, config.request.max_tokens) * (config.request.n or 1)
+
+
+def tokens_cost_usd(config: Config, *, prompt: int, completion: int) -> float | None:
+    return row_cost_usd(config.request.model, Usage(prompt_tokens=prompt, completion_tokens=completion), config.pricing,
+                        ocr_model=config.request.extra_body.get("ocr_model"))
+
+
+def duration_s(*, rows: int, tpm_tokens: int, config: Config, latency_s: float) -> float:
+    """The slowest of the three bounds: requests per minute, tokens per minute, and concurrency / latency."""
+    limits = config.limits
+    bounds = [rows * latency_s / limits.concurrency]
+    if limits.rpm:
+        bounds.append(rows * 60.0 / limits.rpm)
+    if limits.tpm:
+        bounds.append(tpm_tokens * 60.0 / limits.tpm)
+    return max(bounds)
+
+
+@dataclass(frozen=True, slots=True)
+class Stratum:
+    """Sampled rows of one kind (say, images of known size) and the formula cost of all such rows."""
+
+    sample_cost: list[float]
+    sample_formula: list[float]
+    total_formula: float
+
+
+def ratio_extrapolation(strata: list[Stratum], *, rng: random.Random, resamples: int = 2000) -> tuple[float, float, float]:
+    """PURE: (point, low, high) of the manifest's cost from a sample: a separate ratio estimator per stratum.
+
+    In each stratum the ratio of measured to formula cost, times that stratum's
+    formula total, estimates its cost; strata are summed. Rows of known size
+    (formula exact) and of unknown size (formula a guess) vary differently, so
+    estimating them apart narrows the interval. The 95% interval is a bootstrap
+    that resamples within each stratum. A stratum with no sampled rows borrows
+    the pooled ratio.
+    """
+    sampled = [s for s in strata if s.sample_cost and sum(s.sample_formula) > 0]
+    if not sampled:
+        return math.nan, math.nan, math.nan
+    pooled = sum(sum(s.sample_cost) for s in sampled) / sum(sum(s.sample_formula) for s in sampled)
+
+    def estimate(picks: list[list[int]] | None) -> float:
+        total = 0.0
+        for stratum in strata:
+            if stratum not in sampled:
+                total += stratum.total_formula * pooled
+                continue
+            idx = picks[sampled.index(stratum)] if picks is not None else range(len(stratum.sample_cost))
+            formula = sum(stratum.sample_formula[i] for i in idx)
+            ratio = sum(stratum.sample_cost[i] for i in idx) / formula if formula > 0 else pooled
+            total += stratum.total_formula * ratio
+        return total
+
+    draws = sorted(estimate([[rng.randrange(len(s.sample_cost)) for _ in s.sample_cost] for s in sampled])
+                   for _ in range(resamples))
+    low = draws[int(0.025 * (len(draws) - 1))]
+    high = draws[int(math.ceil(0.975 * (len(draws) - 1)))]
+    return estimate(None), low, high
+
+
+@dataclass(slots=True)
+class Reservoir:
+    """A uniform random sample of k items from a stream of unknown length (Algorithm R)."""
+
+    k: int
+    rng: random.Random
+    seen: int = 0
+    items: list[tuple[Item, RowFormula]] = field(default_factory=list)
+
+    def offer(self, item: Item, formula: RowFormula) -> None:
+        self.seen += 1
+        if len(self.items) < self.k:
+            self.items.append((item, formula))
+            return
+        j = self.rng.randrange(self.seen)
+        if j < self.k:
+            self.items[j] = (item, formula)
+
+
+async def formula_pass(
+    chunks: Any,
+    *,
+    config: Config,
+    base_dir: Any,
+    probe: Any | None,
+    reservoir: Reservoir | None,
+    probe_concurrency: int = 32,
+) -> FormulaTotals:
+    """Stream the manifest once: read each image's size (header only) and add up the formula.
+
+    ``probe`` is an async ``url -> size | None`` for remote images, or None to
+    leave them unknown (and assumed).
+    """
+    import anyio
+
+    from .images import is_remote, local_image_size
+
+    totals = FormulaTotals()
+    counter = TextCounter()
+    limiter = anyio.CapacityLimiter(probe_concurrency)
+    for chunk in chunks():
+        sizes: dict[int, tuple[int, int] | None] = {}
+        local = [(i, item.url) for i, item in enumerate(chunk) if not is_remote(item.url)]
+
+        def read_local(batch: list[tuple[int, str]] = local) -> dict[int, tuple[int, int] | None]:
+            return {i: local_image_size(url, base_dir=base_dir) for i, url in batch}
+
+        sizes.update(await anyio.to_thread.run_sync(read_local))
+        if probe is not None:
+            async def probe_one(i: int, url: str) -> None:
+                async with limiter:
+                    sizes[i] = await probe(url)
+
+            async with anyio.create_task_group() as tg:
+                for i, item in enumerate(chunk):
+                    if is_remote(item.url):
+                        tg.start_soon(probe_one, i, item.url)
+        for i, item in enumerate(chunk):
+            formula = row_formula(item, config=config, counter=counter, size=sizes.get(i))
+            totals.add(formula)
+            if reservoir is not None:
+                reservoir.offer(item, formula)
+    return totals
+
+
+def summarise(config: Config, totals: FormulaTotals, *, average_output: int | None,
+              sample: dict[str, Any] | None = None) -> dict[str, Any]:
+    """PURE: the estimate as the JSON object `caption estimate --json` prints."""
+    per_row_out = output_tokens(config, average_output)
+    max_out = config.request.max_tokens * (config.request.n or 1)
+    out_expected = per_row_out * totals.rows
+    out_low = max(1, per_row_out // 2) * totals.rows
+    out_high = max_out * totals.rows
+
+    def cost(prompt: int, completion: int) -> float | None:
+        value = tokens_cost_usd(config, prompt=prompt, completion=completion)
+        return None if value is None else round(value, 6)
+
+    formula_cost = {"low": cost(totals.input_low, out_low), "expected": cost(totals.input_expected, out_expected),
+                    "high": cost(totals.input_high, out_high)}
+    latency = sample["mean_latency_s"] if sample else ASSUMED_LATENCY_S
+    tpm_tokens = totals.input_expected + out_high  # providers count max_tokens against TPM
+    assumptions = []
+    if totals.known_sizes < totals.rows:
+        assumptions.append(f"{totals.rows - totals.known_sizes} images of unknown size (remote, not probed or unreadable) "
+                           "assumed 1024x1024, bounded by 512x512 and the largest tiling")
+    if average_output is None and not sample:
+        assumptions.append(f"{per_row_out // (config.request.n or 1)} output tokens per answer (a one-sentence caption); "
+                           "pass --output-tokens or --sample to measure")
+    if not sample:
+        assumptions.append(f"{ASSUMED_LATENCY_S:g} s per request for the concurrency bound on duration")
+    result: dict[str, Any] = {
+        "rows": totals.rows,
+        "model": config.request.model,
+        "images_with_known_size": totals.known_sizes,
+        "input_tokens": totals.input_expected,
+        "input_tokens_range": [totals.input_low, totals.input_high],
+        "output_tokens": out_expected,
+        "output_tokens_range": [out_low, out_high],
+        "cost_usd": dict(formula_cost),
+        "formula_cost_usd": formula_cost,
+        "duration_s": round(duration_s(rows=totals.rows, tpm_tokens=tpm_tokens, config=config, latency_s=latency), 1),
+        "assumptions": assumptions,
+    }
+    if config.images.max_side is not None:
+        result["max_side"] = config.images.max_side
+        result["max_side_saving_tokens"] = totals.resize_saving
+        result["max_side_saving_usd"] = cost(totals.resize_saving, 0)
+    if sample:
+        result["sample"] = {k: v for k, v in sample.items() if k != "interval_95"}
+        result["interval_95"] = sample["interval_95"]
+        result["cost_usd"] = {"low": sample["interval_95"][0], "expected": sample["point_usd"],
+                              "high": sample["interval_95"][1]}
+        result["output_tokens"] = round(sample["mean_completion_tokens"] * totals.rows)
+    return result

@@ -1,0 +1,157 @@
+"""`caption estimate`: the formula (nothing sent), probing, and the sample with its 95% interval."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+
+import polars as pl
+import pytest
+from PIL import Image
+
+from pipeline.config import build_config
+from pipeline.estimate import FormulaTotals, Reservoir, Stratum, ratio_extrapolation, row_formula, summarise
+from pipeline.models import Item
+from pipeline.tokens import TextCounter, image_tokens
+from tests.conftest import run_cli, write_config, write_csv
+
+SIZES = [(300, 200), (1024, 768), (2000, 1500), (4000, 3000), (640, 640), (800, 1600), (3000, 1000)]
+
+
+def make_images(folder, count):
+    folder.mkdir(exist_ok=True)
+    names = []
+    for i in range(count):
+        w, h = SIZES[i % len(SIZES)]
+        name = f"img{i:03d}.png"
+        Image.new("RGB", (w, h), (i * 37 % 256, 90, 160)).save(folder / name, format="PNG", optimize=False)
+        names.append(f"images/{name}")
+    return names
+
+
+def test_row_formula_uses_the_real_size_and_bounds_unknown_ones():
+    """Known size: exact tile tokens; unknown: 512x512 low, 1024x1024 expected, the worst tiling high; max_side saving."""
+    config = build_config({"request": {"detail": "high"}, "images": {"max_side": 768}})
+    counter = TextCounter()
+    known = row_formula(Item("a", "x.png"), config=config, counter=counter, size=(4000, 3000))
+    text = known.prompt_expected - image_tokens("gpt-4o", detail="high", width=768, height=576)
+    assert known.prompt_low == known.prompt_expected == known.prompt_high and known.size_known
+    assert known.resize_saving == image_tokens("gpt-4o", width=4000, height=3000) - image_tokens("gpt-4o", width=768, height=576)
+    unknown = row_formula(Item("b", "https://x/b.jpg"), config=config, counter=counter, size=None)
+    assert unknown.prompt_low == text + 255 and unknown.prompt_expected == text + 765 and unknown.prompt_high > unknown.prompt_expected
+
+
+def test_ratio_extrapolation_covers_the_truth_for_a_skewed_population():
+    """On a population with mixed row costs, the 95% interval from 50 rows covers the true total in most draws."""
+    rng = random.Random(3)
+    formula = [rng.choice([1.0, 2.0, 5.0, 12.0]) for _ in range(1000)]
+    actual = [f * rng.uniform(0.8, 1.2) + rng.uniform(0, 0.5) for f in formula]
+    truth = sum(actual)
+    covered = 0
+    for trial in range(100):
+        idx = random.Random(trial).sample(range(1000), 50)
+        stratum = Stratum([actual[i] for i in idx], [formula[i] for i in idx], sum(formula))
+        point, low, high = ratio_extrapolation([stratum], rng=random.Random(trial), resamples=500)
+        covered += low <= truth <= high
+        assert abs(point - truth) / truth < 0.15
+    assert covered >= 85
+
+
+def test_strata_are_estimated_apart_and_an_unsampled_stratum_borrows_the_pooled_ratio():
+    """Known-size rows (exact formula) and unknown-size rows (a guess) get their own ratios."""
+    exact = Stratum([1.1] * 10, [1.0] * 10, 500.0)
+    guessed = Stratum([3.0] * 10, [1.0] * 10, 500.0)
+    point, low, high = ratio_extrapolation([exact, guessed], rng=random.Random(0), resamples=200)
+    assert point == pytest.approx(500 * 1.1 + 500 * 3.0) and low == pytest.approx(point) and high == pytest.approx(point)
+    point, _, _ = ratio_extrapolation([exact, Stratum([], [], 100.0)], rng=random.Random(0), resamples=50)
+    assert point == pytest.approx(500 * 1.1 + 100 * 1.1)
+
+
+def test_reservoir_is_uniform_enough():
+    """Every position of the stream is about equally likely to be sampled."""
+    hits = [0] * 10
+    for seed in range(2000):
+        reservoir = Reservoir(k=2, rng=random.Random(seed))
+        for i in range(10):
+            reservoir.offer(Item(str(i), ""), None)  # type: ignore[arg-type]
+        for item, _ in reservoir.items:
+            hits[int(item.id)] += 1
+    assert min(hits) > 300 and max(hits) < 500
+
+
+def test_summary_has_the_spec_keys():
+    """--json carries rows, input_tokens, output_tokens, cost_usd {low, expected, high} and duration_s."""
+    config = build_config({"limits": {"rpm": 600, "tpm": None}})
+    totals = FormulaTotals(rows=600, known_sizes=600, input_low=60000, input_expected=60000, input_high=60000)
+    result = summarise(config, totals, average_output=40)
+    assert set(result) >= {"rows", "input_tokens", "output_tokens", "cost_usd", "duration_s"}
+    assert result["output_tokens"] == 600 * 40 and result["duration_s"] == 60.0
+    assert result["cost_usd"]["low"] <= result["cost_usd"]["expected"] <= result["cost_usd"]["high"]
+
+
+def test_formula_matches_the_simulators_counted_tokens_for_inlined_images(simulator, tmp_path):
+    """Inlined images of known size: the estimate's input tokens equal what the simulator counted (target: within 2%)."""
+    rows = [{"id": f"r{i}", "url": u, "topic": "animals" if i % 2 else "a long topic " * (i % 5)}
+            for i, u in enumerate(make_images(tmp_path / "images", 21))]
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    config = write_config(tmp_path / "c.toml", '[request]\ndetail = "high"\nprompt = "Describe {topic}."\n'
+                                               "[limits]\nrpm = 60000\ntpm = 100000000\nconcurrency = 8\n")
+    est = run_cli(["estimate", str(manifest), "--config", str(config), "--json"])
+    assert est.returncode == 0, est.stderr
+    estimate = json.loads(est.stdout)
+    assert estimate["images_with_known_size"] == 21 and simulator.app.stats()["requests"] == 0
+    run = run_cli(["run", str(manifest), "--out", str(tmp_path / "out"), "--config", str(config),
+                   "--base-url", simulator.base_url, "--no-progress"])
+    assert run.returncode == 0, run.stderr
+    counted = pl.read_parquet(tmp_path / "out" / "results.parquet")["prompt_tokens"].sum()
+    assert counted == simulator.app.stats()["prompt_tokens"]
+    assert abs(estimate["input_tokens"] - counted) / counted <= 0.02
+    assert estimate["input_tokens"] == counted
+
+
+def test_probe_reads_remote_sizes_from_the_first_bytes(simulator, tmp_path):
+    """--probe learns remote images' sizes (served by the simulator on loopback) and prices them exactly."""
+    host = simulator.base_url.removesuffix("/v1")
+    rows = [{"id": f"p{i}", "url": f"{host}/images/p{i}.png?size={w}x{h}"} for i, (w, h) in enumerate(SIZES)]
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    config = write_config(tmp_path / "c.toml", '[request]\ndetail = "high"\n')
+    blind = json.loads(run_cli(["estimate", str(manifest), "--config", str(config), "--json"]).stdout)
+    probed = json.loads(run_cli(["estimate", str(manifest), "--config", str(config), "--json", "--probe"]).stdout)
+    assert blind["images_with_known_size"] == 0 and probed["images_with_known_size"] == len(SIZES)
+    expected_images = sum(image_tokens("gpt-4o", detail="high", width=w, height=h) for w, h in SIZES)
+    assert probed["input_tokens"] - blind["input_tokens"] == expected_images - 765 * len(SIZES)
+    assert probed["input_tokens_range"][0] == probed["input_tokens_range"][1]
+
+
+@pytest.mark.slow
+def test_sample_of_50_predicts_the_full_run_of_1000(simulator, tmp_path):
+    """--sample 50 on 1,000 mixed rows: the full run's actual cost is inside the 95% interval, the point within 5%;
+    the sampled rows, kept in --out, are not sent again by the full run."""
+    local = make_images(tmp_path / "images", 14)
+    rng = random.Random(5)
+    rows = []
+    for i in range(1000):
+        if i % 3 == 0:
+            url = local[i % len(local)]
+        else:
+            w, h = rng.choice(SIZES)
+            url = f"https://images.example.com/s/{i}.jpg?size={w}x{h}"
+        rows.append({"id": f"s{i:04d}", "url": url, "note": "x" * rng.randint(0, 120)})
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    config = write_config(tmp_path / "c.toml", '[request]\ndetail = "high"\nprompt = "Caption it. Context: {note}"\n'
+                                               "[limits]\nrpm = 60000\ntpm = 100000000\nconcurrency = 16\n")
+    out = tmp_path / "out"
+    est = run_cli(["estimate", str(manifest), "--config", str(config), "--sample", "50", "--out", str(out),
+                   "--base-url", simulator.base_url, "--json", "--seed", "1"])
+    assert est.returncode == 0, est.stderr
+    estimate = json.loads(est.stdout)
+    assert simulator.app.stats()["requests"] == 50
+    run = run_cli(["run", str(manifest), "--out", str(out), "--config", str(config), "--base-url", simulator.base_url,
+                   "--no-progress"])
+    assert run.returncode == 0, run.stderr
+    assert simulator.app.stats()["requests"] == 1000
+    actual = pl.read_parquet(out / "results.parquet")["cost_usd"].sum()
+    low, high = estimate["interval_95"]
+    assert low <= actual <= high, (low, actual, high)
+    assert abs(estimate["cost_usd"]["expected"] - actual) / actual <= 0.05
