@@ -97,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--force", action="store_true", help="use --out even though its request parameters differ")
     _add_overrides(est)
 
+    rep = sub.add_parser("report", help="what a run did: counts, tokens, cost, latency, flags, errors; an HTML page",
+                         parents=[common], epilog="examples:\n  caption report runs/night1\n"
+                                                  "  caption report runs/night1 --html night1.html\n  caption report runs/night1 --json",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    rep.add_argument("out", type=Path, metavar="DIR", help="a `caption run --out` folder (finished or not)")
+    rep.add_argument("--json", action="store_true", help="print one JSON object")
+    rep.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML page with a gallery")
+    rep.add_argument("--gallery", type=int, default=1000, metavar="N", help="at most N cards in the HTML gallery")
+
     sim = sub.add_parser("simulate", help="serve a local OpenAI-compatible vision endpoint", parents=[common],
                          epilog="example: caption simulate --port 8000 --rpm 600 --latency-median 1.5 --fault 503=0.02")
     sim.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on start)")
@@ -402,6 +411,19 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import format_table, render_html, report, to_json
+
+    if not args.out.is_dir():
+        raise ConfigError(f"{args.out}: not a folder; give the --out folder of a `caption run`")
+    summary = report(args.out)
+    if args.html is not None:
+        args.html.write_text(render_html(args.out, summary, gallery_limit=args.gallery), encoding="utf-8")
+        log.info("wrote %s", args.html)
+    print(to_json(summary) if args.json else format_table(summary))
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .simulator import FAULT_KINDS, SimConfig, SimulatorApp, SimulatorServer
 
@@ -435,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    handlers = {"run": cmd_run, "estimate": cmd_estimate, "simulate": cmd_simulate}
+    handlers = {"run": cmd_run, "estimate": cmd_estimate, "report": cmd_report, "simulate": cmd_simulate}
     try:
         return handlers[args.command](args)
     except PipelineError as exc:

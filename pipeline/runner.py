@@ -347,6 +347,7 @@ class Runner:
             fingerprint=self.config.request_fingerprint(),
             request=self.config.request_identity(),
             manifest=self.manifest_label,
+            base_dir=str(self.base_dir.resolve()),
             base_url=self.config.endpoint.base_url,
             status=status,
             updated_at=self.deps.now().isoformat(),

@@ -1,0 +1,121 @@
+"""`caption report`: the summary a user reads (table, --json), and the self-contained HTML page in a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+import pytest
+
+from pipeline.journal import Journal
+from pipeline.models import ResultRow
+from pipeline.report import summarise, timeline_bucket_s
+from tests.conftest import FAST_CONFIG, ROOT, remote_rows, run_cli, write_config, write_csv
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.fixture
+def finished_run(simulator, tmp_path):
+    """A run with ok rows, local images, a bad image, a 400 and filtered rows: the shape of a real night."""
+    rows = remote_rows(12) + [
+        {"id": "local-1", "url": str(ROOT / "data/images/01_sunset.jpg")},
+        {"id": "local-2", "url": str(ROOT / "data/images/02_forest.png")},
+        {"id": "gone", "url": "missing.png"},
+        {"id": "bad-url", "url": "https://images.example.com/x.jpg?sim=invalid_image_url"},
+        {"id": "cut", "url": "https://images.example.com/y.jpg?sim=filter_completion"},
+        {"id": "blocked", "url": "https://images.example.com/z.jpg?sim=filter_prompt"},
+    ]
+    config = write_config(tmp_path / "c.toml", FAST_CONFIG)
+    out = tmp_path / "out"
+    result = run_cli(["run", str(write_csv(tmp_path / "m.csv", rows)), "--out", str(out), "--config", str(config),
+                      "--base-url", simulator.base_url, "--no-progress"])
+    assert result.returncode == 1, result.stderr
+    return out
+
+
+def test_json_report_has_the_spec_keys_and_the_right_counts(finished_run):
+    """--json: rows, by_status, tokens, cost, latency p50/p90/p99, flagged categories, errors, as the run produced them."""
+    result = run_cli(["report", str(finished_run), "--json"])
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["rows"] == 18
+    assert report["by_status"] == {"ok": 14, "error": 2, "filtered": 2}
+    assert report["errors"] == {"bad_request": 1, "image_unreadable": 1}
+    assert report["flagged_categories"] == {"violence": 2}
+    frame = pl.read_parquet(finished_run / "results.parquet")
+    assert report["prompt_tokens"] == frame["prompt_tokens"].sum() and report["completion_tokens"] == frame["completion_tokens"].sum()
+    assert report["cost_usd"] == pytest.approx(frame["cost_usd"].sum(), abs=1e-6)  # the report rounds to 6 places
+    assert set(report["latency_s"]) == {"p50", "p90", "p99"} and report["latency_s"]["p50"] <= report["latency_s"]["p99"]
+    assert sum(b["rows"] for b in report["throughput"]["timeline"]) == 18
+
+
+def test_table_report_reads_like_a_summary(finished_run):
+    """The default output is a short table naming statuses, cost, latency, flags and errors."""
+    out = run_cli(["report", str(finished_run)]).stdout
+    for words in ("rows          18", "ok 14", "error 2", "filtered 2", "cost", "p99", "violence 2", "bad_request 1"):
+        assert words in out
+
+
+def test_report_reads_a_run_that_has_not_finished(tmp_path):
+    """A killed run (parts only, no results.parquet) is reported from its journal."""
+    journal = Journal(tmp_path)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    journal.write_rows([ResultRow(id=f"k{i}", url="u", status="ok", latency_s=0.1 * i, finished_at=now + timedelta(seconds=i))
+                        for i in range(5)])
+    report = json.loads(run_cli(["report", str(tmp_path), "--json"]).stdout)
+    assert report["rows"] == 5 and report["by_status"] == {"ok": 5}
+
+
+def test_report_on_a_folder_that_is_not_a_run_is_refused(tmp_path):
+    """A folder without results: exit 2 and a message saying what was expected."""
+    result = run_cli(["report", str(tmp_path)])
+    assert result.returncode == 2 and "no results here" in result.stderr
+
+
+def test_timeline_buckets_fit_the_run():
+    """Short runs are bucketed by the second, overnight runs by the quarter hour or hour."""
+    assert timeline_bucket_s(30) == 1 and timeline_bucket_s(3600) == 30 and timeline_bucket_s(8 * 3600) == 300
+
+
+def test_summary_of_an_empty_frame():
+    """No rows: zeros and nulls, not a crash."""
+    from pipeline.models import RESULT_SCHEMA
+
+    summary = summarise(pl.DataFrame(schema=RESULT_SCHEMA).lazy())
+    assert summary["rows"] == 0 and summary["by_status"] == {} and summary["latency_s"]["p50"] is None
+
+
+def test_html_page_is_self_contained_with_one_card_per_row(finished_run, tmp_path):
+    """--html: no external resources; local images inlined as thumbnails; one card per row."""
+    page = tmp_path / "report.html"
+    assert run_cli(["report", str(finished_run), "--html", str(page)]).returncode == 0
+    text = page.read_text()
+    assert len(re.findall(r'<div class="card ', text)) == 18
+    assert not re.search(r'(src|href)="https?://', text)
+    assert text.count('src="data:image/jpeg;base64,') == 2
+    assert "<svg" in text and 'id="f-status"' in text
+
+
+def test_html_page_renders_in_headless_chromium(finished_run, tmp_path):
+    """A real browser renders the page: a screenshot is taken and the live DOM holds one card per row."""
+    if CHROMIUM is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed, and CI must render the report (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    page = tmp_path / "report.html"
+    run_cli(["report", str(finished_run), "--html", str(page)])
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600"]
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=90, check=False)
+    assert shot.exists() and shot.stat().st_size > 20_000
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=90).stdout
+    assert len(re.findall(r'<div class="card ', dom)) == 18
+    assert "showing 18" in dom  # the page's own script ran over every card
