@@ -322,7 +322,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 async def _estimate_async(config: Config, args: argparse.Namespace, journal: Journal | None, api_key: str | None) -> dict[str, Any]:
     from .client import make_http_client, probe_image_size
-    from .estimate import Reservoir, Stratum, formula_pass, output_tokens, ratio_extrapolation, summarise, tokens_cost_usd
+    from .estimate import Reservoir, SampledRow, Stratum, extrapolate, formula_pass, summarise, tokens_cost_usd
     from .manifest import base_dir, chunk_source
 
     chunks = chunk_source(args.manifest, chunk_size=config.run.chunk_size, url_column=config.manifest.url_column,
@@ -346,21 +346,19 @@ async def _estimate_async(config: Config, args: argparse.Namespace, journal: Jou
             if stopped is not None:
                 raise stopped
             results = {r["id"]: r for r in sample_journal.latest_frame().to_dicts()}
-    per_row_out = output_tokens(config, args.output_tokens)
-
-    def formula_cost(prompt: int) -> float:
-        return tokens_cost_usd(config, prompt=prompt, completion=per_row_out) or 0.0
+    def usd(prompt: int, completion: int) -> float:
+        return tokens_cost_usd(config, prompt=prompt, completion=completion) or 0.0
 
     sampled = [(results[item.id], formula) for item, formula in reservoir.items if item.id in results]
     costs = [r["cost_usd"] or 0.0 for r, _ in sampled]
     strata = []
     for known in (True, False):
-        rows = [(r["cost_usd"] or 0.0, formula_cost(f.prompt_expected)) for r, f in sampled if f.size_known == known]
-        stratum_rows = totals.known_sizes if known else totals.rows - totals.known_sizes
-        stratum_input = totals.known_input_expected if known else totals.input_expected - totals.known_input_expected
-        total = tokens_cost_usd(config, prompt=stratum_input, completion=per_row_out * stratum_rows) or 0.0
-        strata.append(Stratum([c for c, _ in rows], [f for _, f in rows], total))
-    point, low, high = ratio_extrapolation(strata, rng=random.Random(args.seed))
+        rows = [SampledRow(usd(f.prompt_expected, 0), usd(r["prompt_tokens"] or 0, 0), usd(0, r["completion_tokens"] or 0))
+                for r, f in sampled if f.size_known == known]
+        requests = totals.known_sizes if known else totals.requests - totals.known_sizes
+        formula_input = totals.known_input_expected if known else totals.input_expected - totals.known_input_expected
+        strata.append(Stratum(rows, usd(formula_input, 0), requests))
+    point, low, high = extrapolate(strata, rng=random.Random(args.seed))
     latencies = [r["latency_s"] for r, _ in sampled if r["latency_s"] is not None]
     completions = [r["completion_tokens"] for r, _ in sampled if r["completion_tokens"] is not None]
     sample = {
@@ -383,7 +381,8 @@ def _money(value: float | None) -> str:
 def _estimate_table(result: dict[str, Any], config: Config) -> str:
     cost = result["cost_usd"]
     lines = [
-        f"rows               {result['rows']:,} ({result['images_with_known_size']:,} images of known size)",
+        f"rows               {result['rows']:,} ({result['requests']:,} requests after dedup, "
+        f"{result['images_with_known_size']:,} images of known size)",
         f"model              {result['model']}",
         f"input tokens       {result['input_tokens']:,} (range {result['input_tokens_range'][0]:,} - {result['input_tokens_range'][1]:,})",
         f"output tokens      {result['output_tokens']:,} (at most {result['output_tokens_range'][1]:,} at max_tokens)",

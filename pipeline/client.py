@@ -23,6 +23,7 @@ import httpx
 import orjson
 from httpx_aiohttp import AiohttpTransport
 
+from .errors import ImageUnreadableError
 from .models import Failure, Outcome, Reply
 from .parse import InvalidResponseError, parse_completion_bytes
 from .retry import classify_http
@@ -39,7 +40,7 @@ def make_http_client(*, concurrency: int, timeout_s: float, transport: httpx.Asy
     if transport is None:
         transport = AiohttpTransport(limits=limits)
     timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s), pool=None)
-    return httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits)
+    return httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits, max_redirects=5)
 
 
 def _kept_headers(headers: httpx.Headers) -> dict[str, str]:
@@ -102,6 +103,34 @@ class VisionClient:
     def _scrub(self, text: str) -> str:
         """Servers sometimes echo the key in an error message; it must not reach the output."""
         return text.replace(self._api_key, "***") if self._api_key else text
+
+    async def fetch_image(self, url: str, *, max_bytes: int, timeout_s: float) -> bytes:
+        """Download an image to inline it: bounded in bytes and time, an image content type, http(s) redirects only.
+
+        Sent without the API key: image hosts must never see it.
+        """
+        data = bytearray()
+        try:
+            with anyio.fail_after(timeout_s):
+                async with self._http.stream("GET", url, follow_redirects=True) as response:
+                    if response.status_code != 200:
+                        raise ImageUnreadableError(f"{url}: download failed with HTTP {response.status_code}")
+                    kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+                    if kind and not kind.startswith("image/") and kind != "application/octet-stream":
+                        raise ImageUnreadableError(f"{url}: the server sent '{kind}', not an image")
+                    async for chunk in response.aiter_bytes():
+                        data.extend(chunk)
+                        if len(data) > max_bytes:
+                            raise ImageUnreadableError(f"{url}: larger than images.max_bytes ({max_bytes})")
+        except TimeoutError:
+            raise ImageUnreadableError(f"{url}: the download took longer than {timeout_s:g}s") from None
+        except httpx.TooManyRedirects:
+            raise ImageUnreadableError(f"{url}: too many redirects") from None
+        except httpx.UnsupportedProtocol as exc:
+            raise ImageUnreadableError(f"{url}: redirected to a URL that is not http(s) ({exc})") from None
+        except httpx.HTTPError as exc:
+            raise ImageUnreadableError(f"{url}: download failed ({type(exc).__name__}: {exc})") from None
+        return bytes(data)
 
     async def complete(self, body: dict[str, Any]) -> Outcome:
         payload = orjson.dumps(body)

@@ -60,6 +60,7 @@ class LimitsConfig:
 @dataclass(frozen=True, kw_only=True)
 class ImagesConfig:
     inline_remote: bool = False
+    download_timeout_s: float = 30.0
     max_side: int | None = None
     max_bytes: int = 20_000_000
     max_pixels: int = 89_478_485
@@ -167,7 +168,7 @@ def _check_value(value: Any, tp: Any) -> bool:
 
 _POSITIVE = {
     "timeout_s", "max_tokens", "rpm", "tpm", "concurrency", "max_attempts", "max_bytes",
-    "max_pixels", "chunk_size", "flush_interval_s", "max_side", "n", "max_cost_usd",
+    "max_pixels", "chunk_size", "flush_interval_s", "max_side", "n", "max_cost_usd", "download_timeout_s",
 }
 
 

@@ -18,8 +18,11 @@ The pure functions here are unit-tested; ``run_estimate`` does the I/O.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +56,16 @@ class FormulaTotals:
     input_high: int = 0
     resize_saving: int = 0
     known_input_expected: int = 0
+    duplicates: int = 0
+
+    @property
+    def requests(self) -> int:
+        return self.rows - self.duplicates
+
+    def add_duplicate(self) -> None:
+        """A row whose request another row already makes: it is answered by the same request, at no cost."""
+        self.rows += 1
+        self.duplicates += 1
 
     def add(self, row: RowFormula) -> None:
         self.rows += 1
@@ -113,46 +126,62 @@ def duration_s(*, rows: int, tpm_tokens: int, config: Config, latency_s: float) 
 
 
 @dataclass(frozen=True, slots=True)
+class SampledRow:
+    """One sampled request: its formula input cost, and what its input and output really cost."""
+
+    formula_input_usd: float
+    input_usd: float
+    output_usd: float
+
+
+@dataclass(frozen=True, slots=True)
 class Stratum:
-    """Sampled rows of one kind (say, images of known size) and the formula cost of all such rows."""
+    """The sampled rows of one kind (images of known or of unknown size) and the totals of all such requests."""
 
-    sample_cost: list[float]
-    sample_formula: list[float]
-    total_formula: float
+    sampled: list[SampledRow]
+    total_formula_input_usd: float
+    requests: int
 
 
-def ratio_extrapolation(strata: list[Stratum], *, rng: random.Random, resamples: int = 2000) -> tuple[float, float, float]:
-    """PURE: (point, low, high) of the manifest's cost from a sample: a separate ratio estimator per stratum.
+def extrapolate(strata: list[Stratum], *, rng: random.Random, resamples: int = 2000) -> tuple[float, float, float]:
+    """PURE: (point, low, high) of the manifest's cost from a sample.
 
-    In each stratum the ratio of measured to formula cost, times that stratum's
-    formula total, estimates its cost; strata are summed. Rows of known size
-    (formula exact) and of unknown size (formula a guess) vary differently, so
-    estimating them apart narrows the interval. The 95% interval is a bootstrap
-    that resamples within each stratum. A stratum with no sampled rows borrows
-    the pooled ratio.
+    Input and output are estimated apart, per stratum: input by a ratio
+    estimator (measured / formula input cost, times the stratum's formula input
+    total; ~1 when sizes are known, a correction of the size guess when not),
+    output by the sampled mean output cost times the stratum's requests. One
+    ratio over input+output would mix an exact quantity with a guessed one and
+    drift with the image sizes in the sample. The 95% interval is a bootstrap
+    resampling within each stratum; a stratum nobody sampled borrows the pooled
+    figures.
     """
-    sampled = [s for s in strata if s.sample_cost and sum(s.sample_formula) > 0]
+    sampled = [s for s in strata if s.sampled]
     if not sampled:
         return math.nan, math.nan, math.nan
-    pooled = sum(sum(s.sample_cost) for s in sampled) / sum(sum(s.sample_formula) for s in sampled)
+    pool = [r for s in sampled for r in s.sampled]
+    pooled_ratio = _ratio(pool)
+    pooled_output = sum(r.output_usd for r in pool) / len(pool)
 
-    def estimate(picks: list[list[int]] | None) -> float:
-        total = 0.0
+    def estimate(rows_by_stratum: list[list[SampledRow]]) -> float:
+        total, picks = 0.0, iter(rows_by_stratum)
         for stratum in strata:
-            if stratum not in sampled:
-                total += stratum.total_formula * pooled
-                continue
-            idx = picks[sampled.index(stratum)] if picks is not None else range(len(stratum.sample_cost))
-            formula = sum(stratum.sample_formula[i] for i in idx)
-            ratio = sum(stratum.sample_cost[i] for i in idx) / formula if formula > 0 else pooled
-            total += stratum.total_formula * ratio
+            rows = next(picks) if stratum.sampled else []
+            ratio = _ratio(rows) if rows else pooled_ratio
+            output = sum(r.output_usd for r in rows) / len(rows) if rows else pooled_output
+            total += stratum.total_formula_input_usd * ratio + stratum.requests * output
         return total
 
-    draws = sorted(estimate([[rng.randrange(len(s.sample_cost)) for _ in s.sample_cost] for s in sampled])
+    point = estimate([s.sampled for s in sampled])
+    draws = sorted(estimate([[s.sampled[rng.randrange(len(s.sampled))] for _ in s.sampled] for s in sampled])
                    for _ in range(resamples))
     low = draws[int(0.025 * (len(draws) - 1))]
     high = draws[int(math.ceil(0.975 * (len(draws) - 1)))]
-    return estimate(None), low, high
+    return point, low, high
+
+
+def _ratio(rows: list[SampledRow]) -> float:
+    formula = sum(r.formula_input_usd for r in rows)
+    return sum(r.input_usd for r in rows) / formula if formula > 0 else 1.0
 
 
 @dataclass(slots=True)
@@ -195,6 +224,7 @@ async def formula_pass(
     totals = FormulaTotals()
     counter = TextCounter()
     limiter = anyio.CapacityLimiter(probe_concurrency)
+    seen: OrderedDict[bytes, None] | None = OrderedDict() if config.images.dedup else None
     for chunk in chunks():
         sizes: dict[int, tuple[int, int] | None] = {}
         local = [(i, item.url) for i, item in enumerate(chunk) if not is_remote(item.url)]
@@ -213,6 +243,9 @@ async def formula_pass(
                     if is_remote(item.url):
                         tg.start_soon(probe_one, i, item.url)
         for i, item in enumerate(chunk):
+            if seen is not None and _is_repeat(seen, item, config):
+                totals.add_duplicate()
+                continue
             formula = row_formula(item, config=config, counter=counter, size=sizes.get(i))
             totals.add(formula)
             if reservoir is not None:
@@ -220,14 +253,30 @@ async def formula_pass(
     return totals
 
 
+def _is_repeat(seen: OrderedDict[bytes, None], item: Item, config: Config) -> bool:
+    """Mirrors the runner's dedup: the same image reference and the same rendered prompt, within its window."""
+    from .runner import DEDUP_WINDOW
+
+    body = build_body(config.request, image_url=item.url, fields=item.fields)
+    key = hashlib.blake2b(json.dumps(body, sort_keys=True).encode(), digest_size=16).digest()
+    if key in seen:
+        seen.move_to_end(key)
+        return True
+    seen[key] = None
+    if len(seen) > DEDUP_WINDOW:
+        seen.popitem(last=False)
+    return False
+
+
 def summarise(config: Config, totals: FormulaTotals, *, average_output: int | None,
               sample: dict[str, Any] | None = None) -> dict[str, Any]:
     """PURE: the estimate as the JSON object `caption estimate --json` prints."""
     per_row_out = output_tokens(config, average_output)
     max_out = config.request.max_tokens * (config.request.n or 1)
-    out_expected = per_row_out * totals.rows
-    out_low = max(1, per_row_out // 2) * totals.rows
-    out_high = max_out * totals.rows
+    requests = totals.requests
+    out_expected = per_row_out * requests
+    out_low = max(1, per_row_out // 2) * requests
+    out_high = max_out * requests
 
     def cost(prompt: int, completion: int) -> float | None:
         value = tokens_cost_usd(config, prompt=prompt, completion=completion)
@@ -238,8 +287,11 @@ def summarise(config: Config, totals: FormulaTotals, *, average_output: int | No
     latency = sample["mean_latency_s"] if sample else ASSUMED_LATENCY_S
     tpm_tokens = totals.input_expected + out_high  # providers count max_tokens against TPM
     assumptions = []
-    if totals.known_sizes < totals.rows:
-        assumptions.append(f"{totals.rows - totals.known_sizes} images of unknown size (remote, not probed or unreadable) "
+    if totals.duplicates:
+        assumptions.append(f"{totals.duplicates} rows repeat an earlier request (same image, same prompt) and are "
+                           "answered by it at no cost (images.dedup)")
+    if totals.known_sizes < totals.requests:
+        assumptions.append(f"{totals.requests - totals.known_sizes} images of unknown size (remote, not probed or unreadable) "
                            "assumed 1024x1024, bounded by 512x512 and the largest tiling")
     if average_output is None and not sample:
         assumptions.append(f"{per_row_out // (config.request.n or 1)} output tokens per answer (a one-sentence caption); "
@@ -256,7 +308,9 @@ def summarise(config: Config, totals: FormulaTotals, *, average_output: int | No
         "output_tokens_range": [out_low, out_high],
         "cost_usd": dict(formula_cost),
         "formula_cost_usd": formula_cost,
-        "duration_s": round(duration_s(rows=totals.rows, tpm_tokens=tpm_tokens, config=config, latency_s=latency), 1),
+        "requests": requests,
+        "duplicates": totals.duplicates,
+        "duration_s": round(duration_s(rows=requests, tpm_tokens=tpm_tokens, config=config, latency_s=latency), 1),
         "assumptions": assumptions,
     }
     if config.images.max_side is not None:
@@ -268,5 +322,5 @@ def summarise(config: Config, totals: FormulaTotals, *, average_output: int | No
         result["interval_95"] = sample["interval_95"]
         result["cost_usd"] = {"low": sample["interval_95"][0], "expected": sample["point_usd"],
                               "high": sample["interval_95"][1]}
-        result["output_tokens"] = round(sample["mean_completion_tokens"] * totals.rows)
+        result["output_tokens"] = round(sample["mean_completion_tokens"] * requests)
     return result

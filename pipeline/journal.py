@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import polars as pl
@@ -31,12 +31,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import JournalError
-from .models import RESULT_SCHEMA, ResultRow, rows_to_frame
+from .models import RESULT_SCHEMA, ResultRow, conform, rows_to_frame
 
 RESULTS_NAME = "results.parquet"
 RUN_META_NAME = "run.json"
 _BATCH_ROWS = 65_536
-_ARROW_SCHEMA = pl.DataFrame(schema=RESULT_SCHEMA).to_arrow().schema
+Extend = Callable[[pl.DataFrame], pl.DataFrame]
 _PART = re.compile(r"^p(\d{10})-(\d{10})\.parquet$")
 
 
@@ -159,12 +159,18 @@ class Journal:
             if fresh:
                 seen = pl.concat([seen, *fresh]).sort()
 
-    def _write_latest(self, paths: list[Path], target: Path) -> None:
+    def _write_latest(self, paths: list[Path], target: Path, *, extend: Extend | None = None) -> None:
+        """Write the latest rows to ``target`` atomically; ``extend`` may add derived columns (typed labels)."""
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        schema = _ARROW_SCHEMA
+
+        def shaped(frame: pl.DataFrame) -> pl.DataFrame:
+            frame = conform(frame)
+            return extend(frame) if extend is not None else frame
+
+        schema = shaped(pl.DataFrame(schema=RESULT_SCHEMA)).to_arrow().schema
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for frame in self._iter_latest(paths):
-                writer.write_table(frame.select(list(RESULT_SCHEMA)).cast(RESULT_SCHEMA).to_arrow().cast(schema))
+                writer.write_table(shaped(frame).to_arrow().cast(schema))
         _fsync_and_rename(tmp, target)
 
     # -- writing -----------------------------------------------------------
@@ -202,13 +208,13 @@ class Journal:
             part.path.unlink(missing_ok=True)
         return Part(last=last, first=first, path=target)
 
-    def finalize(self) -> Path:
+    def finalize(self, *, extend: Extend | None = None) -> Path:
         """Fold every part into results.parquet: one row per id. Safe to repeat after a crash."""
         parts = self._parts()
-        if not parts and self.results_path.exists():
+        if not parts and self.results_path.exists() and extend is None:
             return self.results_path
         try:
-            self._write_latest(self._sources(), self.results_path)
+            self._write_latest(self._sources(), self.results_path, extend=extend)
             for part in parts:
                 part.path.unlink(missing_ok=True)
         except (OSError, pl.exceptions.PolarsError, pa.ArrowException) as exc:
@@ -218,8 +224,8 @@ class Journal:
     # -- reading -----------------------------------------------------------
 
     def latest_frame(self) -> pl.DataFrame:
-        """Everything recorded so far, one row per id (results plus unmerged parts)."""
-        frames = list(self._iter_latest(self._sources()))
+        """Everything recorded so far, one row per id (results plus unmerged parts), in SPEC's columns."""
+        frames = [conform(f) for f in self._iter_latest(self._sources())]
         return pl.concat(frames) if frames else pl.DataFrame(schema=RESULT_SCHEMA)
 
     def skip_ids(self, *, retry_errors: bool) -> DoneIds:

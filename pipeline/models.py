@@ -66,6 +66,7 @@ class Completion:
     filters: FilterVerdict
     response_id: str | None
     refusal: str | None = None
+    captions: tuple[str | None, ...] = ()
 
 
 @dataclass(slots=True)
@@ -96,6 +97,9 @@ class ResultRow:
     latency_s: float | None = None
     response_id: str | None = None
     finished_at: datetime | None = None
+    captions: list[str] | None = None
+    labels: str | None = None
+    dedup_of: str | None = None
 
 
 RESULT_SCHEMA: dict[str, pl.DataType] = {
@@ -123,9 +127,21 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "latency_s": pl.Float64(),
     "response_id": pl.String(),
     "finished_at": pl.Datetime("us", "UTC"),
+    # Added to SPEC's columns: every choice's text when n > 1; the validated JSON
+    # answer for a response_format schema; the id whose request answered a
+    # duplicate image (a copy costs nothing).
+    "captions": pl.List(pl.String()),
+    "labels": pl.String(),
+    "dedup_of": pl.String(),
 }
 
 assert list(RESULT_SCHEMA) == [f.name for f in dataclasses.fields(ResultRow)]
+
+
+def conform(frame: pl.DataFrame) -> pl.DataFrame:
+    """SPEC's columns in order with their types; columns a file predates are added as nulls."""
+    missing = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in RESULT_SCHEMA.items() if name not in frame.columns]
+    return frame.with_columns(missing).select(list(RESULT_SCHEMA)).cast(RESULT_SCHEMA)
 
 
 def rows_to_frame(rows: list[ResultRow]) -> pl.DataFrame:

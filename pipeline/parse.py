@@ -103,7 +103,9 @@ def parse_completion(data: Any) -> Completion:
     prompt_filters = data.get("prompt_filter_results")
     has_filters = prompt_filters is not None or any(b is not None for b in choice_filters)
     verdict = filter_verdict(prompt_filters, choice_filters) if has_filters else FilterVerdict()
+    texts = tuple(_message_text(c.get("message"))[0] for c in choices if isinstance(c, dict))
     return Completion(
+        captions=texts,
         caption=caption,
         model=data.get("model") if isinstance(data.get("model"), str) else None,
         finish_reason=first.get("finish_reason") if isinstance(first.get("finish_reason"), str) else None,

@@ -16,8 +16,11 @@ and rows that did not finish are simply not written, so a re-run sends them.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 
 from .breaker import CircuitBreaker
 from .budget import Budget
@@ -42,8 +46,9 @@ from .errors import (
     QuotaError,
     ResumeMismatchError,
 )
-from .images import ImageLimits, PreparedImage, is_remote, prepare_image, shorten_data_url
+from .images import ImageLimits, PreparedImage, inline_bytes, is_remote, prepare_image, shorten_data_url
 from .journal import DoneIds, Journal
+from .labels import label_extender, label_spec
 from .models import Failure, Item, Outcome, Reply, ResultRow, RunTotals, Usage
 from .progress import NoProgress, Progress
 from .ratelimit import RateLimiter
@@ -58,6 +63,41 @@ _FATAL_ERRORS: dict[str, tuple[type[PipelineError], str]] = {
     "quota": (QuotaError, "the account has no quota or credit left; top it up, then re-run to resume"),
     "model_not_found": (ModelNotFoundError, "the endpoint does not serve model '{model}'; check request.model and endpoint.base_url"),
 }
+
+
+DEDUP_WINDOW = 100_000  # requests remembered for dedup; a duplicate further apart is sent again
+LABEL_ATTEMPTS = 2  # an answer that does not match the schema is asked for once more
+
+
+@dataclass(slots=True)
+class _RowState:
+    """What one row accumulates over its attempts."""
+
+    paid_usd: float | None = None
+    invalid_replies: int = 0
+    labels: str | None = None
+
+
+@dataclass(slots=True)
+class _SharedRequest:
+    """One request whose answer rows with the same body wait for (dedup)."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    row: ResultRow | None = None
+
+
+def _request_key(body: dict[str, Any]) -> bytes:
+    """Identical bodies (same image bytes or URL, same rendered prompt, same parameters) get one answer."""
+    return hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+
+
+def _dedup_copy(item: Item, original: ResultRow, *, finished_at: datetime) -> ResultRow:
+    """The answer of an identical request, for another id: nothing was sent for it, nothing is billed."""
+    return dataclasses.replace(
+        original, id=item.id, url=shorten_data_url(item.url), prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        cached_tokens=None, reasoning_tokens=None, cost_usd=0.0, attempts=0, latency_s=None, dedup_of=original.id,
+        finished_at=finished_at,
+    )
 
 
 class _StopDispatch(Exception):
@@ -128,6 +168,8 @@ class Runner:
         self._stop_reason: PipelineError | None = None
         self._unpriced_warned: set[str] = set()
         self.budget = Budget(max_cost_usd=config.limits.max_cost_usd)
+        self._labels = label_spec(config.request.response_format)
+        self._shared: OrderedDict[bytes, _SharedRequest] = OrderedDict()
 
     # -- stopping ------------------------------------------------------------
 
@@ -171,7 +213,7 @@ class Runner:
             outer.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             await self._flush()
-            await anyio.to_thread.run_sync(journal.finalize)
+            await anyio.to_thread.run_sync(lambda: journal.finalize(extend=label_extender(self._labels)))
             self._write_meta(status="stopped" if self._stop_reason else "finished")
         self.deps.progress.close(self.totals)
         if self._stop_reason is not None:
@@ -219,10 +261,29 @@ class Runner:
         except ImageUnreadableError as exc:
             return self._row(item, status="error", error_type="image_unreadable", error_message=str(exc))
         body = build_body(self.config.request, image_url=image.url, fields=item.fields)
+        if not self.config.images.dedup:
+            return await self._send(item, body, image)
+        key = _request_key(body)
+        shared = self._shared.get(key)
+        if shared is not None:
+            self._shared.move_to_end(key)
+            await shared.done.wait()
+            return None if shared.row is None else _dedup_copy(item, shared.row, finished_at=self.deps.now())
+        shared = self._shared[key] = _SharedRequest()
+        if len(self._shared) > DEDUP_WINDOW:
+            self._shared.popitem(last=False)
+        try:
+            shared.row = await self._send(item, body, image)
+        finally:
+            shared.done.set()
+        return shared.row
+
+    async def _send(self, item: Item, body: dict[str, Any], image: PreparedImage) -> ResultRow | None:
         est = self._estimate(body, image)
+        state = _RowState()
         try:
             outcome, attempts = await call_with_retries(
-                lambda attempt: self._attempt(body, est), max_attempts=self.config.limits.max_attempts,
+                lambda attempt: self._attempt(body, est, state), max_attempts=self.config.limits.max_attempts,
                 sleep=self.deps.sleep, rng=self.deps.rng,
             )
         except _StopDispatch:
@@ -231,11 +292,15 @@ class Runner:
             log.exception("unexpected error on row %s", item.id)
             return self._row(item, status="error", error_type="invalid_response",
                              error_message=f"internal error: {type(exc).__name__}: {exc}", retryable=True)
-        return self._row_from_outcome(item, outcome, attempts)
+        return self._row_from_outcome(item, outcome, attempts, state)
 
     async def _prepare(self, item: Item) -> PreparedImage:
         if is_remote(item.url):
-            return PreparedImage(url=item.url)
+            if not self.config.images.inline_remote:
+                return PreparedImage(url=item.url)
+            data = await self.deps.client.fetch_image(item.url, max_bytes=self.config.images.max_bytes,
+                                                      timeout_s=self.config.images.download_timeout_s)
+            return await anyio.to_thread.run_sync(lambda: inline_bytes(data, limits=self._limits, source=item.url))
         return await anyio.to_thread.run_sync(
             lambda: prepare_image(item.url, base_dir=self.base_dir, limits=self._limits))
 
@@ -252,7 +317,7 @@ class Runner:
         worst = Usage(prompt_tokens=tpm - max_completion - image_est + worst_image, completion_tokens=max_completion)
         return RequestEstimate(tpm_tokens=tpm, max_cost_usd=self._cost(request.model, worst, warn=False) or 0.0)
 
-    async def _attempt(self, body: dict[str, Any], est: RequestEstimate) -> Outcome:
+    async def _attempt(self, body: dict[str, Any], est: RequestEstimate, state: _RowState) -> Outcome:
         if self._stopping.is_set():
             raise _StopDispatch
         await self.deps.limiter.acquire(est.tpm_tokens)
@@ -270,12 +335,13 @@ class Runner:
             raise
         paid = self._cost(outcome.completion.model, outcome.completion.usage) if isinstance(outcome, Reply) else None
         self.budget.settle(est.max_cost_usd, paid or 0.0)
+        state.paid_usd = (state.paid_usd or 0.0) + paid if paid is not None else state.paid_usd
         self.totals.requests += 1
         limiter, breaker = self.deps.limiter, self.deps.breaker
         limiter.observe(outcome.headers)
         if isinstance(outcome, Reply):
             breaker.record(None)
-            return outcome
+            return self._check_labels(outcome, state)
         breaker.record(outcome.error_type)
         if outcome.error_type == "rate_limited":
             limiter.pause(outcome.retry_after_s)
@@ -290,16 +356,28 @@ class Runner:
             raise _StopDispatch
         return outcome
 
+    def _check_labels(self, reply: Reply, state: _RowState) -> Outcome:
+        """With a response_format schema, an answer that does not match it is retried once, then an error."""
+        if self._labels is None or reply.completion.finish_reason == "content_filter":
+            return reply
+        labels, why = self._labels.check(reply.completion.caption)
+        if why is None:
+            state.labels = labels
+            return reply
+        state.invalid_replies += 1
+        return Failure("invalid_response", why, retryable=state.invalid_replies < LABEL_ATTEMPTS,
+                       http_status=reply.http_status, latency_s=reply.latency_s)
+
     def _row(self, item: Item, **values: Any) -> ResultRow:
         return ResultRow(id=item.id, url=shorten_data_url(item.url), finished_at=self.deps.now(), **values)
 
-    def _row_from_outcome(self, item: Item, outcome: Outcome, attempts: int) -> ResultRow:
+    def _row_from_outcome(self, item: Item, outcome: Outcome, attempts: int, state: _RowState) -> ResultRow:
         if isinstance(outcome, Failure):
             filters = outcome.filters
             return self._row(
                 item, status="filtered" if outcome.error_type == "content_filter" else "error",
                 error_type=outcome.error_type, error_message=outcome.message, http_status=outcome.http_status,
-                retryable=outcome.retryable, attempts=attempts, latency_s=outcome.latency_s,
+                retryable=outcome.retryable, attempts=attempts, latency_s=outcome.latency_s, cost_usd=state.paid_usd,
                 flagged=bool(filters and filters.flagged), flagged_categories=list(filters.categories) if filters else [],
                 max_severity=filters.max_severity if filters else None, filter_results=filters.raw_json if filters else None,
             )
@@ -309,12 +387,13 @@ class Runner:
             item, status="filtered" if cut else "ok", caption=c.caption, model=c.model, finish_reason=c.finish_reason,
             prompt_tokens=c.usage.prompt_tokens, completion_tokens=c.usage.completion_tokens,
             total_tokens=c.usage.total_tokens, cached_tokens=c.usage.cached_tokens,
-            reasoning_tokens=c.usage.reasoning_tokens, cost_usd=self._cost(c.model, c.usage),
+            reasoning_tokens=c.usage.reasoning_tokens, cost_usd=state.paid_usd,
             flagged=c.filters.flagged, flagged_categories=list(c.filters.categories),
             max_severity=c.filters.max_severity, filter_results=c.filters.raw_json,
             error_type="content_filter" if cut else None,
             error_message="the completion was cut by the content filter" if cut else c.refusal,
             http_status=outcome.http_status, attempts=attempts, latency_s=outcome.latency_s, response_id=c.response_id,
+            captions=[t or "" for t in c.captions] if len(c.captions) > 1 else None, labels=state.labels,
         )
 
     def _cost(self, model: str | None, usage: Usage, *, warn: bool = True) -> float | None:

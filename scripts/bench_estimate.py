@@ -41,7 +41,14 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=50)
     parser.add_argument("--seeds", type=int, default=20)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp_name:
+    for probed in (False, True):
+        measure(args, probed=probed)
+
+
+def measure(args: argparse.Namespace, *, probed: bool) -> None:
+    """probed=False: remote images of unknown size (example.com); True: served by the simulator and --probe'd."""
+    app = SimulatorApp(SimConfig(latency_median_s=0.005, latency_p99_s=0.02, accept_any_model=True))
+    with tempfile.TemporaryDirectory() as tmp_name, SimulatorServer(app, log_level="critical") as sim:
         tmp = Path(tmp_name)
         (tmp / "images").mkdir()
         local = []
@@ -52,13 +59,14 @@ def main() -> None:
         rng = random.Random(5)
         rows = []
         for i in range(args.rows):
-            url = local[i % len(local)] if i % 3 == 0 else "https://images.example.com/s/{}.jpg?size={}x{}".format(i, *rng.choice(SIZES))
+            host = sim.base_url.removesuffix("/v1") + "/images" if probed else "https://images.example.com/s"
+            url = local[i % len(local)] if i % 3 == 0 else "{}/{}.png?size={}x{}".format(host, i, *rng.choice(SIZES))
             rows.append({"id": f"s{i:05d}", "url": url, "note": "x" * rng.randint(0, 120)})
         pl.DataFrame(rows).write_csv(tmp / "m.csv")
         (tmp / "c.toml").write_text(CONFIG)
-        app = SimulatorApp(SimConfig(latency_median_s=0.005, latency_p99_s=0.02, accept_any_model=True))
-        with SimulatorServer(app, log_level="critical") as sim:
-            formula = json.loads(caption("estimate", str(tmp / "m.csv"), "--config", str(tmp / "c.toml"), "--json").stdout)
+        probe = ["--probe"] if probed else []
+        if True:
+            formula = json.loads(caption("estimate", str(tmp / "m.csv"), "--config", str(tmp / "c.toml"), "--json", *probe).stdout)
             caption("run", str(tmp / "m.csv"), "--out", str(tmp / "full"), "--config", str(tmp / "c.toml"),
                     "--base-url", sim.base_url, "--no-progress")
             full = pl.read_parquet(tmp / "full" / "results.parquet")
@@ -66,12 +74,13 @@ def main() -> None:
             covered, errors = 0, []
             for seed in range(args.seeds):
                 est = json.loads(caption("estimate", str(tmp / "m.csv"), "--config", str(tmp / "c.toml"), "--sample",
-                                         str(args.sample), "--seed", str(seed), "--base-url", sim.base_url, "--json").stdout)
+                                         str(args.sample), "--seed", str(seed), "--base-url", sim.base_url, "--json", *probe).stdout)
                 low, high = est["interval_95"]
                 covered += low <= actual <= high
                 errors.append(abs(est["cost_usd"]["expected"] - actual) / actual)
-        local_rows = full.filter(~pl.col("url").str.starts_with("https://"))
+        local_rows = full.filter(~pl.col("url").str.starts_with("http"))
         print(json.dumps({
+            "remote_sizes": "probed" if probed else "unknown",
             "rows": args.rows, "sample": args.sample, "seeds": args.seeds, "actual_cost_usd": round(actual, 6),
             "interval_coverage": covered / args.seeds, "point_error_mean": round(sum(errors) / len(errors), 4),
             "point_error_max": round(max(errors), 4),

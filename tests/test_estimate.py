@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pipeline.config import build_config
-from pipeline.estimate import FormulaTotals, Reservoir, Stratum, ratio_extrapolation, row_formula, summarise
+from pipeline.estimate import FormulaTotals, Reservoir, SampledRow, Stratum, extrapolate, row_formula, summarise
 from pipeline.models import Item
 from pipeline.tokens import TextCounter, image_tokens
 from tests.conftest import run_cli, write_config, write_csv
@@ -42,30 +42,32 @@ def test_row_formula_uses_the_real_size_and_bounds_unknown_ones():
     assert unknown.prompt_low == text + 255 and unknown.prompt_expected == text + 765 and unknown.prompt_high > unknown.prompt_expected
 
 
-def test_ratio_extrapolation_covers_the_truth_for_a_skewed_population():
-    """On a population with mixed row costs, the 95% interval from 50 rows covers the true total in most draws."""
+def test_extrapolation_covers_the_truth_for_a_skewed_population():
+    """Rows of very different input sizes and a noisy output: the 95% interval from 50 rows covers the true total
+    in most draws, and the point estimate is close."""
     rng = random.Random(3)
-    formula = [rng.choice([1.0, 2.0, 5.0, 12.0]) for _ in range(1000)]
-    actual = [f * rng.uniform(0.8, 1.2) + rng.uniform(0, 0.5) for f in formula]
-    truth = sum(actual)
+    formula_in = [rng.choice([1.0, 2.0, 5.0, 12.0]) for _ in range(1000)]
+    actual_in = [f * rng.uniform(0.9, 1.1) for f in formula_in]
+    actual_out = [rng.uniform(0.2, 0.8) for _ in range(1000)]
+    truth = sum(actual_in) + sum(actual_out)
     covered = 0
     for trial in range(100):
         idx = random.Random(trial).sample(range(1000), 50)
-        stratum = Stratum([actual[i] for i in idx], [formula[i] for i in idx], sum(formula))
-        point, low, high = ratio_extrapolation([stratum], rng=random.Random(trial), resamples=500)
+        rows = [SampledRow(formula_in[i], actual_in[i], actual_out[i]) for i in idx]
+        point, low, high = extrapolate([Stratum(rows, sum(formula_in), 1000)], rng=random.Random(trial), resamples=500)
         covered += low <= truth <= high
-        assert abs(point - truth) / truth < 0.15
-    assert covered >= 85
+        assert abs(point - truth) / truth < 0.05
+    assert covered >= 88
 
 
-def test_strata_are_estimated_apart_and_an_unsampled_stratum_borrows_the_pooled_ratio():
-    """Known-size rows (exact formula) and unknown-size rows (a guess) get their own ratios."""
-    exact = Stratum([1.1] * 10, [1.0] * 10, 500.0)
-    guessed = Stratum([3.0] * 10, [1.0] * 10, 500.0)
-    point, low, high = ratio_extrapolation([exact, guessed], rng=random.Random(0), resamples=200)
-    assert point == pytest.approx(500 * 1.1 + 500 * 3.0) and low == pytest.approx(point) and high == pytest.approx(point)
-    point, _, _ = ratio_extrapolation([exact, Stratum([], [], 100.0)], rng=random.Random(0), resamples=50)
-    assert point == pytest.approx(500 * 1.1 + 100 * 1.1)
+def test_strata_are_estimated_apart_and_an_unsampled_stratum_borrows_the_pooled_figures():
+    """Known-size rows (exact input) and unknown-size rows (a guessed input) get their own ratios; output is a mean."""
+    exact = Stratum([SampledRow(1.0, 1.0, 0.5)] * 10, 500.0, 500)
+    guessed = Stratum([SampledRow(1.0, 3.0, 0.5)] * 10, 500.0, 500)
+    point, low, high = extrapolate([exact, guessed], rng=random.Random(0), resamples=200)
+    assert point == pytest.approx(500 * 1.0 + 500 * 0.5 + 500 * 3.0 + 500 * 0.5) and low == pytest.approx(point) == high
+    point, _, _ = extrapolate([exact, Stratum([], 100.0, 100)], rng=random.Random(0), resamples=50)
+    assert point == pytest.approx(500 * 1.0 + 500 * 0.5 + 100 * 1.0 + 100 * 0.5)
 
 
 def test_reservoir_is_uniform_enough():
@@ -126,9 +128,10 @@ def test_probe_reads_remote_sizes_from_the_first_bytes(simulator, tmp_path):
 
 @pytest.mark.slow
 def test_sample_of_50_predicts_the_full_run_of_1000(simulator, tmp_path):
-    """--sample 50 on 1,000 mixed rows: the full run's actual cost is inside the 95% interval, the point within 5%;
-    the sampled rows, kept in --out, are not sent again by the full run."""
+    """--sample 50 --probe on 1,000 mixed rows: the full run's actual cost is inside the 95% interval, the point
+    within 5%; the sampled rows, kept in --out, are not sent again; duplicate requests are priced once."""
     local = make_images(tmp_path / "images", 14)
+    host = simulator.base_url.removesuffix("/v1")
     rng = random.Random(5)
     rows = []
     for i in range(1000):
@@ -136,21 +139,23 @@ def test_sample_of_50_predicts_the_full_run_of_1000(simulator, tmp_path):
             url = local[i % len(local)]
         else:
             w, h = rng.choice(SIZES)
-            url = f"https://images.example.com/s/{i}.jpg?size={w}x{h}"
+            url = f"{host}/images/s{i}.png?size={w}x{h}"
         rows.append({"id": f"s{i:04d}", "url": url, "note": "x" * rng.randint(0, 120)})
     manifest = write_csv(tmp_path / "m.csv", rows)
     config = write_config(tmp_path / "c.toml", '[request]\ndetail = "high"\nprompt = "Caption it. Context: {note}"\n'
                                                "[limits]\nrpm = 60000\ntpm = 100000000\nconcurrency = 16\n")
     out = tmp_path / "out"
     est = run_cli(["estimate", str(manifest), "--config", str(config), "--sample", "50", "--out", str(out),
-                   "--base-url", simulator.base_url, "--json", "--seed", "1"])
+                   "--base-url", simulator.base_url, "--json", "--seed", "1", "--probe"])
     assert est.returncode == 0, est.stderr
     estimate = json.loads(est.stdout)
-    assert simulator.app.stats()["requests"] == 50
+    assert simulator.app.stats()["requests"] == 50 and estimate["images_with_known_size"] == estimate["requests"]
+    distinct = len({(r["url"], r["note"]) for r in rows})
+    assert estimate["requests"] == distinct and estimate["duplicates"] == 1000 - distinct > 0
     run = run_cli(["run", str(manifest), "--out", str(out), "--config", str(config), "--base-url", simulator.base_url,
                    "--no-progress"])
     assert run.returncode == 0, run.stderr
-    assert simulator.app.stats()["requests"] == 1000
+    assert simulator.app.stats()["requests"] == distinct
     actual = pl.read_parquet(out / "results.parquet")["cost_usd"].sum()
     low, high = estimate["interval_95"]
     assert low <= actual <= high, (low, actual, high)

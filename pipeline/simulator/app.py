@@ -30,8 +30,9 @@ from .behaviour import (
     ParsedRequest,
     completion_body,
     error_body,
+    encode_image,
     fault_rule,
-    generated_image,
+    image_spec,
     image_key,
     parse_request,
     prompt_filter_error,
@@ -64,6 +65,7 @@ class SimulatorApp:
         self._requests = 0
         self._prompt_tokens = 0
         self._next_id = 0
+        self._images: dict[tuple[str, int, int, tuple[int, int, int]], tuple[bytes, str]] = {}
         self._log: TextIO | None = open(self.config.log_path, "a", buffering=1) if self.config.log_path else None
 
     @staticmethod
@@ -173,7 +175,12 @@ class SimulatorApp:
         """A generated image for remote-URL tests: ``/images/name.png?size=640x480`` (no network needed)."""
         query = scope.get("query_string", b"").decode()
         name = scope["path"].rsplit("/", 1)[-1]
-        data, content_type = generated_image(name, query)
+        spec = image_spec(name, query)
+        if spec not in self._images:
+            if len(self._images) >= 64:
+                self._images.pop(next(iter(self._images)))
+            self._images[spec] = encode_image(*spec)
+        data, content_type = self._images[spec]
         await _send_raw(send, 200, data, content_type=content_type.encode())
 
     def _authorized(self, scope: dict[str, Any]) -> bool:

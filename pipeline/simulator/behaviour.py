@@ -36,7 +36,13 @@ def image_key(url: str) -> str:
 
 
 def caption_for(url: str) -> str:
-    digest = hashlib.sha256(image_key(url).encode()).digest()
+    """Derived from the image (its bytes when inlined, else its URL without the host, so a
+    simulator on another port gives the same captions)."""
+    key = image_key(url)
+    if not key.startswith("data:"):
+        parsed = urlparse(key)
+        key = parsed.path + ("?" + parsed.query if parsed.query else "")
+    digest = hashlib.sha256(key.encode()).digest()
     adj = _ADJECTIVES[digest[0] % len(_ADJECTIVES)]
     noun = _NOUNS[digest[1] % len(_NOUNS)]
     place = _PLACES[digest[2] % len(_PLACES)]
@@ -153,16 +159,24 @@ _FORMATS = {"png": ("PNG", "image/png"), "jpg": ("JPEG", "image/jpeg"), "jpeg": 
             "webp": ("WEBP", "image/webp"), "gif": ("GIF", "image/gif")}
 
 
-def generated_image(name: str, query: str) -> tuple[bytes, str]:
-    """Deterministic image bytes for a name and a ``size=WxH`` query (capped at 4096 px a side)."""
+def image_spec(name: str, query: str) -> tuple[str, int, int, tuple[int, int, int]]:
+    """(format, width, height, colour) of a generated image: ``NAME.png?size=WxH``, capped at 4096 px a side."""
     size = parse_qs(query).get("size", ["64x64"])[0]
     w, _, h = size.partition("x")
-    width = min(4096, int(w)) if w.isdigit() else 64
-    height = min(4096, int(h)) if h.isdigit() else 64
-    fmt, content_type = _FORMATS.get(name.rsplit(".", 1)[-1].lower(), _FORMATS["png"])
-    digest = hashlib.sha256(name.encode()).digest()
+    width = max(1, min(4096, int(w))) if w.isdigit() else 64
+    height = max(1, min(4096, int(h))) if h.isdigit() else 64
+    fmt = name.rsplit(".", 1)[-1].lower()
+    fmt = fmt if fmt in _FORMATS else "png"
+    # A small palette, so a cache of generated images stays small.
+    shade = hashlib.sha256(name.encode()).digest()[0] % 8
+    return fmt, width, height, (40 + 25 * shade, 90, 200 - 20 * shade)
+
+
+def encode_image(fmt: str, width: int, height: int, colour: tuple[int, int, int]) -> tuple[bytes, str]:
+    pil_format, content_type = _FORMATS[fmt]
     out = io.BytesIO()
-    Image.new("RGB", (max(1, width), max(1, height)), tuple(digest[:3])).save(out, format=fmt)
+    options = {"compress_level": 1} if pil_format == "PNG" else {}
+    Image.new("RGB", (width, height), colour).save(out, format=pil_format, **options)
     return out.getvalue(), content_type
 
 
