@@ -23,9 +23,10 @@ from PIL import Image, UnidentifiedImageError
 from .errors import JournalError
 from .images import is_remote
 from .journal import Journal
+from .models import RESULT_SCHEMA
 
 _SUMMARY_COLUMNS = ["id", "status", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "flagged_categories",
-                    "error_type", "finished_at", "attempts"]
+                    "error_type", "finished_at", "attempts", "dedup_of"]
 
 
 def load_results(out_dir: Path, columns: list[str] | None = None) -> pl.LazyFrame:
@@ -37,6 +38,9 @@ def load_results(out_dir: Path, columns: list[str] | None = None) -> pl.LazyFram
         if not results.exists():
             raise JournalError(f"{out_dir}: no results here (expected {results}); is this a `caption run --out` folder?")
         frame = pl.scan_parquet(results)
+        present = set(frame.collect_schema().names())
+        # A file written before a column existed reads it as nulls.
+        frame = frame.with_columns(pl.lit(None, dtype=RESULT_SCHEMA[c]).alias(c) for c in RESULT_SCHEMA if c not in present)
         return frame if columns is None else frame.select(columns)
     return Journal(out_dir).latest_frame().lazy().select(columns or pl.all())
 
@@ -49,6 +53,7 @@ def summarise(frame: pl.LazyFrame) -> dict[str, Any]:
         pl.col("completion_tokens").sum().alias("completion_tokens"),
         pl.col("cost_usd").sum().alias("cost_usd"),
         pl.col("attempts").sum().alias("requests"),
+        pl.col("dedup_of").is_not_null().sum().alias("dedup_saved"),
         pl.col("latency_s").quantile(0.5, "linear").alias("p50"),
         pl.col("latency_s").quantile(0.9, "linear").alias("p90"),
         pl.col("latency_s").quantile(0.99, "linear").alias("p99"),
@@ -75,6 +80,7 @@ def summarise(frame: pl.LazyFrame) -> dict[str, Any]:
         "rows": totals["rows"],
         "by_status": by_status,
         "requests": totals["requests"] or 0,
+        "dedup_saved_requests": totals["dedup_saved"] or 0,
         "prompt_tokens": totals["prompt_tokens"] or 0,
         "completion_tokens": totals["completion_tokens"] or 0,
         "cost_usd": round(totals["cost_usd"] or 0.0, 6),
@@ -113,7 +119,7 @@ def format_table(summary: dict[str, Any]) -> str:
     lines = [
         f"rows          {summary['rows']:,}",
         "status        " + ", ".join(f"{k} {v:,}" for k, v in summary["by_status"].items()),
-        f"requests      {summary['requests']:,}",
+        f"requests      {summary['requests']:,} ({summary['dedup_saved_requests']:,} saved by dedup)",
         f"tokens        {summary['prompt_tokens']:,} prompt + {summary['completion_tokens']:,} completion",
         f"cost          ${summary['cost_usd']:,.4f}",
         f"latency       p50 {lat['p50']} s, p90 {lat['p90']} s, p99 {lat['p99']} s",

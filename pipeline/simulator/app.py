@@ -112,7 +112,8 @@ class SimulatorApp:
             if {"rpm", "tpm", "burst_window_s", "burst_factor"} & set(changes):
                 self._limiter = self._make_limiter(self.config)
 
-    def _record(self, status: int, *, key: str | None, fault: str | None, tokens: int = 0) -> None:
+    def _record(self, status: int, *, key: str | None, fault: str | None, tokens: int = 0,
+                extras: tuple[tuple[str, Any], ...] = ()) -> None:
         with self._lock:
             self._requests += 1
             self._by_status[str(status)] += 1
@@ -125,8 +126,8 @@ class SimulatorApp:
                 self._prompt_tokens += tokens
             self._lock.notify_all()
         if self._log is not None:
-            self._log.write(orjson.dumps({"t": round(time.time(), 4), "status": status, "image": key,
-                                          "fault": fault, "prompt_tokens": tokens}).decode() + "\n")
+            entry = {"t": round(time.time(), 4), "status": status, "image": key, "fault": fault, "prompt_tokens": tokens}
+            self._log.write(orjson.dumps({**entry, **dict(extras)}).decode() + "\n")
 
     # -- ASGI --------------------------------------------------------------------
 
@@ -175,6 +176,12 @@ class SimulatorApp:
         """A generated image for remote-URL tests: ``/images/name.png?size=640x480`` (no network needed)."""
         query = scope.get("query_string", b"").decode()
         name = scope["path"].rsplit("/", 1)[-1]
+        options = dict(pair.partition("=")[::2] for pair in query.split("&") if pair)
+        if options.get("delay"):
+            await anyio.sleep(float(options["delay"]))
+        if options.get("type") == "text":
+            await _send_raw(send, 200, b"<html>not an image</html>", content_type=b"text/html")
+            return
         spec = image_spec(name, query)
         if spec not in self._images:
             if len(self._images) >= 64:
@@ -250,13 +257,15 @@ class SimulatorApp:
                                          (b"retry-after-ms", str(round(decision.retry_after_s * 1000)).encode())])
             return
         fault = self._pick_fault(key)
+        if fault == "badjson" and req.schema is None:
+            fault = None  # a malformed structured answer needs a request for one
         await anyio.sleep(self._latency_s())
         if fault is not None:
             await self._send_fault(fault, send, key=key, headers=limit_headers, req=req)
             return
         body = completion_body(req, response_id=self._response_id(), created=int(time.time()),
                                prompt_tokens_=tokens, counter=self._counter)
-        self._record(200, key=key, fault=None, tokens=tokens)
+        self._record(200, key=key, fault=None, tokens=tokens, extras=req.extras)
         await _send_json(send, 200, body, headers=limit_headers)
 
     def _response_id(self) -> str:
@@ -322,6 +331,10 @@ class SimulatorApp:
             body = completion_body(req, response_id=self._response_id(), created=int(time.time()),
                                    prompt_tokens_=prompt_tokens(req, self._counter), counter=self._counter,
                                    filtered_category="violence")
+            await _send_json(send, 200, body, headers=headers)
+        elif fault == "badjson":
+            body = completion_body(req, response_id=self._response_id(), created=int(time.time()),
+                                   prompt_tokens_=prompt_tokens(req, self._counter), counter=self._counter, plain_text=True)
             await _send_json(send, 200, body, headers=headers)
         elif fault == "nochoices":
             await _send_json(send, 200, {"id": self._response_id(), "object": "chat.completion", "choices": [],

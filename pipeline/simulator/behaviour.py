@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import io
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,8 @@ class ParsedRequest:
     images: tuple[ImagePart, ...]
     max_tokens: int | None
     n: int
+    schema: dict[str, Any] | None = None  # response_format's JSON schema: answer with conforming JSON
+    extras: tuple[tuple[str, Any], ...] = ()  # gateway fields such as ocr_model
 
 
 class BadRequest(ValueError):
@@ -133,7 +136,39 @@ def parse_request(body: Any) -> ParsedRequest:
     n = body.get("n", 1)
     if not isinstance(n, int) or n < 1:
         raise BadRequest("Invalid 'n': must be a positive integer.", param="n")
-    return ParsedRequest(model=model, text="\n".join(texts), images=tuple(images), max_tokens=max_tokens, n=n)
+    response_format = body.get("response_format")
+    schema = None
+    if isinstance(response_format, dict):
+        if response_format.get("type") == "json_schema":
+            schema = (response_format.get("json_schema") or {}).get("schema") or {"type": "object"}
+        elif response_format.get("type") == "json_object":
+            schema = {"type": "object"}
+    extras = tuple((k, body[k]) for k in ("ocr_model",) if k in body)
+    return ParsedRequest(model=model, text="\n".join(texts), images=tuple(images), max_tokens=max_tokens, n=n,
+                         schema=schema, extras=extras)
+
+
+def answer_for(schema: dict[str, Any], seed: bytes) -> Any:
+    """A value conforming to a JSON schema, derived from the image (so tests can predict it)."""
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "string")
+    if "enum" in schema:
+        return schema["enum"][seed[0] % len(schema["enum"])]
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {name: answer_for(sub if isinstance(sub, dict) else {}, hashlib.sha256(seed + name.encode()).digest())
+                for name, sub in props.items()}
+    if kind == "array":
+        items = schema.get("items") if isinstance(schema.get("items"), dict) else {"type": "string"}
+        return [answer_for(items, hashlib.sha256(seed + bytes([i])).digest()) for i in range(1 + seed[0] % 3)]
+    if kind == "integer":
+        return seed[0] % 10
+    if kind == "number":
+        return round(seed[0] / 25.5, 2)
+    if kind == "boolean":
+        return bool(seed[0] % 2)
+    return _NOUNS[seed[0] % len(_NOUNS)]
 
 
 def prompt_tokens(req: ParsedRequest, counter: TextCounter) -> int:
@@ -189,14 +224,17 @@ def _filter_block(flag: str | None = None, severity: str = "high") -> dict[str, 
 
 def completion_body(
     req: ParsedRequest, *, response_id: str, created: int, prompt_tokens_: int, counter: TextCounter,
-    filtered_category: str | None = None,
+    filtered_category: str | None = None, plain_text: bool = False,
 ) -> dict[str, Any]:
     """An Azure-flavoured OpenAI completion, shaped like seed 000."""
     caption = caption_for(req.images[0].url) if req.images else "There is no image in this request."
     choices = []
     completion_tokens = 0
     for index in range(req.n):
-        text, finish = caption, "stop"
+        text, finish = (caption if index == 0 else f"{caption} Variant {index + 1}."), "stop"
+        if req.schema is not None and not plain_text:
+            seed = hashlib.sha256(caption.encode()).digest()
+            text = json.dumps(answer_for(req.schema, seed))
         tokens = counter.count(text, model=req.model)
         if req.max_tokens is not None and tokens > req.max_tokens:
             words = text.split()

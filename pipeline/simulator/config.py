@@ -10,7 +10,7 @@ HeaderStyle = Literal["openai", "azure"]
 # Fault kinds, usable by rate (``fault_rates``) or by rule in an image URL (``?sim=KIND`` or ``?sim=KINDxN``).
 FAULT_KINDS = (
     "500", "502", "503", "429", "reset", "stall", "truncated", "nonjson", "nochoices",
-    "invalid_image_url", "filter_completion", "filter_prompt", "quota", "auth",
+    "invalid_image_url", "filter_completion", "filter_prompt", "quota", "auth", "badjson",
 )
 TRANSIENT_FAULTS = frozenset({"500", "502", "503", "429", "reset", "stall", "truncated", "nonjson", "nochoices"})
 
