@@ -168,6 +168,7 @@ def _progress(total: int, initial: int, *, no_progress: bool) -> Progress:
 def _load_inputs(args: argparse.Namespace) -> tuple[Config, Any]:
     """Config, then the manifest and the prompt's placeholders: all refused before anything is sent."""
     config = load_config(args.config, overrides=_overrides(args))
+    _check_label_schema(config)
     info = inspect_manifest(args.manifest, url_column=config.manifest.url_column, id_column=config.manifest.id_column)
     for template, key in ((config.request.prompt, "request.prompt"), (config.request.system or "", "request.system")):
         missing = missing_columns(template, [*info.columns, config.manifest.url_column, config.manifest.id_column])
@@ -203,6 +204,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.addFilter(_SecretFilter(api_key))
     with _endpoint(config, simulate=args.simulate) as config:
         return anyio.run(_run_async, config, args, info.rows, journal, api_key)
+
+
+def _check_label_schema(config: Config) -> None:
+    import jsonschema
+
+    from .labels import label_spec
+
+    try:
+        label_spec(config.request.response_format)
+    except jsonschema.SchemaError as exc:
+        raise ConfigError(f"not a valid JSON schema: {exc.message}", key="request.response_format",
+                          path=config.source) from None
 
 
 def _check_budget_is_priced(config: Config) -> None:

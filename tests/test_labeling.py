@@ -158,3 +158,11 @@ def test_gateway_extras_reach_the_endpoint_and_ocr_models_are_priced(tmp_path):
     row = frame.to_dicts()[0]
     base = (row["prompt_tokens"] * 0.5 + row["completion_tokens"] * 1.5) / 1e6
     assert row["cost_usd"] == pytest.approx(base + row["prompt_tokens"] * 0.15 / 1e6)
+
+
+def test_a_malformed_schema_is_refused_before_sending(simulator, tmp_path):
+    """A response_format whose JSON schema is invalid: exit 2 naming request.response_format."""
+    bad = FAST_CONFIG + '\n[request.response_format]\ntype = "json_schema"\njson_schema = { name = "x", schema = { type = 5 } }\n'
+    result, _ = _run(simulator, write_csv(tmp_path / "m.csv", remote_rows(2)), tmp_path / "out", bad)
+    assert result.returncode == 2 and "request.response_format" in result.stderr
+    assert simulator.app.stats()["requests"] == 0
