@@ -17,6 +17,7 @@ durations (``20ms``, ``1s``, ``6m0s``), Azure's integer seconds, ``-1`` = unknow
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -78,8 +79,27 @@ def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitHeaders:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What one dispatch was counted as, so the answer's usage can correct it."""
+
+    prompt_tokens: float
+    completion_tokens: int
+
+
 class RateLimiter:
-    """Grants dispatch slots no faster than rpm / tpm allow; all waits go through ``sleep``."""
+    """Grants dispatch slots no faster than rpm / tpm allow; all waits go through ``sleep``.
+
+    - Limits: as configured; else learned from ``x-ratelimit-limit-*`` headers
+      (only when their reset is within a minute: a day-scale reset means the
+      header describes a daily limit); else, after a 429, the rate observed in
+      the last ``window_s`` seconds.
+    - AIMD: a 429 multiplies the rate by ``decrease`` (once per congestion
+      event) and pauses every dispatch for the server's wait; each success adds
+      ``increase`` back, up to the full rate.
+    - Token estimates are scaled by what answers report (an image of unknown
+      size is assumed 1024x1024); each answer also settles its own charge.
+    """
 
     def __init__(
         self,
@@ -90,41 +110,93 @@ class RateLimiter:
         sleep: Sleep,
         burst_s: float = 0.0,
         default_pause_s: float = 1.0,
+        decrease: float = 0.7,
+        increase: float = 0.01,
+        min_factor: float = 0.1,
+        window_s: float = 10.0,
     ) -> None:
-        # A hair slower than the limit, so float drift never fits rpm + 1 into a 60 s window.
-        self._request_interval_s = 60.0 / rpm * _SAFETY if rpm else 0.0
-        self._token_interval_s = 60.0 / tpm * _SAFETY if tpm else 0.0
+        self._configured = (rpm, tpm)
+        self._learned: list[int | None] = [None, None]
         self._clock = clock
         self._sleep = sleep
         self._burst_s = burst_s
         self._default_pause_s = default_pause_s
+        self._decrease, self._increase, self._min_factor = decrease, increase, min_factor
+        self.factor = 1.0
+        self._last_decrease = -1e18
         now = clock()
         self._tat_requests = now
         self._tat_tokens = now
         self._paused_until = now
+        self._recent: deque[float] = deque()
+        self._window_s = window_s
+        self._prompt_scale = 1.0
         self.pauses = 0
+        self.decreases = 0
+
+    # -- the limits in force -------------------------------------------------------
+
+    @property
+    def rpm(self) -> int | None:
+        return self._configured[0] or self._learned[0]
+
+    @property
+    def tpm(self) -> int | None:
+        return self._configured[1] or self._learned[1]
 
     @property
     def paused_until(self) -> float:
         return self._paused_until
 
-    async def acquire(self, tokens: int) -> None:
-        """Wait until one request of ``tokens`` may be sent, then count it as sent."""
+    def _interval(self, limit: int | None) -> float:
+        # A hair slower than the limit, so float drift never fits rpm + 1 into a 60 s window.
+        return 60.0 / (limit * self.factor) * _SAFETY if limit else 0.0
+
+    # -- dispatch ----------------------------------------------------------------
+
+    async def acquire(self, prompt_tokens: int, completion_tokens: int = 0) -> Grant:
+        """Wait until one request may be sent, count it as sent, and say what it was counted as."""
+        prompt = prompt_tokens * self._prompt_scale
         while True:
             now = self._clock()
-            start = max(
-                now,
-                self._paused_until,
-                self._tat_requests - self._burst_s,
-                self._tat_tokens - self._burst_s,
-            )
-            self._tat_requests = max(self._tat_requests, start) + self._request_interval_s
-            self._tat_tokens = max(self._tat_tokens, start) + tokens * self._token_interval_s
+            start = max(now, self._paused_until, self._tat_requests - self._burst_s, self._tat_tokens - self._burst_s)
+            self._tat_requests = max(self._tat_requests, start) + self._interval(self.rpm)
+            self._tat_tokens = max(self._tat_tokens, start) + (prompt + completion_tokens) * self._interval(self.tpm)
             if start > now:
                 await self._sleep(start - now)
             # A pause that arrived while we waited applies to us too.
             if self._paused_until <= self._clock():
-                return
+                self._note_dispatch(self._clock())
+                return Grant(prompt, completion_tokens)
+
+    def _note_dispatch(self, now: float) -> None:
+        self._recent.append(now)
+        while self._recent and self._recent[0] < now - self._window_s:
+            self._recent.popleft()
+
+    # -- feedback ----------------------------------------------------------------
+
+    def settle(self, grant: Grant, *, prompt_tokens: int | None) -> None:
+        """An answer came back: learn how far off the prompt estimate was, and correct this request's charge."""
+        self.factor = min(1.0, self.factor + self._increase)
+        if not prompt_tokens or grant.prompt_tokens <= 0:
+            return
+        unscaled = grant.prompt_tokens / self._prompt_scale
+        self._prompt_scale = 0.8 * self._prompt_scale + 0.2 * (prompt_tokens / unscaled)
+        self._tat_tokens += (prompt_tokens - grant.prompt_tokens) * self._interval(self.tpm)
+
+    def rate_limited(self, retry_after_s: float | None) -> None:
+        """A 429: pause everyone for the server's wait and slow down, once per congestion event."""
+        now = self._clock()
+        if self.rpm is None and self.tpm is None and self._recent:
+            # No limit known at all: the rate that just tripped the server is the ceiling.
+            observed_rpm = len(self._recent) * 60.0 / self._window_s
+            self._learned[0] = max(1, int(observed_rpm))
+        if now - self._last_decrease > max(1.0, retry_after_s or 0.0):
+            self.factor = max(self._min_factor, self.factor * self._decrease)
+            self._last_decrease = now
+            self.decreases += 1
+        self.pause(retry_after_s)
 
     def pause(self, seconds: float | None) -> None:
         """Hold every dispatch for ``seconds`` (the server's Retry-After, or a default)."""
@@ -135,8 +207,14 @@ class RateLimiter:
             self.pauses += 1
 
     def observe(self, headers: Mapping[str, str]) -> None:
-        """Slow down before a 429 when the server says a window is used up."""
+        """Learn limits the config left open, and slow down before a 429 when a window is used up."""
+        if not headers:
+            return
         info = parse_rate_limit_headers(headers)
+        if info.limit_requests and (info.reset_requests_s is None or info.reset_requests_s <= 60):
+            self._learned[0] = info.limit_requests
+        if info.limit_tokens and (info.reset_tokens_s is None or info.reset_tokens_s <= 60):
+            self._learned[1] = info.limit_tokens
         if info.remaining_requests == 0 and info.reset_requests_s:
             self.pause(info.reset_requests_s)
         if info.remaining_tokens == 0 and info.reset_tokens_s:

@@ -142,9 +142,10 @@ ChunkSource = Callable[[], Iterator[list[Item]]]
 
 @dataclass(frozen=True, slots=True)
 class RequestEstimate:
-    """What a request is counted as before it is sent: TPM tokens, and its worst-case cost."""
+    """What a request is counted as before it is sent: prompt and completion tokens (TPM), worst-case cost."""
 
-    tpm_tokens: int
+    prompt_tokens: int
+    completion_tokens: int
     max_cost_usd: float
 
 
@@ -315,12 +316,13 @@ class Runner:
         tpm = request_tokens(text_tokens=text_tokens, image_tokens_=image_est, max_tokens=max_completion)
         worst_image = image_est if image.width else max_image_tokens(request.model, detail=request.detail)
         worst = Usage(prompt_tokens=tpm - max_completion - image_est + worst_image, completion_tokens=max_completion)
-        return RequestEstimate(tpm_tokens=tpm, max_cost_usd=self._cost(request.model, worst, warn=False) or 0.0)
+        return RequestEstimate(prompt_tokens=tpm - max_completion, completion_tokens=max_completion,
+                               max_cost_usd=self._cost(request.model, worst, warn=False) or 0.0)
 
     async def _attempt(self, body: dict[str, Any], est: RequestEstimate, state: _RowState) -> Outcome:
         if self._stopping.is_set():
             raise _StopDispatch
-        await self.deps.limiter.acquire(est.tpm_tokens)
+        grant = await self.deps.limiter.acquire(est.prompt_tokens, est.completion_tokens)
         if self._stopping.is_set():
             raise _StopDispatch
         if not self.budget.try_reserve(est.max_cost_usd):
@@ -341,10 +343,11 @@ class Runner:
         limiter.observe(outcome.headers)
         if isinstance(outcome, Reply):
             breaker.record(None)
+            limiter.settle(grant, prompt_tokens=outcome.completion.usage.prompt_tokens)
             return self._check_labels(outcome, state)
         breaker.record(outcome.error_type)
         if outcome.error_type == "rate_limited":
-            limiter.pause(outcome.retry_after_s)
+            limiter.rate_limited(outcome.retry_after_s)
         if outcome.fatal is not None:
             cls, hint = _FATAL_ERRORS[outcome.fatal]
             hint = hint.replace("{env}", self.config.endpoint.api_key_env).replace("{model}", self.config.request.model)

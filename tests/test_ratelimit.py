@@ -102,3 +102,73 @@ def test_rate_limit_header_family_parses_openai_and_azure_names():
                                      "x-ratelimit-reset-requests": "20ms"})
     assert info.limit_requests == 3000 and info.remaining_requests == 2999
     assert info.remaining_tokens is None and info.reset_tokens_s == 55.0 and info.reset_requests_s == 0.02
+
+
+def test_a_429_slows_the_rate_once_per_event_and_successes_ramp_it_back():
+    """Multiplicative decrease on a 429 (not once per 429 of the same burst), additive increase per success."""
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=600, tpm=None, clock=clock, sleep=clock.sleep, decrease=0.5, increase=0.1)
+    for _ in range(5):  # a burst of 429s from requests already in flight
+        limiter.rate_limited(2.0)
+    assert limiter.factor == 0.5 and limiter.decreases == 1 and limiter.paused_until == pytest.approx(1002.0)
+    times = _grant_times(limiter, clock, 3)
+    assert times[0] == pytest.approx(1002.0) and times[2] - times[1] == pytest.approx(0.2, rel=2e-3)  # half of 10/s
+    for _ in range(5):
+        limiter.settle(_grant(limiter, clock), prompt_tokens=None)
+    assert limiter.factor == pytest.approx(1.0)
+
+
+def _grant(limiter, clock):
+    async def go():
+        return await limiter.acquire(10, 0)
+
+    return anyio.run(go)
+
+
+def test_limits_are_learned_from_headers_when_the_config_leaves_them_open():
+    """rpm/tpm unset: x-ratelimit-limit-* with a reset within a minute set the pace; a day-scale reset does not."""
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=None, tpm=None, clock=clock, sleep=clock.sleep)
+    limiter.observe({"x-ratelimit-limit-requests": "10000", "x-ratelimit-reset-requests": "24h6m34s"})
+    assert limiter.rpm is None  # that header described requests per day
+    limiter.observe({"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "599",
+                     "x-ratelimit-reset-requests": "100ms", "x-ratelimit-limit-tokens": "100000",
+                     "x-ratelimit-reset-tokens": "6ms"})
+    assert (limiter.rpm, limiter.tpm) == (600, 100000)
+    times = _grant_times(limiter, clock, 5)
+    assert times[-1] - times[-2] == pytest.approx(0.1, rel=2e-3)
+    configured = RateLimiter(rpm=300, tpm=None, clock=clock, sleep=clock.sleep)
+    configured.observe({"x-ratelimit-limit-requests": "600", "x-ratelimit-reset-requests": "1s"})
+    assert configured.rpm == 300  # the config wins over headers
+
+
+def test_with_no_limit_known_a_429_caps_the_rate_at_what_tripped_it():
+    """No config and no headers: the first 429 sets the pace from the dispatch rate just observed, then AIMD."""
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=None, tpm=None, clock=clock, sleep=clock.sleep, window_s=10.0, decrease=0.5)
+    for _ in range(100):  # 100 requests over 5 s: 1,200/min observed
+        _grant(limiter, clock)
+        clock.now += 0.05
+    limiter.rate_limited(1.0)
+    assert limiter.rpm == 600 and limiter.factor == 0.5  # 100 in the 10 s window → 600/min, then halved
+
+
+def test_token_estimates_are_corrected_by_the_usage_that_comes_back():
+    """Estimated 800 prompt tokens, the server counts 1,200: the scale converges to 1.5 and charges follow."""
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=None, tpm=60_000, clock=clock, sleep=clock.sleep)
+    for _ in range(40):
+        grant = _grant_sized(limiter, 800)
+        limiter.settle(grant, prompt_tokens=1200)
+    assert limiter._prompt_scale == pytest.approx(1.5, rel=0.01)
+    before = clock.now
+    for _ in range(10):
+        limiter.settle(_grant_sized(limiter, 800), prompt_tokens=1200)
+    assert (clock.now - before) == pytest.approx(10 * 1200 * 60 / 60_000, rel=0.05)  # 1.2 s per 1,200-token request
+
+
+def _grant_sized(limiter, prompt):
+    async def go():
+        return await limiter.acquire(prompt, 0)
+
+    return anyio.run(go)
