@@ -83,7 +83,8 @@ def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitHeaders:
 class Grant:
     """What one dispatch was counted as, so the answer's usage can correct it."""
 
-    prompt_tokens: float
+    estimated_prompt_tokens: int  # before scaling: what the scale is learned against
+    charged_prompt_tokens: float
     completion_tokens: int
 
 
@@ -167,7 +168,7 @@ class RateLimiter:
             # A pause that arrived while we waited applies to us too.
             if self._paused_until <= self._clock():
                 self._note_dispatch(self._clock())
-                return Grant(prompt, completion_tokens)
+                return Grant(prompt_tokens, prompt, completion_tokens)
 
     def _note_dispatch(self, now: float) -> None:
         self._recent.append(now)
@@ -179,19 +180,22 @@ class RateLimiter:
     def settle(self, grant: Grant, *, prompt_tokens: int | None) -> None:
         """An answer came back: learn how far off the prompt estimate was, and correct this request's charge."""
         self.factor = min(1.0, self.factor + self._increase)
-        if not prompt_tokens or grant.prompt_tokens <= 0:
+        if not prompt_tokens or grant.estimated_prompt_tokens <= 0:
             return
-        unscaled = grant.prompt_tokens / self._prompt_scale
-        self._prompt_scale = 0.8 * self._prompt_scale + 0.2 * (prompt_tokens / unscaled)
-        self._tat_tokens += (prompt_tokens - grant.prompt_tokens) * self._interval(self.tpm)
+        # Learned against the raw estimate: dividing the charge by today's scale would
+        # feed the scale back into itself while many requests are in flight.
+        ratio = min(4.0, max(0.25, prompt_tokens / grant.estimated_prompt_tokens))
+        self._prompt_scale = 0.9 * self._prompt_scale + 0.1 * ratio
+        self._tat_tokens += (prompt_tokens - grant.charged_prompt_tokens) * self._interval(self.tpm)
 
     def rate_limited(self, retry_after_s: float | None) -> None:
         """A 429: pause everyone for the server's wait and slow down, once per congestion event."""
         now = self._clock()
         if self.rpm is None and self.tpm is None and self._recent:
-            # No limit known at all: the rate that just tripped the server is the ceiling.
-            observed_rpm = len(self._recent) * 60.0 / self._window_s
-            self._learned[0] = max(1, int(observed_rpm))
+            # No limit known at all: the rate that just tripped the server is the ceiling,
+            # measured over the time actually observed (a young run has not filled the window).
+            span_s = max(1.0, now - self._recent[0])
+            self._learned[0] = max(1, int(len(self._recent) * 60.0 / span_s))
         if now - self._last_decrease > max(1.0, retry_after_s or 0.0):
             self.factor = max(self._min_factor, self.factor * self._decrease)
             self._last_decrease = now

@@ -150,7 +150,7 @@ def test_with_no_limit_known_a_429_caps_the_rate_at_what_tripped_it():
         _grant(limiter, clock)
         clock.now += 0.05
     limiter.rate_limited(1.0)
-    assert limiter.rpm == 600 and limiter.factor == 0.5  # 100 in the 10 s window → 600/min, then halved
+    assert limiter.rpm == 1200 and limiter.factor == 0.5  # 100 in 5 s → 1,200/min, then halved
 
 
 def test_token_estimates_are_corrected_by_the_usage_that_comes_back():
@@ -160,7 +160,7 @@ def test_token_estimates_are_corrected_by_the_usage_that_comes_back():
     for _ in range(40):
         grant = _grant_sized(limiter, 800)
         limiter.settle(grant, prompt_tokens=1200)
-    assert limiter._prompt_scale == pytest.approx(1.5, rel=0.01)
+    assert limiter._prompt_scale == pytest.approx(1.5, rel=0.02)
     before = clock.now
     for _ in range(10):
         limiter.settle(_grant_sized(limiter, 800), prompt_tokens=1200)
@@ -172,3 +172,26 @@ def _grant_sized(limiter, prompt):
         return await limiter.acquire(prompt, 0)
 
     return anyio.run(go)
+
+
+def test_the_correction_stays_stable_with_many_requests_in_flight():
+    """64 grants out at once, then settled: the scale converges to the true ratio instead of feeding on itself."""
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=None, tpm=100_000_000, clock=clock, sleep=clock.sleep)
+    for _ in range(20):
+        in_flight = [_grant_sized(limiter, 800) for _ in range(64)]
+        for grant in in_flight:
+            limiter.settle(grant, prompt_tokens=1200)
+    assert limiter._prompt_scale == pytest.approx(1.5, rel=0.02)
+    assert limiter._tat_tokens - clock.now < 1.0
+
+
+def test_a_young_run_measures_its_rate_over_the_time_it_has_run():
+    """30 dispatches in the first 0.3 s are ~1,800/min, not 30 per 10 s window."""
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=None, tpm=None, clock=clock, sleep=clock.sleep, window_s=10.0, decrease=0.5)
+    for _ in range(30):
+        _grant(limiter, clock)
+        clock.now += 0.01
+    limiter.rate_limited(0.2)
+    assert limiter.rpm == 1800
