@@ -30,7 +30,7 @@ from .config import Config
 from .cost import row_cost_usd
 from .images import resized_size
 from .models import Item, Usage
-from .request import build_body
+from .request import build_body, prompt_text
 from .tokens import MESSAGE_OVERHEAD_TOKENS, TextCounter, image_tokens, max_image_tokens
 
 DEFAULT_OUTPUT_TOKENS = 60
@@ -77,22 +77,11 @@ class FormulaTotals:
         self.resize_saving += row.resize_saving
 
 
-def _prompt_text(body: dict[str, Any]) -> str:
-    parts = []
-    for message in body["messages"]:
-        content = message["content"]
-        if isinstance(content, str):
-            parts.append(content)
-        else:
-            parts.extend(p["text"] for p in content if p.get("type") == "text")
-    return "\n".join(parts)
-
-
 def row_formula(item: Item, *, config: Config, counter: TextCounter, size: tuple[int, int] | None) -> RowFormula:
     """PURE: one row's prompt tokens as the provider would count them (size as read, before resizing)."""
     request = config.request
     body = build_body(request, image_url="", fields=item.fields)
-    text = counter.count(_prompt_text(body), model=request.model) + MESSAGE_OVERHEAD_TOKENS
+    text = counter.count(prompt_text(body), model=request.model) + MESSAGE_OVERHEAD_TOKENS
     model, detail = request.model, request.detail
     if size is not None:
         sent = resized_size(*size, config.images.max_side)

@@ -59,3 +59,15 @@ def build_body(request: RequestConfig, *, image_url: str, fields: Mapping[str, A
     # Verbatim, last: the gateway's own fields (ocr_model, ...) may override anything above.
     body.update(request.extra_body)
     return body
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    """Every text a body sends (system and user parts), as the provider counts them."""
+    parts = []
+    for message in body["messages"]:
+        content = message["content"]
+        if isinstance(content, str):
+            parts.append(content)
+        else:
+            parts.extend(p["text"] for p in content if p.get("type") == "text")
+    return "\n".join(parts)

@@ -52,7 +52,7 @@ from .labels import label_extender, label_spec
 from .models import Failure, Item, Outcome, Reply, ResultRow, RunTotals, Usage
 from .progress import NoProgress, Progress
 from .ratelimit import RateLimiter
-from .request import build_body
+from .request import build_body, prompt_text
 from .retry import call_with_retries
 from .tokens import TextCounter, image_tokens, max_image_tokens, request_tokens
 
@@ -307,16 +307,15 @@ class Runner:
 
     def _estimate(self, body: dict[str, Any], image: PreparedImage) -> RequestEstimate:
         request = self.config.request
-        text = "".join(part["text"] for m in body["messages"] for part in
-                       (m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}])
-                       if part.get("type") == "text")
-        text_tokens = self._text.count(text, model=request.model)
+        text_tokens = self._text.count(prompt_text(body), model=request.model)
         image_est = image_tokens(request.model, detail=request.detail, width=image.width, height=image.height)
-        max_completion = request.max_tokens * (request.n or 1)
-        tpm = request_tokens(text_tokens=text_tokens, image_tokens_=image_est, max_tokens=max_completion)
+        # An image of unknown size is charged its worst case: starting high costs a few
+        # seconds until answers correct the scale; starting low trips a TPM limit.
         worst_image = image_est if image.width else max_image_tokens(request.model, detail=request.detail)
-        worst = Usage(prompt_tokens=tpm - max_completion - image_est + worst_image, completion_tokens=max_completion)
-        return RequestEstimate(prompt_tokens=tpm - max_completion, completion_tokens=max_completion,
+        max_completion = request.max_tokens * (request.n or 1)
+        prompt = request_tokens(text_tokens=text_tokens, image_tokens_=worst_image, max_tokens=0)
+        worst = Usage(prompt_tokens=prompt, completion_tokens=max_completion)
+        return RequestEstimate(prompt_tokens=prompt, completion_tokens=max_completion,
                                max_cost_usd=self._cost(request.model, worst, warn=False) or 0.0)
 
     async def _attempt(self, body: dict[str, Any], est: RequestEstimate, state: _RowState) -> Outcome:

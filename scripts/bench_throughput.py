@@ -1,6 +1,17 @@
 """Throughput benchmark: the pipeline against the simulator, run by hand (never in the test suite).
 
     python scripts/bench_throughput.py overhead --rows 4000 --concurrency 64 512
+    python scripts/bench_throughput.py limit --server-rpm 600 --rows 1500 --client-knows     # known limit
+    python scripts/bench_throughput.py limit --server-rpm 600 --rows 1500                    # limit only the server knows
+    python scripts/bench_throughput.py limit --server-tpm 100000 --rows 250 --client-knows --image-size 2048x4096 --detail high
+    python scripts/bench_throughput.py scale --concurrency 2000 --latency-median 5 --rows 10000
+    python scripts/bench_throughput.py limit --server-rpm 30000 --rows 90000 --client-knows --latency-median 0.4 --concurrency 512
+
+limit / scale: the simulator (its own process) enforces the limit over a
+sliding 60 s window plus a per-second cap, with lognormal latency; the
+pipeline runs here. Reported: achieved rate / limit (requests or tokens the
+server accepted per minute over the span it accepted them), 429s as a share of
+requests, latency p50/p99, client CPU seconds per 1,000 requests, peak RSS.
 
 overhead: a zero-latency simulator with no limits, in its own process (so its
 CPU is not charged to the client). For each concurrency it runs the whole
@@ -66,7 +77,7 @@ def write_manifest(path: Path, rows: int) -> Path:
 
 
 def run_pipeline(base_url: str, manifest: Path, *, concurrency: int, rpm: int | None = None, tpm: int | None = None,
-                 extra: dict | None = None, transport: str = "aiohttp") -> dict:
+                 extra: dict | None = None, transport: str = "aiohttp", keep: Path | None = None) -> dict:
     import anyio
     import httpx
 
@@ -83,7 +94,7 @@ def run_pipeline(base_url: str, manifest: Path, *, concurrency: int, rpm: int | 
     for section, values in (extra or {}).items():
         data.setdefault(section, {}).update(values)
     config = build_config(data)
-    out = Path(tempfile.mkdtemp(prefix="caption-bench-"))
+    out = keep or Path(tempfile.mkdtemp(prefix="caption-bench-"))
 
     async def go():
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -99,7 +110,8 @@ def run_pipeline(base_url: str, manifest: Path, *, concurrency: int, rpm: int | 
     cpu0, t0 = cpu_s(), time.perf_counter()
     totals = anyio.run(go)
     wall, cpu = time.perf_counter() - t0, cpu_s() - cpu0
-    shutil.rmtree(out, ignore_errors=True)
+    if keep is None:
+        shutil.rmtree(out, ignore_errors=True)
     return {"requests": totals.requests, "ok": totals.ok, "wall_s": wall, "cpu_s": cpu,
             "rps": totals.requests / wall, "cpu_ms_per_request": cpu / max(1, totals.requests) * 1000}
 
@@ -156,6 +168,75 @@ def overhead(args: argparse.Namespace) -> None:
         sim.stop()
 
 
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
+
+
+def run_limited(args: argparse.Namespace) -> None:
+    import httpx
+    import polars as pl
+
+    sim_args = ["--latency-median", str(args.latency_median), "--latency-p99", str(args.latency_p99), "--any-model",
+                "--burst-window", "1", "--burst-factor", str(args.burst_factor)]
+    if args.server_rpm:
+        sim_args += ["--rpm", str(args.server_rpm)]
+    if args.server_tpm:
+        sim_args += ["--tpm", str(args.server_tpm)]
+    sim = SimulatorProcess(*sim_args)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest = Path(tmp) / "m.csv"
+            with open(manifest, "w") as fh:
+                fh.write("id,url\n")
+                for i in range(args.rows):
+                    fh.write(f"r{i:07d},https://images.example.com/bench/{i:07d}.jpg?size={args.image_size}\n")
+            extra = {"request": {"detail": args.detail, "max_tokens": args.max_tokens}}
+            client_rpm = args.server_rpm if args.client_knows else None
+            client_tpm = args.server_tpm if args.client_knows else None
+            out = Path(tmp) / "out"
+            rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            ours = run_pipeline(sim.base_url, manifest, concurrency=args.concurrency, rpm=client_rpm, tpm=client_tpm,
+                                extra=extra, keep=out)
+            stats = httpx.get(sim.base_url.removesuffix("/v1") + "/stats?timeline=1", timeout=30).json()
+            frame = pl.read_parquet(out / "results.parquet")
+    finally:
+        sim.stop()
+    timeline = stats["timeline"]
+    span_s = (timeline[-1] - timeline[0]) if len(timeline) > 1 else 0.0
+    accepted = len(timeline)
+    result = {
+        "mode": args.mode, "rows": args.rows, "concurrency": args.concurrency,
+        "server_rpm": args.server_rpm, "server_tpm": args.server_tpm, "client_knows_limit": args.client_knows,
+        "latency_median_s": args.latency_median, "run_s": round(ours["wall_s"], 1),
+        "requests": stats["requests"], "accepted": accepted,
+        "share_429": round(stats["by_status"].get("429", 0) / max(1, stats["requests"]), 4),
+        "ok_rows": int((frame["status"] == "ok").sum()), "error_rows": int((frame["status"] == "error").sum()),
+        "latency_p50_s": round(percentile(frame["latency_s"].drop_nulls().to_list(), 0.5) or 0, 3),
+        "latency_p99_s": round(percentile(frame["latency_s"].drop_nulls().to_list(), 0.99) or 0, 3),
+        "client_cpu_s_per_1000": round(ours["cpu_s"] / max(1, ours["requests"]) * 1000, 2),
+        "peak_rss_mb": round(max(rss0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024, 1),
+    }
+    # Steady state: from the 10th percentile of admissions on, so connection set-up at the start does not count.
+    start = len(timeline) // 10
+    steady_s = (timeline[-1] - timeline[start]) if len(timeline) - start > 1 else 0.0
+    if span_s > 0 and args.server_rpm:
+        result["achieved_rpm"] = round((accepted - 1) / span_s * 60, 1)
+        result["achieved_over_rpm_limit"] = round(result["achieved_rpm"] / args.server_rpm, 4)
+        if steady_s > 0:
+            result["steady_over_rpm_limit"] = round((len(timeline) - 1 - start) / steady_s * 60 / args.server_rpm, 4)
+    if span_s > 0 and args.server_tpm:
+        per_request = stats["charged_tokens"] / max(1, accepted)
+        result["achieved_tpm"] = round((accepted - 1) * per_request / span_s * 60, 1)
+        result["achieved_over_tpm_limit"] = round(result["achieved_tpm"] / args.server_tpm, 4)
+        if steady_s > 0:
+            steady_tpm = (len(timeline) - 1 - start) * per_request / steady_s * 60
+            result["steady_over_tpm_limit"] = round(steady_tpm / args.server_tpm, 4)
+    print(json.dumps(result), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -164,9 +245,22 @@ def main() -> None:
     o.add_argument("--concurrency", type=int, nargs="+", default=[64, 512])
     o.add_argument("--transport", choices=["aiohttp", "httpx"], default="aiohttp",
                    help="httpx's API over aiohttp (the default, httpx-aiohttp) or httpx's own transport")
+    for name, help_text in (("limit", "a server-enforced rpm and/or tpm"), ("scale", "many requests in flight, no limit")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--rows", type=int, default=1500)
+        p.add_argument("--server-rpm", type=int)
+        p.add_argument("--server-tpm", type=int)
+        p.add_argument("--client-knows", action="store_true", help="tell the client the limit (else only the server knows)")
+        p.add_argument("--latency-median", type=float, default=1.5)
+        p.add_argument("--latency-p99", type=float, default=4.0)
+        p.add_argument("--burst-factor", type=float, default=2.0, help="per-second cap as a multiple of rpm/60")
+        p.add_argument("--concurrency", type=int, default=64)
+        p.add_argument("--image-size", default="1024x1024", help="the size the simulator counts for each image")
+        p.add_argument("--detail", default="auto")
+        p.add_argument("--max-tokens", type=int, default=300)
     args = parser.parse_args()
     os.environ.setdefault("PYTHONHASHSEED", "0")
-    {"overhead": overhead}[args.mode](args)
+    {"overhead": overhead, "limit": run_limited, "scale": run_limited}[args.mode](args)
 
 
 if __name__ == "__main__":

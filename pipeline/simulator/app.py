@@ -64,6 +64,7 @@ class SimulatorApp:
         self._timeline: list[float] = []
         self._requests = 0
         self._prompt_tokens = 0
+        self._charged_tokens = 0  # what the TPM limit counted for accepted requests: prompt + max_tokens
         self._next_id = 0
         self._images: dict[tuple[str, int, int, tuple[int, int, int]], tuple[bytes, str]] = {}
         self._log: TextIO | None = open(self.config.log_path, "a", buffering=1) if self.config.log_path else None
@@ -83,6 +84,7 @@ class SimulatorApp:
                 "by_fault": dict(self._by_fault),
                 "accepted": self._by_status.get("200", 0),
                 "prompt_tokens": self._prompt_tokens,
+                "charged_tokens": self._charged_tokens,
                 "uptime_s": self._clock() - self._started,
             }
             if images:
@@ -113,7 +115,7 @@ class SimulatorApp:
                 self._limiter = self._make_limiter(self.config)
 
     def _record(self, status: int, *, key: str | None, fault: str | None, tokens: int = 0,
-                extras: tuple[tuple[str, Any], ...] = ()) -> None:
+                extras: tuple[tuple[str, Any], ...] = (), charged: int = 0, admitted_at: float | None = None) -> None:
         with self._lock:
             self._requests += 1
             self._by_status[str(status)] += 1
@@ -122,8 +124,10 @@ class SimulatorApp:
             if key is not None:
                 self._per_image[key] += 1
             if status == 200:
-                self._timeline.append(self._clock() - self._started)
+                # When the limiter admitted it, not when it was answered: latency would blur the rate.
+                self._timeline.append((admitted_at if admitted_at is not None else self._clock()) - self._started)
                 self._prompt_tokens += tokens
+                self._charged_tokens += charged
             self._lock.notify_all()
         if self._log is not None:
             entry = {"t": round(time.time(), 4), "status": status, "image": key, "fault": fault, "prompt_tokens": tokens}
@@ -245,7 +249,8 @@ class SimulatorApp:
             return
         tokens = prompt_tokens(req, self._counter)
         charged = tokens + (req.max_tokens or 0) * req.n
-        decision = self._limiter.check(self._clock(), charged)
+        admitted_at = self._clock()
+        decision = self._limiter.check(admitted_at, charged)
         limit_headers = self._limit_headers(decision)
         if not decision.allowed:
             self._record(429, key=key, fault="limit")
@@ -265,7 +270,7 @@ class SimulatorApp:
             return
         body = completion_body(req, response_id=self._response_id(), created=int(time.time()),
                                prompt_tokens_=tokens, counter=self._counter)
-        self._record(200, key=key, fault=None, tokens=tokens, extras=req.extras)
+        self._record(200, key=key, fault=None, tokens=tokens, extras=req.extras, charged=charged, admitted_at=admitted_at)
         await _send_json(send, 200, body, headers=limit_headers)
 
     def _response_id(self) -> str:
