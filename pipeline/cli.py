@@ -159,10 +159,10 @@ def _is_loopback(url: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def _progress(total: int, initial: int, *, no_progress: bool) -> Progress:
+def _progress(total: int, *, no_progress: bool) -> Progress:
     if no_progress or not sys.stderr.isatty():
         return LogProgress(total=total) if total > 0 else NoProgress()
-    return BarProgress(total=total, initial=initial)
+    return BarProgress(total=total)
 
 
 def _load_inputs(args: argparse.Namespace) -> tuple[Config, Any]:
@@ -248,7 +248,7 @@ def _make_runner(http: Any, config: Config, journal: Journal, api_key: str | Non
     client = VisionClient(http, base_url=config.endpoint.base_url, api_key=api_key, timeout_s=config.endpoint.timeout_s)
     limiter = RateLimiter(rpm=config.limits.rpm, tpm=config.limits.tpm, clock=time.monotonic, sleep=anyio.sleep)
     deps = RunnerDeps(client=client, journal=journal, limiter=limiter, breaker=CircuitBreaker(),
-                      progress=progress if progress is not None else _progress(total_rows, 0, no_progress=no_progress))
+                      progress=progress if progress is not None else _progress(total_rows, no_progress=no_progress))
     return Runner(config, deps, chunks=chunks, base_dir=base_dir, total_rows=total_rows, manifest_label=label,
                   retry_errors=retry_errors)
 

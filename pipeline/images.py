@@ -182,12 +182,14 @@ def inline_bytes(data: bytes, *, limits: ImageLimits, source: str) -> PreparedIm
 def _reencode(data: bytes, *, max_side: int | None, source: str) -> tuple[bytes, int, int, str]:
     try:
         with Image.open(io.BytesIO(data)) as im:
+            source_format = im.format
             im.load()
             if max_side is not None:
                 im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-            has_alpha = im.mode in ("RGBA", "LA", "P") and "transparency" in im.info or im.mode in ("RGBA", "LA")
+            # Transparency survives only in PNG; everything else becomes a smaller JPEG.
+            has_alpha = im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info)
             out = io.BytesIO()
-            if has_alpha or im.format == "PNG":
+            if has_alpha or source_format == "PNG":
                 im.save(out, format="PNG", optimize=False)
                 fmt = "PNG"
             else:

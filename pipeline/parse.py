@@ -54,8 +54,6 @@ def filter_verdict(prompt_results: Any, choice_results: list[Any]) -> FilterVerd
     elif isinstance(prompt_results, dict):
         blocks.append(prompt_results)
     blocks.extend(_category_results(b) for b in choice_results)
-    if prompt_results is None and not any(choice_results):
-        return FilterVerdict()
     categories: set[str] = set()
     worst = -1
     for block in blocks:

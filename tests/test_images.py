@@ -83,3 +83,15 @@ def test_data_urls_are_shortened_for_the_output():
     short = shorten_data_url(url)
     assert short.startswith("data:image/png;base64,AAAA") and "[10022 chars]" in short and len(short) < 80
     assert shorten_data_url("https://x/a.jpg") == "https://x/a.jpg"
+
+
+def test_resizing_keeps_transparency_as_png_and_makes_opaque_images_jpeg(tmp_path):
+    """A transparent PNG stays PNG with its alpha; an opaque WebP is re-encoded as JPEG when resized."""
+    Image.new("RGBA", (400, 200), (255, 0, 0, 0)).save(tmp_path / "t.png", format="PNG")
+    Image.new("RGB", (400, 200), "green").save(tmp_path / "o.webp", format="WEBP")
+    limits = ImageLimits(max_side=100)
+    transparent = prepare_image("t.png", base_dir=tmp_path, limits=limits)
+    assert transparent.url.startswith("data:image/png;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(transparent.url.split(",", 1)[1]))) as im:
+        assert im.mode == "RGBA" and im.size == (100, 50)
+    assert prepare_image("o.webp", base_dir=tmp_path, limits=limits).url.startswith("data:image/jpeg;base64,")
