@@ -115,6 +115,7 @@ class RateLimiter:
         increase: float = 0.01,
         min_factor: float = 0.1,
         window_s: float = 10.0,
+        probe_wait_s: float = 10.0,
     ) -> None:
         self._configured = (rpm, tpm)
         self._learned: list[int | None] = [None, None]
@@ -132,6 +133,9 @@ class RateLimiter:
         self._recent: deque[float] = deque()
         self._window_s = window_s
         self._prompt_scale = 1.0
+        self._answered = False
+        self._probing = False
+        self._probe_wait_s = probe_wait_s
         self.pauses = 0
         self.decreases = 0
 
@@ -157,6 +161,7 @@ class RateLimiter:
 
     async def acquire(self, prompt_tokens: int, completion_tokens: int = 0) -> Grant:
         """Wait until one request may be sent, count it as sent, and say what it was counted as."""
+        await self._wait_for_probe()
         prompt = prompt_tokens * self._prompt_scale
         while True:
             now = self._clock()
@@ -170,6 +175,18 @@ class RateLimiter:
                 self._note_dispatch(self._clock())
                 return Grant(prompt_tokens, prompt, completion_tokens)
 
+    async def _wait_for_probe(self) -> None:
+        """With no limit known, the first request goes alone and the rest wait (a while) for its headers:
+        a whole concurrency's worth at once would trip a per-second limit before anything is learned."""
+        if self._answered or self.rpm is not None or self.tpm is not None:
+            return
+        if not self._probing:
+            self._probing = True
+            return
+        deadline = self._clock() + self._probe_wait_s
+        while not self._answered and self.rpm is None and self.tpm is None and self._clock() < deadline:
+            await self._sleep(0.05)
+
     def _note_dispatch(self, now: float) -> None:
         self._recent.append(now)
         while self._recent and self._recent[0] < now - self._window_s:
@@ -179,6 +196,7 @@ class RateLimiter:
 
     def settle(self, grant: Grant, *, prompt_tokens: int | None) -> None:
         """An answer came back: learn how far off the prompt estimate was, and correct this request's charge."""
+        self._answered = True
         self.factor = min(1.0, self.factor + self._increase)
         if not prompt_tokens or grant.estimated_prompt_tokens <= 0:
             return
@@ -190,6 +208,7 @@ class RateLimiter:
 
     def rate_limited(self, retry_after_s: float | None) -> None:
         """A 429: pause everyone for the server's wait and slow down, once per congestion event."""
+        self._answered = True
         now = self._clock()
         if self.rpm is None and self.tpm is None and self._recent:
             # No limit known at all: the rate that just tripped the server is the ceiling,
@@ -212,6 +231,7 @@ class RateLimiter:
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Learn limits the config left open, and slow down before a 429 when a window is used up."""
+        self._answered = True
         if not headers:
             return
         info = parse_rate_limit_headers(headers)

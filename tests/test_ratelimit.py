@@ -19,6 +19,7 @@ class FakeClock:
 
     async def sleep(self, seconds: float) -> None:
         self.now += max(0.0, seconds)
+        await anyio.sleep(0)  # a real sleep lets other tasks run; so must this one
 
 
 def _grant_times(limiter: RateLimiter, clock: FakeClock, n: int, tokens: int = 1) -> list[float]:
@@ -67,6 +68,7 @@ def test_no_limits_means_no_waiting():
     """rpm and tpm unset: grants are immediate."""
     clock = FakeClock()
     limiter = RateLimiter(rpm=None, tpm=None, clock=clock, sleep=clock.sleep)
+    limiter.observe({})  # answers are already coming back, without rate-limit headers
     assert _grant_times(limiter, clock, 50)[-1] == 1000.0
 
 
@@ -74,6 +76,7 @@ def test_pause_holds_every_dispatch_until_it_ends():
     """A 429's Retry-After pauses the next grants for everyone."""
     clock = FakeClock()
     limiter = RateLimiter(rpm=None, tpm=None, clock=clock, sleep=clock.sleep)
+    limiter.observe({})  # answers are already coming back, without rate-limit headers
     limiter.pause(2.5)
     assert _grant_times(limiter, clock, 3) == [1002.5, 1002.5, 1002.5]
     assert limiter.pauses == 1
@@ -146,6 +149,7 @@ def test_with_no_limit_known_a_429_caps_the_rate_at_what_tripped_it():
     """No config and no headers: the first 429 sets the pace from the dispatch rate just observed, then AIMD."""
     clock = FakeClock()
     limiter = RateLimiter(rpm=None, tpm=None, clock=clock, sleep=clock.sleep, window_s=10.0, decrease=0.5)
+    limiter.observe({})  # answers are already coming back, without rate-limit headers
     for _ in range(100):  # 100 requests over 5 s: 1,200/min observed
         _grant(limiter, clock)
         clock.now += 0.05
@@ -190,8 +194,40 @@ def test_a_young_run_measures_its_rate_over_the_time_it_has_run():
     """30 dispatches in the first 0.3 s are ~1,800/min, not 30 per 10 s window."""
     clock = FakeClock()
     limiter = RateLimiter(rpm=None, tpm=None, clock=clock, sleep=clock.sleep, window_s=10.0, decrease=0.5)
+    limiter.observe({})  # answers are already coming back, without rate-limit headers
     for _ in range(30):
         _grant(limiter, clock)
         clock.now += 0.01
     limiter.rate_limited(0.2)
     assert limiter.rpm == 1800
+
+
+def test_with_no_limit_known_the_first_request_probes_alone():
+    """Before any answer, one request goes and the others wait for its headers; then they are paced by them."""
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=None, tpm=None, clock=clock, sleep=clock.sleep)
+    sent: list[float] = []
+
+    async def worker() -> None:
+        await limiter.acquire(10)
+        sent.append(clock.now)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(worker)
+            await anyio.sleep(0)  # let the probe go and the others start waiting
+            assert len(sent) == 1
+            clock.now += 1.5  # the probe's answer arrives, with the server's limit
+            limiter.observe({"x-ratelimit-limit-requests": "600", "x-ratelimit-reset-requests": "100ms"})
+
+    anyio.run(main)
+    assert len(sent) == 5 and sent[0] == 1000.0 and min(sent[1:]) >= 1001.5
+    assert limiter.rpm == 600  # the rest were paced by what the probe's answer said
+
+
+def test_a_known_limit_needs_no_probe():
+    """rpm configured: requests are paced from the first one, nobody waits for an answer."""
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=6000, tpm=None, clock=clock, sleep=clock.sleep)
+    assert _grant_times(limiter, clock, 3)[-1] - 1000.0 == pytest.approx(0.02, rel=0.01)
