@@ -153,9 +153,18 @@ class RateLimiter:
     def paused_until(self) -> float:
         return self._paused_until
 
-    def _interval(self, limit: int | None) -> float:
-        # A hair slower than the limit, so float drift never fits rpm + 1 into a 60 s window.
-        return 60.0 / (limit * self.factor) * _SAFETY if limit else 0.0
+    def _interval(self, limit: int | None, size: float = 1.0) -> float:
+        """Seconds of the limit one request of ``size`` uses up.
+
+        Paced at exactly the limit, a sliding 60 s window still catches one
+        request more than fits (n requests span only n - 1 gaps): 71 requests of
+        1,420 tokens in 59.6 s against a tpm of 100,000. So the pace leaves one
+        request's worth of room, plus a hair against float drift.
+        """
+        if not limit:
+            return 0.0
+        room = max(limit * 0.5, limit - size) * self.factor
+        return size * 60.0 / room * _SAFETY
 
     # -- dispatch ----------------------------------------------------------------
 
@@ -167,7 +176,7 @@ class RateLimiter:
             now = self._clock()
             start = max(now, self._paused_until, self._tat_requests - self._burst_s, self._tat_tokens - self._burst_s)
             self._tat_requests = max(self._tat_requests, start) + self._interval(self.rpm)
-            self._tat_tokens = max(self._tat_tokens, start) + (prompt + completion_tokens) * self._interval(self.tpm)
+            self._tat_tokens = max(self._tat_tokens, start) + self._interval(self.tpm, prompt + completion_tokens)
             if start > now:
                 await self._sleep(start - now)
             # A pause that arrived while we waited applies to us too.
@@ -204,7 +213,8 @@ class RateLimiter:
         # feed the scale back into itself while many requests are in flight.
         ratio = min(4.0, max(0.25, prompt_tokens / grant.estimated_prompt_tokens))
         self._prompt_scale = 0.9 * self._prompt_scale + 0.1 * ratio
-        self._tat_tokens += (prompt_tokens - grant.charged_prompt_tokens) * self._interval(self.tpm)
+        size = grant.charged_prompt_tokens + grant.completion_tokens
+        self._tat_tokens += (prompt_tokens - grant.charged_prompt_tokens) * self._interval(self.tpm, size) / max(1.0, size)
 
     def rate_limited(self, retry_after_s: float | None) -> None:
         """A 429: pause everyone for the server's wait and slow down, once per congestion event."""

@@ -35,12 +35,12 @@ def _grant_times(limiter: RateLimiter, clock: FakeClock, n: int, tokens: int = 1
 
 
 def test_rpm_is_spread_evenly_from_the_first_request():
-    """At rpm 600 with no burst credit: one grant every 0.1 s, so no 60 s window sees more than 600."""
+    """At rpm 600 with no burst credit: one grant every 60/599 s (a request of room), so no 60 s window sees more than 600."""
     clock = FakeClock()
     limiter = RateLimiter(rpm=600, tpm=None, clock=clock, sleep=clock.sleep)
     times = _grant_times(limiter, clock, 1200)
     gaps = [b - a for a, b in zip(times, times[1:])]
-    assert all(g == pytest.approx(0.1, rel=2e-3) for g in gaps)
+    assert all(g == pytest.approx(60 / 599 * 1.001, rel=1e-6) for g in gaps)
     window_counts = [sum(1 for t in times if start - 60 < t <= start) for start in times[::50]]
     assert max(window_counts) <= 600
 
@@ -52,16 +52,17 @@ def test_burst_credit_lets_a_burst_through_then_paces():
     times = _grant_times(limiter, clock, 30)
     at_once = sum(1 for t in times if t - times[0] < 0.01)
     assert 10 <= at_once <= 11
-    assert times[29] - times[28] == pytest.approx(0.1, rel=2e-3)
+    assert times[29] - times[28] == pytest.approx(60 / 599 * 1.001, rel=1e-6)
 
 
 def test_tpm_paces_by_tokens():
-    """At tpm 60,000 and 1,000-token requests: one per second in steady state."""
+    """At tpm 60,000 and 1,000-token requests: one every 1000 * 60 / 59,000 s (a request of room)."""
     clock = FakeClock()
     limiter = RateLimiter(rpm=None, tpm=60_000, clock=clock, sleep=clock.sleep)
     times = _grant_times(limiter, clock, 10, tokens=1000)
-    assert times[-1] - times[-2] == pytest.approx(1.0, rel=2e-3)
-    assert times[-1] - times[0] == pytest.approx(9.0, rel=2e-3)
+    gap = 1000 * 60 / 59_000 * 1.001
+    assert times[-1] - times[-2] == pytest.approx(gap, rel=1e-6)
+    assert times[-1] - times[0] == pytest.approx(9 * gap, rel=1e-6)
 
 
 def test_no_limits_means_no_waiting():
@@ -115,7 +116,7 @@ def test_a_429_slows_the_rate_once_per_event_and_successes_ramp_it_back():
         limiter.rate_limited(2.0)
     assert limiter.factor == 0.5 and limiter.decreases == 1 and limiter.paused_until == pytest.approx(1002.0)
     times = _grant_times(limiter, clock, 3)
-    assert times[0] == pytest.approx(1002.0) and times[2] - times[1] == pytest.approx(0.2, rel=2e-3)  # half of 10/s
+    assert times[0] == pytest.approx(1002.0) and times[2] - times[1] == pytest.approx(2 * 60 / 599 * 1.001, rel=1e-6)  # half rate
     for _ in range(5):
         limiter.settle(_grant(limiter, clock), prompt_tokens=None)
     assert limiter.factor == pytest.approx(1.0)
@@ -139,7 +140,7 @@ def test_limits_are_learned_from_headers_when_the_config_leaves_them_open():
                      "x-ratelimit-reset-tokens": "6ms"})
     assert (limiter.rpm, limiter.tpm) == (600, 100000)
     times = _grant_times(limiter, clock, 5)
-    assert times[-1] - times[-2] == pytest.approx(0.1, rel=2e-3)
+    assert times[-1] - times[-2] == pytest.approx(60 / 599 * 1.001, rel=1e-6)
     configured = RateLimiter(rpm=300, tpm=None, clock=clock, sleep=clock.sleep)
     configured.observe({"x-ratelimit-limit-requests": "600", "x-ratelimit-reset-requests": "1s"})
     assert configured.rpm == 300  # the config wins over headers
@@ -231,3 +232,14 @@ def test_a_known_limit_needs_no_probe():
     clock = FakeClock()
     limiter = RateLimiter(rpm=6000, tpm=None, clock=clock, sleep=clock.sleep)
     assert _grant_times(limiter, clock, 3)[-1] - 1000.0 == pytest.approx(0.02, rel=0.01)
+
+
+def test_large_requests_leave_room_for_the_one_a_sliding_window_catches_extra():
+    """tpm 100,000 and 1,420-token requests: never more than 70 (99,400 tokens) in any 60 s window."""
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=None, tpm=100_000, clock=clock, sleep=clock.sleep)
+    times = _grant_times(limiter, clock, 300, tokens=1420)
+    worst = max(sum(1 for t in times if start - 60 < t <= start) for start in times)
+    assert worst * 1420 <= 100_000
+    rate = (len(times) - 1) / (times[-1] - times[0]) * 60 * 1420 / 100_000
+    assert rate > 0.97  # of the token limit
