@@ -313,6 +313,7 @@ def _print_summary(runner: Any, journal: Journal, *, stopped: PipelineError | No
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
+    from .estimate import format_estimate
     from .runner import check_resume
 
     config, info = _load_inputs(args)
@@ -329,13 +330,13 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             log.addFilter(_SecretFilter(api_key))
     with _endpoint(config, simulate=args.simulate and args.sample > 0) as config:
         result = anyio.run(_estimate_async, config, args, journal, api_key)
-    print(json.dumps(result, indent=2) if args.json else _estimate_table(result, config))
+    print(json.dumps(result, indent=2) if args.json else format_estimate(result, config))
     return 0
 
 
 async def _estimate_async(config: Config, args: argparse.Namespace, journal: Journal | None, api_key: str | None) -> dict[str, Any]:
     from .client import make_http_client, probe_image_size
-    from .estimate import Reservoir, SampledRow, Stratum, extrapolate, formula_pass, summarise, tokens_cost_usd
+    from .estimate import Reservoir, formula_pass, sample_summary, summarise
     from .manifest import base_dir, chunk_source
 
     chunks = chunk_source(args.manifest, chunk_size=config.run.chunk_size, url_column=config.manifest.url_column,
@@ -359,68 +360,9 @@ async def _estimate_async(config: Config, args: argparse.Namespace, journal: Jou
             if stopped is not None:
                 raise stopped
             results = {r["id"]: r for r in sample_journal.latest_frame().to_dicts()}
-    def usd(prompt: int, completion: int) -> float:
-        return tokens_cost_usd(config, prompt=prompt, completion=completion) or 0.0
-
-    sampled = [(results[item.id], formula) for item, formula in reservoir.items if item.id in results]
-    costs = [r["cost_usd"] or 0.0 for r, _ in sampled]
-    strata = []
-    for known in (True, False):
-        rows = [SampledRow(usd(f.prompt_expected, 0), usd(r["prompt_tokens"] or 0, 0), usd(0, r["completion_tokens"] or 0))
-                for r, f in sampled if f.size_known == known]
-        requests = totals.known_sizes if known else totals.requests - totals.known_sizes
-        formula_input = totals.known_input_expected if known else totals.input_expected - totals.known_input_expected
-        strata.append(Stratum(rows, usd(formula_input, 0), requests))
-    point, low, high = extrapolate(strata, rng=random.Random(args.seed))
-    latencies = [r["latency_s"] for r, _ in sampled if r["latency_s"] is not None]
-    completions = [r["completion_tokens"] for r, _ in sampled if r["completion_tokens"] is not None]
-    sample = {
-        "rows": len(sampled),
-        "by_status": {s: sum(1 for r, _ in sampled if r["status"] == s) for s in ("ok", "filtered", "error")},
-        "measured_cost_usd": round(sum(costs), 6),
-        "mean_latency_s": round(sum(latencies) / len(latencies), 3) if latencies else 0.0,
-        "mean_completion_tokens": sum(completions) / len(completions) if completions else 0.0,
-        "point_usd": round(point, 6),
-        "interval_95": [round(low, 6), round(high, 6)],
-        "kept_in": str(journal.out_dir) if journal else None,
-    }
+    sample = sample_summary(config, totals, reservoir.items, results, seed=args.seed)
+    sample["kept_in"] = str(journal.out_dir) if journal else None
     return summarise(config, totals, average_output=args.output_tokens, sample=sample)
-
-
-def _money(value: float | None) -> str:
-    return "unpriced" if value is None else f"${value:,.4f}"
-
-
-def _estimate_table(result: dict[str, Any], config: Config) -> str:
-    cost = result["cost_usd"]
-    lines = [
-        f"rows               {result['rows']:,} ({result['requests']:,} requests after dedup, "
-        f"{result['images_with_known_size']:,} images of known size)",
-        f"model              {result['model']}",
-        f"input tokens       {result['input_tokens']:,} (range {result['input_tokens_range'][0]:,} - {result['input_tokens_range'][1]:,})",
-        f"output tokens      {result['output_tokens']:,} (at most {result['output_tokens_range'][1]:,} at max_tokens)",
-        f"cost               {_money(cost['expected'])} expected (low {_money(cost['low'])}, high {_money(cost['high'])})",
-        f"duration           {_duration(result['duration_s'])} at rpm {config.limits.rpm or '-'} / tpm {config.limits.tpm or '-'}, "
-        f"concurrency {config.limits.concurrency}",
-    ]
-    if "sample" in result:
-        s = result["sample"]
-        lo, hi = result["interval_95"]
-        lines.append(f"sample             {s['rows']} rows sent, {_money(s['measured_cost_usd'])} measured, "
-                     f"{s['mean_latency_s']:.2f} s mean latency; 95% interval {_money(lo)} - {_money(hi)}")
-        if s["kept_in"]:
-            lines.append(f"                   kept in {s['kept_in']}: the full run will not send them again")
-    if "max_side_saving_tokens" in result:
-        lines.append(f"max_side {result['max_side']}       saves {result['max_side_saving_tokens']:,} input tokens "
-                     f"({_money(result['max_side_saving_usd'])})")
-    lines += [f"assumption         {a}" for a in result["assumptions"]]
-    return "\n".join(lines)
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -313,3 +313,70 @@ def summarise(config: Config, totals: FormulaTotals, *, average_output: int | No
                               "high": sample["interval_95"][1]}
         result["output_tokens"] = round(sample["mean_completion_tokens"] * requests)
     return result
+
+
+def sample_summary(config: Config, totals: FormulaTotals, sampled_items: list[tuple[Item, RowFormula]],
+                   results: dict[str, dict[str, Any]], *, seed: int) -> dict[str, Any]:
+    """PURE: what the sampled rows measured, and the manifest's cost extrapolated from them."""
+
+    def usd(prompt: int, completion: int) -> float:
+        return tokens_cost_usd(config, prompt=prompt, completion=completion) or 0.0
+
+    sampled = [(results[item.id], formula) for item, formula in sampled_items if item.id in results]
+    costs = [r["cost_usd"] or 0.0 for r, _ in sampled]
+    strata = []
+    for known in (True, False):
+        rows = [SampledRow(usd(f.prompt_expected, 0), usd(r["prompt_tokens"] or 0, 0), usd(0, r["completion_tokens"] or 0))
+                for r, f in sampled if f.size_known == known]
+        requests = totals.known_sizes if known else totals.requests - totals.known_sizes
+        formula_input = totals.known_input_expected if known else totals.input_expected - totals.known_input_expected
+        strata.append(Stratum(rows, usd(formula_input, 0), requests))
+    point, low, high = extrapolate(strata, rng=random.Random(seed))
+    latencies = [r["latency_s"] for r, _ in sampled if r["latency_s"] is not None]
+    completions = [r["completion_tokens"] for r, _ in sampled if r["completion_tokens"] is not None]
+    sample = {
+        "rows": len(sampled),
+        "by_status": {s: sum(1 for r, _ in sampled if r["status"] == s) for s in ("ok", "filtered", "error")},
+        "measured_cost_usd": round(sum(costs), 6),
+        "mean_latency_s": round(sum(latencies) / len(latencies), 3) if latencies else 0.0,
+        "mean_completion_tokens": sum(completions) / len(completions) if completions else 0.0,
+        "point_usd": round(point, 6),
+        "interval_95": [round(low, 6), round(high, 6)],
+    }
+    return sample
+
+
+def _money(value: float | None) -> str:
+    return "unpriced" if value is None else f"${value:,.4f}"
+
+
+def format_estimate(result: dict[str, Any], config: Config) -> str:
+    cost = result["cost_usd"]
+    lines = [
+        f"rows               {result['rows']:,} ({result['requests']:,} requests after dedup, "
+        f"{result['images_with_known_size']:,} images of known size)",
+        f"model              {result['model']}",
+        f"input tokens       {result['input_tokens']:,} (range {result['input_tokens_range'][0]:,} - {result['input_tokens_range'][1]:,})",
+        f"output tokens      {result['output_tokens']:,} (at most {result['output_tokens_range'][1]:,} at max_tokens)",
+        f"cost               {_money(cost['expected'])} expected (low {_money(cost['low'])}, high {_money(cost['high'])})",
+        f"duration           {_duration(result['duration_s'])} at rpm {config.limits.rpm or '-'} / tpm {config.limits.tpm or '-'}, "
+        f"concurrency {config.limits.concurrency}",
+    ]
+    if "sample" in result:
+        s = result["sample"]
+        lo, hi = result["interval_95"]
+        lines.append(f"sample             {s['rows']} rows sent, {_money(s['measured_cost_usd'])} measured, "
+                     f"{s['mean_latency_s']:.2f} s mean latency; 95% interval {_money(lo)} - {_money(hi)}")
+        if s["kept_in"]:
+            lines.append(f"                   kept in {s['kept_in']}: the full run will not send them again")
+    if "max_side_saving_tokens" in result:
+        lines.append(f"max_side {result['max_side']}       saves {result['max_side_saving_tokens']:,} input tokens "
+                     f"({_money(result['max_side_saving_usd'])})")
+    lines += [f"assumption         {a}" for a in result["assumptions"]]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

@@ -160,3 +160,12 @@ def test_sample_of_50_predicts_the_full_run_of_1000(simulator, tmp_path):
     low, high = estimate["interval_95"]
     assert low <= actual <= high, (low, actual, high)
     assert abs(estimate["cost_usd"]["expected"] - actual) / actual <= 0.05
+
+
+def test_the_table_says_cost_duration_and_assumptions(tmp_path):
+    """Without --json: a short table with rows, cost low/expected/high, duration and the stated assumptions."""
+    manifest = write_csv(tmp_path / "m.csv", [{"id": f"r{i}", "url": f"https://images.example.com/{i}.jpg"} for i in range(30)])
+    out = run_cli(["estimate", str(manifest)]).stdout
+    for words in ("rows               30 (30 requests after dedup", "cost               $", "expected (low $",
+                  "duration", "assumption         30 images of unknown size"):
+        assert words in out, out
