@@ -213,8 +213,13 @@ class RateLimiter:
         # feed the scale back into itself while many requests are in flight.
         ratio = min(4.0, max(0.25, prompt_tokens / grant.estimated_prompt_tokens))
         self._prompt_scale = 0.9 * self._prompt_scale + 0.1 * ratio
-        size = grant.charged_prompt_tokens + grant.completion_tokens
-        self._tat_tokens += (prompt_tokens - grant.charged_prompt_tokens) * self._interval(self.tpm, size) / max(1.0, size)
+        # Only ever later: slots already handed to waiting workers stay where they are, so
+        # moving the schedule earlier (a refund) would give new requests overlapping slots
+        # and bunch them past a sliding window. An over-estimate is corrected by the scale.
+        missing = prompt_tokens - grant.charged_prompt_tokens
+        if missing > 0:
+            size = grant.charged_prompt_tokens + grant.completion_tokens
+            self._tat_tokens += missing * self._interval(self.tpm, size) / max(1.0, size)
 
     def rate_limited(self, retry_after_s: float | None) -> None:
         """A 429: pause everyone for the server's wait and slow down, once per congestion event."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+
 import anyio
 import pytest
 
@@ -20,6 +22,47 @@ class FakeClock:
     async def sleep(self, seconds: float) -> None:
         self.now += max(0.0, seconds)
         await anyio.sleep(0)  # a real sleep lets other tasks run; so must this one
+
+
+class VirtualClock:
+    """Virtual time for many concurrent sleepers: when every task is blocked, jump to the earliest wake-up."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._sleepers: list[tuple[float, int, anyio.Event]] = []
+        self._seq = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await anyio.sleep(0)
+            return
+        event = anyio.Event()
+        self._seq += 1
+        heapq.heappush(self._sleepers, (self.now + seconds, self._seq, event))
+        await event.wait()
+
+    def run(self, main) -> None:  # noqa: ANN001 - an async callable
+        async def drive() -> None:
+            done = anyio.Event()
+
+            async def wrapped() -> None:
+                await main()
+                done.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wrapped)
+                while not done.is_set():
+                    await anyio.wait_all_tasks_blocked()
+                    if done.is_set() or not self._sleepers:
+                        continue
+                    wake, _, event = heapq.heappop(self._sleepers)
+                    self.now = max(self.now, wake)
+                    event.set()
+
+        anyio.run(drive)
 
 
 def _grant_times(limiter: RateLimiter, clock: FakeClock, n: int, tokens: int = 1) -> list[float]:
@@ -243,3 +286,26 @@ def test_large_requests_leave_room_for_the_one_a_sliding_window_catches_extra():
     assert worst * 1420 <= 100_000
     rate = (len(times) - 1) / (times[-1] - times[0]) * 60 * 1420 / 100_000
     assert rate > 0.97  # of the token limit
+
+
+def test_corrections_never_move_waiting_slots_into_a_burst():
+    """64 workers queue for slots; answers report fewer tokens than charged. Admissions still fit a 60 s window."""
+    clock = VirtualClock()
+    limiter = RateLimiter(rpm=None, tpm=100_000, clock=clock, sleep=clock.sleep)
+    admitted: list[tuple[float, int]] = []
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            grant = await limiter.acquire(1460, 300)
+            admitted.append((clock.now, 1120 + 300))  # what the server counts
+            limiter.settle(grant, prompt_tokens=1120)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            for _ in range(64):
+                tg.start_soon(worker, 4)
+
+    clock.run(main)
+    assert len(admitted) == 256
+    worst = max(sum(n for t, n in admitted if start - 60 < t <= start) for start, _ in admitted)
+    assert worst <= 100_000
