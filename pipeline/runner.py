@@ -65,7 +65,7 @@ _FATAL_ERRORS: dict[str, tuple[type[PipelineError], str]] = {
 }
 
 
-DEDUP_WINDOW = 100_000  # requests remembered for dedup; a duplicate further apart is sent again
+DEDUP_WINDOW = 20_000  # requests remembered for dedup (~1.5 KB each); a duplicate further apart is sent again
 LABEL_ATTEMPTS = 2  # an answer that does not match the schema is asked for once more
 
 
@@ -170,7 +170,7 @@ class Runner:
         self._unpriced_warned: set[str] = set()
         self.budget = Budget(max_cost_usd=config.limits.max_cost_usd)
         self._labels = label_spec(config.request.response_format)
-        self._shared: OrderedDict[bytes, _SharedRequest] = OrderedDict()
+        self._shared: OrderedDict[bytes, _SharedRequest | ResultRow] = OrderedDict()
 
     # -- stopping ------------------------------------------------------------
 
@@ -265,11 +265,13 @@ class Runner:
         if not self.config.images.dedup:
             return await self._send(item, body, image)
         key = _request_key(body)
-        shared = self._shared.get(key)
-        if shared is not None:
+        known = self._shared.get(key)
+        if known is not None:
             self._shared.move_to_end(key)
-            await shared.done.wait()
-            return None if shared.row is None else _dedup_copy(item, shared.row, finished_at=self.deps.now())
+            if isinstance(known, _SharedRequest):
+                await known.done.wait()
+                known = known.row
+            return None if known is None else _dedup_copy(item, known, finished_at=self.deps.now())
         shared = self._shared[key] = _SharedRequest()
         if len(self._shared) > DEDUP_WINDOW:
             self._shared.popitem(last=False)
@@ -277,6 +279,12 @@ class Runner:
             shared.row = await self._send(item, body, image)
         finally:
             shared.done.set()
+            # Once answered, keep only the row: an Event per remembered request adds up.
+            if key in self._shared:
+                if shared.row is None:
+                    del self._shared[key]
+                else:
+                    self._shared[key] = shared.row
         return shared.row
 
     async def _send(self, item: Item, body: dict[str, Any], image: PreparedImage) -> ResultRow | None:
