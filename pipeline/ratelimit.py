@@ -116,6 +116,7 @@ class RateLimiter:
         min_factor: float = 0.1,
         window_s: float = 10.0,
         probe_wait_s: float = 10.0,
+        horizon_s: float = 1.0,
     ) -> None:
         self._configured = (rpm, tpm)
         self._learned: list[int | None] = [None, None]
@@ -136,6 +137,7 @@ class RateLimiter:
         self._answered = False
         self._probing = False
         self._probe_wait_s = probe_wait_s
+        self._horizon_s = horizon_s
         self.pauses = 0
         self.decreases = 0
 
@@ -171,10 +173,15 @@ class RateLimiter:
     async def acquire(self, prompt_tokens: int, completion_tokens: int = 0) -> Grant:
         """Wait until one request may be sent, count it as sent, and say what it was counted as."""
         await self._wait_for_probe()
-        prompt = prompt_tokens * self._prompt_scale
         while True:
             now = self._clock()
             start = max(now, self._paused_until, self._tat_requests - self._burst_s, self._tat_tokens - self._burst_s)
+            if start - now > self._horizon_s:
+                # Too far ahead to book now: come back nearer the time and book with what is
+                # known then (the scale learned meanwhile), instead of locking in a stale charge.
+                await self._sleep(start - now - self._horizon_s / 2)
+                continue
+            prompt = prompt_tokens * self._prompt_scale
             self._tat_requests = max(self._tat_requests, start) + self._interval(self.rpm)
             self._tat_tokens = max(self._tat_tokens, start) + self._interval(self.tpm, prompt + completion_tokens)
             if start > now:
