@@ -113,6 +113,7 @@ def test_an_invalid_structured_reply_is_retried_once_then_an_error(simulator, tm
             {"id": "fine", "url": "https://images.example.com/l/3.jpg"}]
     result, frame = _run(simulator, write_csv(tmp_path / "m.csv", rows), tmp_path / "out", FAST_CONFIG + LABELS)
     by_id = {r["id"]: r for r in frame.to_dicts()}
+    assert "once" in by_id, result.stderr
     assert by_id["once"]["status"] == "ok" and by_id["once"]["attempts"] == 2 and by_id["once"]["labels"]
     bad = by_id["always"]
     assert (bad["status"], bad["error_type"], bad["attempts"], bad["retryable"]) == ("error", "invalid_response", 2, False)
