@@ -426,7 +426,10 @@ class Runner:
         rows, self._buffer = self._buffer, []
         self._buffer_full = anyio.Event()
         if rows:
-            path = await anyio.to_thread.run_sync(self.deps.journal.write_rows, rows)
+            # Shielded: the rows have left the buffer, so a cancellation arriving now (the run
+            # ending, the flush loop being cancelled) would otherwise drop them unwritten.
+            with anyio.CancelScope(shield=True):
+                path = await anyio.to_thread.run_sync(self.deps.journal.write_rows, rows)
             log.debug("flushed %d rows to %s", len(rows), path.name if path else "-")
 
     def _write_meta(self, *, status: str) -> None:

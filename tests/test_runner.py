@@ -195,3 +195,25 @@ def test_changed_request_parameters_are_refused_unless_forced(simulator, tmp_pat
         check_resume(Journal(out), changed, force=False)
     check_resume(Journal(out), changed, force=True)
     check_resume(Journal(out), config, force=False)
+
+
+def test_rows_taken_for_a_flush_are_written_even_if_the_flush_is_cancelled(tmp_path):
+    """The flush loop is cancelled when a run ends; rows it already took from the buffer must still be written."""
+    from datetime import UTC, datetime
+
+    from pipeline.models import ResultRow
+
+    journal = Journal(tmp_path)
+    config = make_config("http://127.0.0.1:9/v1")
+    deps = RunnerDeps(client=None, journal=journal,  # type: ignore[arg-type]
+                      limiter=RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep))
+    runner = Runner(config, deps, chunks=lambda: iter([]), base_dir=tmp_path, total_rows=1)
+    runner._buffer.append(ResultRow(id="last", url="u", status="ok", finished_at=datetime.now(UTC)))
+
+    async def go():
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await runner._flush()
+
+    anyio.run(go)
+    assert journal.latest_frame()["id"].to_list() == ["last"]
