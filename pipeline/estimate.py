@@ -209,6 +209,7 @@ async def formula_pass(
     import anyio
 
     from .images import is_remote, local_image_size
+    from .runner import DEDUP_WINDOW
 
     totals = FormulaTotals()
     counter = TextCounter()
@@ -232,7 +233,7 @@ async def formula_pass(
                     if is_remote(item.url):
                         tg.start_soon(probe_one, i, item.url)
         for i, item in enumerate(chunk):
-            if seen is not None and _is_repeat(seen, item, config):
+            if seen is not None and _is_repeat(seen, item, config, window=DEDUP_WINDOW):
                 totals.add_duplicate()
                 continue
             formula = row_formula(item, config=config, counter=counter, size=sizes.get(i))
@@ -242,17 +243,15 @@ async def formula_pass(
     return totals
 
 
-def _is_repeat(seen: OrderedDict[bytes, None], item: Item, config: Config) -> bool:
+def _is_repeat(seen: OrderedDict[bytes, None], item: Item, config: Config, *, window: int) -> bool:
     """Mirrors the runner's dedup: the same image reference and the same rendered prompt, within its window."""
-    from .runner import DEDUP_WINDOW
-
     body = build_body(config.request, image_url=item.url, fields=item.fields)
     key = hashlib.blake2b(json.dumps(body, sort_keys=True).encode(), digest_size=16).digest()
     if key in seen:
         seen.move_to_end(key)
         return True
     seen[key] = None
-    if len(seen) > DEDUP_WINDOW:
+    if len(seen) > window:
         seen.popitem(last=False)
     return False
 
