@@ -163,6 +163,8 @@ class Runner:
         self._limits = ImageLimits(max_bytes=config.images.max_bytes, max_pixels=config.images.max_pixels,
                                    max_side=config.images.max_side)
         self._text = TextCounter()
+        # The same for every image of unknown size in the run: worked out once, not per row.
+        self._worst_image_tokens = max_image_tokens(config.request.model, detail=config.request.detail)
         self._buffer: list[ResultRow] = []
         self._buffer_full = anyio.Event()
         self._stopping = anyio.Event()
@@ -319,7 +321,7 @@ class Runner:
         image_est = image_tokens(request.model, detail=request.detail, width=image.width, height=image.height)
         # An image of unknown size is charged its worst case: starting high costs a few
         # seconds until answers correct the scale; starting low trips a TPM limit.
-        worst_image = image_est if image.width else max_image_tokens(request.model, detail=request.detail)
+        worst_image = image_est if image.width else self._worst_image_tokens
         max_completion = request.max_tokens * (request.n or 1)
         prompt = request_tokens(text_tokens=text_tokens, image_tokens_=worst_image, max_tokens=0)
         worst = Usage(prompt_tokens=prompt, completion_tokens=max_completion)
