@@ -101,12 +101,17 @@ class DoneIds:
 class Journal:
     """Owns one output folder. Not thread-safe: one writer at a time (the runner's flusher)."""
 
-    def __init__(self, out_dir: Path, *, merge_factor: int = 16) -> None:
+    def __init__(self, out_dir: Path, *, merge_factor: int = 16, writer: bool = True) -> None:
         self.out_dir = out_dir
         self.parts_dir = out_dir / "journal"
         self.results_path = out_dir / RESULTS_NAME
         self.meta_path = out_dir / RUN_META_NAME
         self._merge_factor = merge_factor
+        self._next_seq = 0
+        if not writer:
+            # A reader (a report on a live run) must not tidy: the temp file it would
+            # delete may be a part the running writer is about to rename into place.
+            return
         try:
             self.parts_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -114,6 +119,11 @@ class Journal:
         self._remove_leftovers()
         parts = self._parts()
         self._next_seq = (parts[-1].last + 1) if parts else 1
+
+    @classmethod
+    def reader(cls, out_dir: Path) -> Journal:
+        """Read a folder without touching it, even while a run is writing it."""
+        return cls(out_dir, writer=False)
 
     # -- files -------------------------------------------------------------
 
@@ -127,6 +137,8 @@ class Journal:
                 part.path.unlink(missing_ok=True)
 
     def _parts(self) -> list[Part]:
+        if not self.parts_dir.is_dir():
+            return []
         parts = []
         for path in self.parts_dir.iterdir():
             match = _PART.match(path.name)

@@ -42,7 +42,7 @@ def load_results(out_dir: Path, columns: list[str] | None = None) -> pl.LazyFram
         # A file written before a column existed reads it as nulls.
         frame = frame.with_columns(pl.lit(None, dtype=RESULT_SCHEMA[c]).alias(c) for c in RESULT_SCHEMA if c not in present)
         return frame if columns is None else frame.select(columns)
-    return Journal(out_dir).latest_frame().lazy().select(columns or pl.all())
+    return Journal.reader(out_dir).latest_frame().lazy().select(columns or pl.all())
 
 
 def summarise(frame: pl.LazyFrame) -> dict[str, Any]:
@@ -217,7 +217,7 @@ def _card(row: dict[str, Any], base_dir: Path | None) -> str:
 
 
 def render_html(out_dir: Path, summary: dict[str, Any], *, gallery_limit: int = 1000) -> str:
-    meta = Journal(out_dir).read_meta() or {}
+    meta = Journal.reader(out_dir).read_meta() or {}
     base_dir = Path(meta["base_dir"]) if meta.get("base_dir") else None
     rows = (load_results(out_dir, ["id", "url", "status", "caption", "error_type", "error_message", "flagged_categories"])
             .sort("id").head(gallery_limit).collect().to_dicts())

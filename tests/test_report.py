@@ -63,13 +63,16 @@ def test_table_report_reads_like_a_summary(finished_run):
 
 
 def test_report_reads_a_run_that_has_not_finished(tmp_path):
-    """A killed run (parts only, no results.parquet) is reported from its journal."""
+    """A running or killed run (parts only, no results.parquet) is reported from its journal, untouched."""
     journal = Journal(tmp_path)
     now = datetime(2026, 1, 1, tzinfo=UTC)
     journal.write_rows([ResultRow(id=f"k{i}", url="u", status="ok", latency_s=0.1 * i, finished_at=now + timedelta(seconds=i))
                         for i in range(5)])
+    in_progress = tmp_path / "journal" / ".p0000000002-0000000002.parquet.tmp-4242"
+    in_progress.write_bytes(b"a part the running writer has not renamed yet")
     report = json.loads(run_cli(["report", str(tmp_path), "--json"]).stdout)
     assert report["rows"] == 5 and report["by_status"] == {"ok": 5}
+    assert in_progress.exists()  # reading a live run must not tidy it
 
 
 def test_report_on_a_folder_that_is_not_a_run_is_refused(tmp_path):
