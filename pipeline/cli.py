@@ -245,7 +245,8 @@ def _make_runner(http: Any, config: Config, journal: Journal, api_key: str | Non
     from .ratelimit import RateLimiter
     from .runner import Runner, RunnerDeps
 
-    client = VisionClient(http, base_url=config.endpoint.base_url, api_key=api_key, timeout_s=config.endpoint.timeout_s)
+    client = VisionClient(http.client, poster=http.poster, base_url=config.endpoint.base_url, api_key=api_key,
+                          timeout_s=config.endpoint.timeout_s)
     limiter = RateLimiter(rpm=config.limits.rpm, tpm=config.limits.tpm, clock=time.monotonic, sleep=anyio.sleep)
     deps = RunnerDeps(client=client, journal=journal, limiter=limiter, breaker=CircuitBreaker(),
                       progress=progress if progress is not None else _progress(total_rows, no_progress=no_progress))
@@ -269,12 +270,12 @@ async def _run_until_stopped(runner: Any) -> PipelineError | None:
 
 
 async def _run_async(config: Config, args: argparse.Namespace, total_rows: int, journal: Journal, api_key: str | None) -> int:
-    from .client import make_http_client
+    from .client import open_http
     from .manifest import base_dir, chunk_source
 
     chunks = chunk_source(args.manifest, chunk_size=config.run.chunk_size, url_column=config.manifest.url_column,
                           id_column=config.manifest.id_column)
-    async with make_http_client(concurrency=config.limits.concurrency, timeout_s=config.endpoint.timeout_s) as http:
+    async with open_http(concurrency=config.limits.concurrency, timeout_s=config.endpoint.timeout_s) as http:
         runner = _make_runner(http, config, journal, api_key, chunks=chunks, base_dir=base_dir(args.manifest),
                               total_rows=total_rows, label=str(args.manifest), retry_errors=args.retry_errors,
                               no_progress=args.no_progress)
@@ -335,16 +336,16 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 async def _estimate_async(config: Config, args: argparse.Namespace, journal: Journal | None, api_key: str | None) -> dict[str, Any]:
-    from .client import make_http_client, probe_image_size
+    from .client import open_http, probe_image_size
     from .estimate import Reservoir, formula_pass, sample_summary, summarise
     from .manifest import base_dir, chunk_source
 
     chunks = chunk_source(args.manifest, chunk_size=config.run.chunk_size, url_column=config.manifest.url_column,
                           id_column=config.manifest.id_column)
     reservoir = Reservoir(k=args.sample, rng=random.Random(args.seed)) if args.sample else None
-    async with make_http_client(concurrency=max(32, config.limits.concurrency), timeout_s=config.endpoint.timeout_s) as http:
+    async with open_http(concurrency=max(32, config.limits.concurrency), timeout_s=config.endpoint.timeout_s) as http:
         async def probe(url: str) -> tuple[int, int] | None:
-            return await probe_image_size(http, url)
+            return await probe_image_size(http.client, url)
 
         totals = await formula_pass(chunks, config=config, base_dir=base_dir(args.manifest),
                                     probe=probe if args.probe else None, reservoir=reservoir)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -81,7 +82,7 @@ def run_pipeline(base_url: str, manifest: Path, *, concurrency: int, rpm: int | 
     import anyio
     import httpx
 
-    from pipeline.client import VisionClient, make_http_client
+    from pipeline.client import HttpxPoster, VisionClient, make_http_client, open_http
     from pipeline.config import build_config
     from pipeline.journal import Journal
     from pipeline.manifest import chunk_source, inspect_manifest
@@ -97,10 +98,16 @@ def run_pipeline(base_url: str, manifest: Path, *, concurrency: int, rpm: int | 
     out = keep or Path(tempfile.mkdtemp(prefix="caption-bench-"))
 
     async def go():
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        http_transport = httpx.AsyncHTTPTransport(limits=limits) if transport == "httpx" else None
-        async with make_http_client(concurrency=concurrency, timeout_s=60, transport=http_transport) as http:
-            client = VisionClient(http, base_url=base_url, api_key=None, timeout_s=60)
+        async with contextlib.AsyncExitStack() as stack:
+            if transport == "httpx":
+                limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+                http_client = await stack.enter_async_context(make_http_client(
+                    concurrency=concurrency, timeout_s=60, transport=httpx.AsyncHTTPTransport(limits=limits)))
+                poster = HttpxPoster(http_client, timeout_s=60)
+            else:
+                http = await stack.enter_async_context(open_http(concurrency=concurrency, timeout_s=60))
+                http_client, poster = http.client, http.poster
+            client = VisionClient(http_client, poster=poster, base_url=base_url, api_key=None, timeout_s=60)
             limiter = RateLimiter(rpm=rpm, tpm=tpm, clock=time.monotonic, sleep=anyio.sleep)
             deps = RunnerDeps(client=client, journal=Journal(out), limiter=limiter)
             chunks = chunk_source(manifest, chunk_size=256, url_column="url", id_column="id")

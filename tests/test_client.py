@@ -1,16 +1,19 @@
-"""One attempt → Reply or Failure, over httpx.MockTransport (statuses, bodies, transport errors)."""
+"""One attempt → Reply or Failure: over httpx.MockTransport (statuses, bodies, transport errors), and over
+the production aiohttp poster against the simulator."""
 
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
-from pipeline.client import VisionClient
+from pipeline.client import VisionClient, open_http
 from pipeline.models import Failure, Reply
+from pipeline.simulator import SimConfig, SimulatorApp, SimulatorServer
 
 SEED000 = (Path(__file__).parent / "fixtures" / "seed000_azure_filter_response.json").read_bytes()
 KEY = "sk-test-SECRET-0123456789"
@@ -92,3 +95,47 @@ def test_no_key_sends_no_authorization_header():
 
     complete_with(handler, api_key=None)
     assert seen["auth"] is None
+
+
+def _image_body(url: str) -> dict:
+    return {"model": "gpt-4o", "max_tokens": 50, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Describe."}, {"type": "image_url", "image_url": {"url": url}}]}]}
+
+
+def complete_over_aiohttp(base_url: str, urls: list[str], *, timeout_s: float = 5.0, api_key: str | None = None) -> list:
+    """The production path: ``open_http``'s aiohttp poster, against a real server."""
+    async def go():
+        async with open_http(concurrency=4, timeout_s=timeout_s) as http:
+            client = VisionClient(http.client, poster=http.poster, base_url=base_url, api_key=api_key, timeout_s=timeout_s)
+            return [await client.complete(_image_body(url)) for url in urls]
+
+    return anyio.run(go)
+
+
+def test_the_aiohttp_poster_maps_answers_and_transport_faults_like_the_httpx_path():
+    """Against the simulator: a 200, a 429 with its wait and lower-cased headers, a stall past the
+    deadline (timeout), a reset connection (connection) and a 401 with the key masked."""
+    app = SimulatorApp(SimConfig(latency_median_s=0.001, latency_p99_s=0.002, accept_any_model=True, stall_s=1.0,
+                                 api_key=KEY, rpm=1000))
+    with SimulatorServer(app, log_level="critical") as sim:
+        ok, limited, stalled, reset = complete_over_aiohttp(
+            sim.base_url, ["https://i.test/a.jpg", "https://i.test/b.jpg?sim=429", "https://i.test/c.jpg?sim=stall",
+                           "https://i.test/d.jpg?sim=reset"], timeout_s=0.5, api_key=KEY)
+        (refused,) = complete_over_aiohttp(sim.base_url, ["https://i.test/e.jpg"], api_key=KEY + "-wrong")
+    assert isinstance(ok, Reply) and ok.completion.caption and ok.completion.usage.prompt_tokens
+    assert ok.headers["x-ratelimit-limit-requests"] == "1000" and all(k == k.lower() for k in ok.headers)
+    assert isinstance(limited, Failure) and limited.error_type == "rate_limited" and limited.http_status == 429
+    assert limited.retry_after_s is not None and limited.retry_after_s > 0
+    assert isinstance(stalled, Failure) and stalled.error_type == "timeout" and stalled.http_status is None
+    assert 0.5 <= stalled.latency_s < 1.0
+    assert isinstance(reset, Failure) and reset.error_type == "connection" and reset.retryable
+    assert isinstance(refused, Failure) and refused.fatal == "auth" and KEY not in refused.message
+
+
+def test_the_aiohttp_poster_reports_a_closed_port_as_a_connection_failure():
+    """Nothing listening: a retryable "connection" failure, not an exception."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (outcome,) = complete_over_aiohttp(f"http://127.0.0.1:{port}/v1", ["https://i.test/a.jpg"], timeout_s=2.0)
+    assert isinstance(outcome, Failure) and outcome.error_type == "connection" and outcome.retryable

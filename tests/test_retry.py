@@ -139,3 +139,26 @@ def test_call_with_retries_stops_at_max_attempts_and_never_retries_permanent():
     assert attempts == 4 and isinstance(outcome, Failure) and outcome.retryable
     outcome, attempts = anyio.run(lambda: call_with_retries(bad, max_attempts=4, sleep=no_sleep, rng=random.Random(0)))
     assert attempts == 1 and outcome.error_type == "bad_request"
+
+
+def test_call_with_retries_backs_off_exponentially_across_attempts_and_respects_one_attempt():
+    """Each retry waits for its own attempt number (0.5 s, 1 s, 2 s, less jitter); max_attempts=1 never retries."""
+    slept: list[float] = []
+    calls: list[int] = []
+
+    async def record_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def always_503(n: int):
+        calls.append(n)
+        return Failure("server_error", "down", True)
+
+    outcome, attempts = anyio.run(lambda: call_with_retries(always_503, max_attempts=4, sleep=record_sleep,
+                                                           rng=random.Random(0)))
+    assert attempts == 4 and calls == [1, 2, 3, 4]
+    assert all(0.75 * b <= s <= b for s, b in zip(slept, (0.5, 1.0, 2.0), strict=True))
+    calls.clear()
+    slept.clear()
+    outcome, attempts = anyio.run(lambda: call_with_retries(always_503, max_attempts=1, sleep=record_sleep,
+                                                           rng=random.Random(0)))
+    assert attempts == 1 and calls == [1] and slept == [] and outcome.retryable

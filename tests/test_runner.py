@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from pipeline.breaker import CircuitBreaker
-from pipeline.client import VisionClient, make_http_client
+from pipeline.client import VisionClient, open_http
 from pipeline.config import Config, build_config
 from pipeline.errors import AuthError, CircuitOpenError, InterruptedRunError, ModelNotFoundError, QuotaError, ResumeMismatchError
 from pipeline.journal import Journal
@@ -39,8 +39,9 @@ def make_config(base_url: str, **sections) -> Config:
 def run_once(config: Config, manifest: Path, out: Path, *, retry_errors=False, breaker=None, api_key=None, on_runner=None):
     """Run the pipeline once; returns (totals or the stop error, results frame)."""
     async def go():
-        async with make_http_client(concurrency=config.limits.concurrency, timeout_s=config.endpoint.timeout_s) as http:
-            client = VisionClient(http, base_url=config.endpoint.base_url, api_key=api_key, timeout_s=config.endpoint.timeout_s)
+        async with open_http(concurrency=config.limits.concurrency, timeout_s=config.endpoint.timeout_s) as http:
+            client = VisionClient(http.client, poster=http.poster, base_url=config.endpoint.base_url, api_key=api_key,
+                                  timeout_s=config.endpoint.timeout_s)
             deps = RunnerDeps(client=client, journal=Journal(out), limiter=RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep),
                               sleep=_no_sleep, rng=random.Random(0), breaker=breaker or CircuitBreaker())
             runner = Runner(config, deps, chunks=chunk_source(manifest, chunk_size=config.run.chunk_size, url_column="url", id_column="id"),
