@@ -186,6 +186,27 @@ def test_interrupt_flushes_what_finished_and_a_rerun_completes(simulator, tmp_pa
     assert simulator.app.stats()["requests"] - sent_before == 400 - first
 
 
+def test_a_stop_while_the_reader_waits_on_a_full_queue_ends_as_the_stop_reason(simulator, tmp_path):
+    """Concurrency 1: when the only worker stops, the manifest reader is waiting to hand over a row.
+    The run must end with the interrupt (exit 130), not a crash about a closed queue."""
+    config = make_config(simulator.base_url, limits={"concurrency": 1})
+    manifest = write_csv(tmp_path / "m.csv", remote_rows(40))
+
+    def on_runner(runner):
+        original = runner._record
+
+        def record(row):
+            original(row)
+            if runner.totals.done == 5:  # mid-chunk (chunk_size 10): the reader is blocked on the queue
+                runner.request_stop(InterruptedRunError("test interrupt"))
+
+        runner._record = record
+
+    result, frame = run_once(config, manifest, tmp_path / "out", on_runner=on_runner)
+    assert isinstance(result, InterruptedRunError), result
+    assert frame.height == 5
+
+
 def test_changed_request_parameters_are_refused_unless_forced(simulator, tmp_path):
     """Resuming with another prompt names what changed; --force allows it."""
     out = tmp_path / "out"
