@@ -19,6 +19,8 @@ _SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 def price_for(model: str | None, table: dict[str, Price]) -> Price | None:
     if not model:
         return None
+    if model in table:  # the common case, once per answer: no string work
+        return table[model]
     candidates = [model, model.rsplit("/", 1)[-1]]
     for name in list(candidates):
         candidates.append(_SNAPSHOT.sub("", name))

@@ -1,7 +1,7 @@
 """Wires the pipeline: manifest → workers (pace, send, retry) → journal.
 
-One task reads the manifest chunk by chunk and drops ids the journal already
-holds; ``concurrency`` workers each prepare an image, build the body, pace
+One task reads the manifest ahead in blocks of chunks (in a thread) and drops
+ids the journal already holds; ``concurrency`` workers each prepare an image, build the body, pace
 through the rate limiter and send with retries; a flusher writes the finished
 rows as Parquet parts every ``chunk_size`` rows and every ``flush_interval_s``.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import logging
 import random
 from collections import OrderedDict
@@ -68,6 +69,8 @@ _FATAL_ERRORS: dict[str, tuple[type[PipelineError], str]] = {
 
 DEDUP_WINDOW = 20_000  # requests remembered for dedup (~1.5 KB each); a duplicate further apart is sent again
 LABEL_ATTEMPTS = 2  # an answer that does not match the schema is asked for once more
+_CHUNKS_PER_READ = 8  # manifest chunks read per trip to a thread
+_READS_AHEAD = 2  # such reads kept ahead of the workers
 
 
 @dataclass(slots=True)
@@ -116,6 +119,14 @@ def _dedup_copy(item: Item, original: ResultRow, *, finished_at: datetime) -> Re
         cached_tokens=None, reasoning_tokens=None, cost_usd=0.0, attempts=0, latency_s=None, dedup_of=original.id,
         finished_at=finished_at,
     )
+
+
+def _take_rows(chunks: Iterator[list[Item]], n: int) -> list[Item]:
+    """The rows of the next ``n`` chunks (fewer at the end; empty when the manifest is done)."""
+    rows: list[Item] = []
+    for chunk in itertools.islice(chunks, n):
+        rows.extend(chunk)
+    return rows
 
 
 class _StopDispatch(Exception):
@@ -242,23 +253,44 @@ class Runner:
         return self.totals
 
     async def _produce(self, send: MemoryObjectSendStream[Item], skip: DoneIds) -> None:
+        """Hand the manifest's rows to the workers, skipping ids already done."""
+        blocks_send, blocks_recv = anyio.create_memory_object_stream[list[Item]](_READS_AHEAD)
+        # The reader is cancelled before its queue closes: closing first would fail its pending send.
+        with blocks_recv:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_blocks, blocks_send)
+                async with send:
+                    async for block in blocks_recv:
+                        if not await self._hand_over_block(send, block, skip):
+                            break
+                tg.cancel_scope.cancel()
+
+    async def _read_blocks(self, send: MemoryObjectSendStream[list[Item]]) -> None:
+        # Read ahead, several chunks per trip to a thread: a trip costs an event-loop turn plus
+        # GIL waits (~50 ms at concurrency 512), so one chunk per trip, read only after the last
+        # was handed out, left workers idle: 19 of 20 rows were waited for.
         chunks = self.chunks()
         async with send:
             while not self._stopping.is_set():
-                chunk = await anyio.to_thread.run_sync(next, chunks, None)
-                if chunk is None:
+                block = await anyio.to_thread.run_sync(_take_rows, chunks, _CHUNKS_PER_READ)
+                if not block:
                     return
-                done = skip.among([item.id for item in chunk])
-                for item in chunk:
-                    if item.id in done:
-                        self.totals.skipped += 1
-                        continue
-                    if self._stopping.is_set():
-                        return
-                    try:
-                        await self._hand_over(send, item)
-                    except anyio.BrokenResourceError:
-                        return  # every worker has stopped (the run is stopping)
+                await send.send(block)
+
+    async def _hand_over_block(self, send: MemoryObjectSendStream[Item], block: list[Item], skip: DoneIds) -> bool:
+        """False once the run is stopping and no more rows should go out."""
+        done = skip.among([item.id for item in block])
+        for item in block:
+            if item.id in done:
+                self.totals.skipped += 1
+                continue
+            if self._stopping.is_set():
+                return False
+            try:
+                await self._hand_over(send, item)
+            except anyio.BrokenResourceError:
+                return False  # every worker has stopped (the run is stopping)
+        return True
 
     @staticmethod
     async def _hand_over(send: MemoryObjectSendStream[Item], item: Item) -> None:

