@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import JournalError
-from .models import RESULT_SCHEMA, ResultRow, conform, rows_to_frame
+from .models import RESULT_SCHEMA, ResultRow, conform, rows_to_table
 
 RESULTS_NAME = "results.parquet"
 RUN_META_NAME = "run.json"
@@ -66,9 +66,9 @@ def _fsync_and_rename(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_write_frame(path: Path, frame: pl.DataFrame) -> None:
+def _atomic_write_table(path: Path, table: pa.Table) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    frame.write_parquet(tmp, compression="zstd", statistics=False)
+    pq.write_table(table, tmp, compression="zstd", write_statistics=False)
     _fsync_and_rename(tmp, path)
 
 
@@ -195,7 +195,7 @@ class Journal:
         self._next_seq += 1
         path = self.parts_dir / f"p{seq:010d}-{seq:010d}.parquet"
         try:
-            _atomic_write_frame(path, rows_to_frame(rows))
+            _atomic_write_table(path, rows_to_table(rows))
             self._compact()
         except OSError as exc:
             raise JournalError(f"{self.out_dir}: cannot write results ({exc.strerror or exc})") from None

@@ -17,7 +17,9 @@ overhead: a zero-latency simulator with no limits, in its own process (so its
 CPU is not charged to the client). For each concurrency it runs the whole
 pipeline (manifest → requests → parsing → Parquet journal) and a plain aiohttp
 request loop against the same server, and prints requests/s, the pipeline's
-rate as a ratio of the plain loop's, and client CPU per request.
+rate as a ratio of the plain loop's (whole run, and steady state: the middle 80%
+of the server's admissions, without start-up and finalising), and client CPU
+per request (whole run).
 
 Everything is on 127.0.0.1; every loop is bounded by --rows.
 """
@@ -155,18 +157,42 @@ def run_aiohttp_loop(base_url: str, rows: int, *, concurrency: int) -> dict:
     return {"requests": done, "wall_s": wall, "rps": done / wall, "cpu_ms_per_request": cpu / max(1, done) * 1000}
 
 
+def steady_rps(timeline: list[float]) -> float | None:
+    """Requests/s between the 10th and 90th percentile of admissions: start-up (imports, the
+    tokenizer, reading the manifest) and the tail (finalising results.parquet) left out."""
+    if len(timeline) < 20:
+        return None
+    lo, hi = len(timeline) // 10, len(timeline) * 9 // 10
+    span = timeline[hi] - timeline[lo]
+    return (hi - lo) / span if span > 0 else None
+
+
 def overhead(args: argparse.Namespace) -> None:
+    import httpx
+
     sim = SimulatorProcess("--latency-median", "0", "--latency-p99", "0", "--any-model")
+
+    def new_admissions(seen: int) -> list[float]:
+        timeline = httpx.get(sim.base_url.removesuffix("/v1") + "/stats?timeline=1", timeout=30).json()["timeline"]
+        return sorted(timeline[seen:])
+
     try:
         with tempfile.TemporaryDirectory() as tmp:
             manifest = write_manifest(Path(tmp) / "m.csv", args.rows)
+            seen = 0
             for concurrency in args.concurrency:
                 plain = run_aiohttp_loop(sim.base_url, args.rows, concurrency=concurrency)
+                plain_times = new_admissions(seen)
+                seen += len(plain_times)
                 ours = run_pipeline(sim.base_url, manifest, concurrency=concurrency, transport=args.transport)
+                our_times = new_admissions(seen)
+                seen += len(our_times)
+                plain_steady, our_steady = steady_rps(plain_times), steady_rps(our_times)
                 print(json.dumps({
                     "mode": "overhead", "transport": args.transport, "rows": args.rows, "concurrency": concurrency,
                     "pipeline_rps": round(ours["rps"], 1), "aiohttp_loop_rps": round(plain["rps"], 1),
                     "ratio_to_aiohttp_loop": round(ours["rps"] / plain["rps"], 3),
+                    "steady_ratio": round(our_steady / plain_steady, 3) if our_steady and plain_steady else None,
                     "pipeline_cpu_ms_per_request": round(ours["cpu_ms_per_request"], 3),
                     "aiohttp_loop_cpu_ms_per_request": round(plain["cpu_ms_per_request"], 3),
                     "ok": ours["ok"],
