@@ -43,6 +43,8 @@ from .errors import (
     CircuitOpenError,
     ImageUnreadableError,
     InterruptedRunError,
+    JournalError,
+    ManifestError,
     ModelNotFoundError,
     PipelineError,
     QuotaError,
@@ -121,12 +123,18 @@ def _dedup_copy(item: Item, original: ResultRow, *, finished_at: datetime) -> Re
     )
 
 
-def _take_rows(chunks: Iterator[list[Item]], n: int) -> list[Item]:
-    """The rows of the next ``n`` chunks (fewer at the end; empty when the manifest is done)."""
+def _take_rows(chunks: Iterator[list[Item]], n: int, source: str) -> tuple[list[Item], PipelineError | None]:
+    """The rows of the next ``n`` chunks (fewer at the end; none when the manifest is done), and
+    the error that stopped reading early, if any: the rows read before it still go out."""
     rows: list[Item] = []
-    for chunk in itertools.islice(chunks, n):
-        rows.extend(chunk)
-    return rows
+    try:
+        for chunk in itertools.islice(chunks, n):
+            rows.extend(chunk)
+    except ManifestError as exc:
+        return rows, exc
+    except OSError as exc:
+        return rows, ManifestError(source, f"reading failed mid-run ({exc})")
+    return rows, None
 
 
 class _StopDispatch(Exception):
@@ -198,6 +206,7 @@ class Runner:
         self._buffer_full = anyio.Event()
         self._stopping = anyio.Event()
         self._stop_reason: PipelineError | None = None
+        self._manifest_error: ManifestError | None = None
         self._unpriced_warned: set[str] = set()
         self.budget = Budget(max_cost_usd=config.limits.max_cost_usd)
         self._labels = label_spec(config.request.response_format)
@@ -218,8 +227,8 @@ class Runner:
 
     async def _watch_stop(self, work: anyio.CancelScope) -> None:
         await self._stopping.wait()
-        # Ctrl-C and the budget let in-flight requests finish (they are paid for);
-        # a fatal answer or an open breaker cancels them at once.
+        # Ctrl-C and the budget let in-flight requests finish (they are paid for); a fatal
+        # answer, an open breaker or an unwritable journal cancel them at once.
         if isinstance(self._stop_reason, (InterruptedRunError, BudgetExceededError)) or self._stop_reason is None:
             await anyio.sleep(self.grace_s)
         work.cancel()
@@ -245,6 +254,8 @@ class Runner:
                         tg.start_soon(self._work, items_recv.clone())
                     items_recv.close()
             outer.cancel_scope.cancel()
+        if self._stop_reason is None and self._manifest_error is not None:
+            self._stop_reason = self._manifest_error
         with anyio.CancelScope(shield=True):
             await self._flush()
             await anyio.to_thread.run_sync(lambda: journal.finalize(extend=label_extender(self._labels)))
@@ -272,12 +283,20 @@ class Runner:
         # GIL waits (~50 ms at concurrency 512), so one chunk per trip, read only after the last
         # was handed out, left workers idle: 19 of 20 rows were waited for.
         chunks = self.chunks()
+        source = self.manifest_label or "the manifest"
         async with send:
             while not self._stopping.is_set():
-                block = await anyio.to_thread.run_sync(_take_rows, chunks, _CHUNKS_PER_READ)
+                block, error = await anyio.to_thread.run_sync(_take_rows, chunks, _CHUNKS_PER_READ, source)
+                if block:
+                    await send.send(block)
+                if error is not None:
+                    # Not a stop: the rows already read still go out; the run ends with this error.
+                    self._manifest_error = ManifestError(
+                        error.path, f"{error.problem}; the rows before it were sent. "
+                        "Fix the manifest and re-run the same command to resume")
+                    return
                 if not block:
                     return
-                await send.send(block)
 
     async def _hand_over_block(self, send: MemoryObjectSendStream[Item], block: list[Item], skip: DoneIds) -> bool:
         """False once the run is stopping and no more rows should go out."""
@@ -501,7 +520,11 @@ class Runner:
         while True:
             with anyio.move_on_after(self.config.run.flush_interval_s):
                 await self._buffer_full.wait()
-            await self._flush()
+            try:
+                await self._flush()
+            except JournalError as exc:
+                self.request_stop(exc)  # the final flush tries once more, then raises it
+                return
 
     async def _flush(self) -> None:
         rows, self._buffer = self._buffer, []
@@ -510,7 +533,11 @@ class Runner:
             # Shielded: the rows have left the buffer, so a cancellation arriving now (the run
             # ending, the flush loop being cancelled) would otherwise drop them unwritten.
             with anyio.CancelScope(shield=True):
-                path = await anyio.to_thread.run_sync(self.deps.journal.write_rows, rows)
+                try:
+                    path = await anyio.to_thread.run_sync(self.deps.journal.write_rows, rows)
+                except JournalError:
+                    self._buffer[:0] = rows
+                    raise
             log.debug("flushed %d rows to %s", len(rows), path.name if path else "-")
 
     def _write_meta(self, *, status: str) -> None:

@@ -14,7 +14,8 @@ import pytest
 from pipeline.breaker import CircuitBreaker
 from pipeline.client import VisionClient, open_http
 from pipeline.config import Config, build_config
-from pipeline.errors import AuthError, CircuitOpenError, InterruptedRunError, ModelNotFoundError, QuotaError, ResumeMismatchError
+from pipeline.errors import (AuthError, CircuitOpenError, InterruptedRunError, JournalError, ManifestError, ModelNotFoundError,
+                             QuotaError, ResumeMismatchError)
 from pipeline.journal import Journal
 from pipeline.manifest import chunk_source, inspect_manifest
 from pipeline.ratelimit import RateLimiter
@@ -36,15 +37,17 @@ def make_config(base_url: str, **sections) -> Config:
     return build_config(data)
 
 
-def run_once(config: Config, manifest: Path, out: Path, *, retry_errors=False, breaker=None, api_key=None, on_runner=None):
+def run_once(config: Config, manifest: Path, out: Path, *, retry_errors=False, breaker=None, api_key=None, on_runner=None,
+             chunks=None, journal=None):
     """Run the pipeline once; returns (totals or the stop error, results frame)."""
     async def go():
         async with open_http(concurrency=config.limits.concurrency, timeout_s=config.endpoint.timeout_s) as http:
             client = VisionClient(http.client, poster=http.poster, base_url=config.endpoint.base_url, api_key=api_key,
                                   timeout_s=config.endpoint.timeout_s)
-            deps = RunnerDeps(client=client, journal=Journal(out), limiter=RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep),
+            deps = RunnerDeps(client=client, journal=journal or Journal(out), limiter=RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep),
                               sleep=_no_sleep, rng=random.Random(0), breaker=breaker or CircuitBreaker())
-            runner = Runner(config, deps, chunks=chunk_source(manifest, chunk_size=config.run.chunk_size, url_column="url", id_column="id"),
+            source = chunks or chunk_source(manifest, chunk_size=config.run.chunk_size, url_column="url", id_column="id")
+            runner = Runner(config, deps, chunks=source,
                             base_dir=manifest.parent, total_rows=inspect_manifest(manifest).rows,
                             retry_errors=retry_errors, grace_s=5.0)
             if on_runner:
@@ -55,6 +58,8 @@ def run_once(config: Config, manifest: Path, out: Path, *, retry_errors=False, b
                 return exc
 
     result = anyio.run(go)
+    if not (out / "results.parquet").exists():  # a run that could not finalise: what its parts hold
+        return result, Journal.reader(out).latest_frame()
     return result, pl.read_parquet(out / "results.parquet")
 
 
@@ -205,6 +210,53 @@ def test_a_stop_while_the_reader_waits_on_a_full_queue_ends_as_the_stop_reason(s
     result, frame = run_once(config, manifest, tmp_path / "out", on_runner=on_runner)
     assert isinstance(result, InterruptedRunError), result
     assert frame.height == 5
+
+
+def test_a_manifest_that_fails_mid_run_stops_after_sending_the_rows_read_before(simulator, tmp_path):
+    """The reader raising mid-file (the file changed or the disk failed): the run ends with a
+    ManifestError that says how to resume, not a crash, and the 30 rows read before it are saved."""
+    manifest = write_csv(tmp_path / "m.csv", remote_rows(50))
+    config = make_config(simulator.base_url)
+    good = chunk_source(manifest, chunk_size=10, url_column="url", id_column="id")
+
+    def failing_chunks():
+        for i, chunk in enumerate(good()):
+            if i == 3:
+                raise ManifestError(str(manifest), "row 31 cannot be read")
+            yield chunk
+
+    result, frame = run_once(config, manifest, tmp_path / "out", chunks=failing_chunks)
+    assert isinstance(result, ManifestError) and "row 31" in str(result) and "resume" in str(result)
+    assert frame.height == 30 and (frame["status"] == "ok").all()
+    totals, frame = run_once(config, manifest, tmp_path / "out")  # the file is readable again
+    assert frame.height == 50 and totals.skipped == 30
+
+
+class _DiskFullAfter(Journal):
+    """A journal whose writes start failing, as on a full disk."""
+
+    def __init__(self, out: Path, *, good_writes: int) -> None:
+        super().__init__(out)
+        self.good_writes = good_writes
+
+    def write_rows(self, rows):
+        if self.good_writes <= 0:
+            raise JournalError(f"{self.out_dir}: cannot write results (No space left on device)")
+        self.good_writes -= 1
+        return super().write_rows(rows)
+
+
+def test_an_unwritable_journal_stops_the_run_with_its_error(simulator, tmp_path):
+    """A flush that fails stops dispatching and the run ends with the JournalError (exit 2), not a crash;
+    the parts written before the failure are intact and a rerun resumes after them."""
+    manifest = write_csv(tmp_path / "m.csv", remote_rows(200))
+    config = make_config(simulator.base_url, limits={"concurrency": 4})
+    result, _ = run_once(config, manifest, tmp_path / "out", journal=_DiskFullAfter(tmp_path / "out", good_writes=2))
+    assert isinstance(result, JournalError) and result.exit_code == 2 and "No space left" in str(result)
+    sent = simulator.app.stats()["requests"]
+    assert sent < 200
+    totals, frame = run_once(config, manifest, tmp_path / "out")
+    assert frame.height == 200 and totals.skipped == 20
 
 
 def test_changed_request_parameters_are_refused_unless_forced(simulator, tmp_path):
