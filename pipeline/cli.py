@@ -275,7 +275,8 @@ async def _run_async(config: Config, args: argparse.Namespace, total_rows: int, 
 
     chunks = chunk_source(args.manifest, chunk_size=config.run.chunk_size, url_column=config.manifest.url_column,
                           id_column=config.manifest.id_column)
-    async with open_http(concurrency=config.limits.concurrency, timeout_s=config.endpoint.timeout_s) as http:
+    async with open_http(concurrency=config.limits.concurrency, timeout_s=config.endpoint.timeout_s,
+                         endpoint_url=config.endpoint.base_url) as http:
         runner = _make_runner(http, config, journal, api_key, chunks=chunks, base_dir=base_dir(args.manifest),
                               total_rows=total_rows, label=str(args.manifest), retry_errors=args.retry_errors,
                               no_progress=args.no_progress)
@@ -343,7 +344,8 @@ async def _estimate_async(config: Config, args: argparse.Namespace, journal: Jou
     chunks = chunk_source(args.manifest, chunk_size=config.run.chunk_size, url_column=config.manifest.url_column,
                           id_column=config.manifest.id_column)
     reservoir = Reservoir(k=args.sample, rng=random.Random(args.seed)) if args.sample else None
-    async with open_http(concurrency=max(32, config.limits.concurrency), timeout_s=config.endpoint.timeout_s) as http:
+    async with open_http(concurrency=max(32, config.limits.concurrency), timeout_s=config.endpoint.timeout_s,
+                         endpoint_url=config.endpoint.base_url) as http:
         async def probe(url: str) -> tuple[int, int] | None:
             return await probe_image_size(http.client, url)
 

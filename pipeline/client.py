@@ -4,7 +4,7 @@
 HTTP or transport problem: it returns ``Reply`` or ``Failure``. Retrying,
 pacing and the run-level consequences are other modules' jobs.
 
-Two layers, one connection pool:
+Two layers:
 - The chat-completions POST, the hot path, goes through a ``Poster``. In
   production that is ``AiohttpPoster``, straight on an aiohttp session: httpx's
   request/response objects cost ~0.35 ms of CPU per request on top of aiohttp
@@ -12,14 +12,19 @@ Two layers, one connection pool:
   ``HttpxPoster`` puts the same call on any ``httpx.AsyncClient``, so tests use
   ``httpx.MockTransport`` or ``httpx.ASGITransport`` through the constructor.
 - Image downloads and size probes (streamed, bounded, redirects) use httpx's
-  API over the same aiohttp session (``httpx-aiohttp``).
+  API over aiohttp (``httpx-aiohttp``), on a session of their own that reads
+  proxies from the environment per request.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import os
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
@@ -27,6 +32,7 @@ import aiohttp
 import anyio
 import httpx
 import orjson
+import yarl
 from httpx_aiohttp import AiohttpTransport
 
 from .errors import ImageUnreadableError
@@ -63,19 +69,55 @@ class Poster(Protocol):
         ...
 
 
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def proxy_for(url: str, environ: Mapping[str, str]) -> str | None:
+    """The proxy the environment names for ``url`` (``https_proxy``/``http_proxy``/``all_proxy``,
+    either case, minus ``no_proxy``); loopback is never proxied, so the simulator always works.
+
+    Looked up once per run: aiohttp's own per-request lookup (``trust_env``) costs ~85 us.
+    """
+    def env(name: str) -> str | None:
+        return environ.get(name) or environ.get(name.upper())
+
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    proxy = env(f"{parts.scheme}_proxy") or env("all_proxy")
+    if not proxy or host in _LOOPBACK_HOSTS:
+        return None
+    no_proxy = env("no_proxy")
+    if no_proxy and urllib.request.proxy_bypass_environment(host, {"no": no_proxy}):
+        return None
+    return proxy
+
+
 class AiohttpPoster:
     """The production POST: aiohttp directly, its total timeout as the hard deadline."""
 
-    def __init__(self, session: aiohttp.ClientSession, *, timeout_s: float) -> None:
+    def __init__(self, session: aiohttp.ClientSession, *, timeout_s: float, proxy: str | None = None) -> None:
         self._session = session
         # Over connect + send + read: a server that trickles bytes never trips a per-read timeout.
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(10.0, timeout_s))
         self._timeout_s = timeout_s
+        self._proxy: str | None = None
+        self._proxy_auth: dict[str, str] | None = None
+        if proxy:
+            # aiohttp wants the proxy's credentials as a header, not inside its URL: on the
+            # CONNECT for an https endpoint (proxy_headers), on the request itself for http.
+            url = yarl.URL(proxy)
+            if url.user:
+                token = base64.b64encode(f"{url.user}:{url.password or ''}".encode()).decode()
+                self._proxy_auth = {"Proxy-Authorization": f"Basic {token}"}
+            self._proxy = str(url.with_user(None))
 
     async def post(self, url: str, content: bytes, headers: Mapping[str, str]) -> RawResponse:
+        if self._proxy_auth is not None and url.startswith("http:"):
+            headers = {**headers, **self._proxy_auth}
         try:
             async with self._session.post(url, data=content, headers=headers, timeout=self._timeout,
-                                          allow_redirects=False) as response:
+                                          allow_redirects=False, proxy=self._proxy,
+                                          proxy_headers=self._proxy_auth) as response:
                 body = await response.read()
                 return RawResponse(response.status, response.headers, body)
         except TimeoutError:
@@ -105,22 +147,30 @@ class HttpxPoster:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Http:
-    """One connection pool, two faces: ``poster`` for the chat POSTs, ``client`` (httpx) for downloads."""
+    """``poster`` for the chat POSTs, ``client`` (httpx's API) for downloads and probes."""
 
     client: httpx.AsyncClient
     poster: Poster
 
 
 @contextlib.asynccontextmanager
-async def open_http(*, concurrency: int, timeout_s: float) -> AsyncIterator[Http]:
-    """The production HTTP stack: one connection per concurrent request, no pool waits."""
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+async def open_http(*, concurrency: int, timeout_s: float, endpoint_url: str,
+                    environ: Mapping[str, str] = os.environ) -> AsyncIterator[Http]:
+    """The production HTTP stack: one connection per concurrent request, no pool waits.
+
+    Proxies come from the environment, as curl and openai-python take them: the
+    endpoint's is resolved once (``proxy_for``); downloads, going to many hosts,
+    let aiohttp look it up per request (slow, but a download is slower still).
+    """
+    posts = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
+    downloads = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), trust_env=True)
+    async with posts, downloads:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s), pool=None)
-        transport = AiohttpTransport(client=session, limits=limits)
+        transport = AiohttpTransport(client=downloads, limits=limits)
         async with httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits, max_redirects=5) as client:
-            yield Http(client=client, poster=AiohttpPoster(session, timeout_s=timeout_s))
+            poster = AiohttpPoster(posts, timeout_s=timeout_s, proxy=proxy_for(endpoint_url, environ))
+            yield Http(client=client, poster=poster)
 
 
 def make_http_client(*, concurrency: int, timeout_s: float, transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:

@@ -44,6 +44,9 @@ def _category_results(block: Any) -> dict[str, Any]:
     return block if isinstance(block, dict) else {}
 
 
+_SEVERITY_NAMES = {rank: name for name, rank in SEVERITY_ORDER.items()}
+
+
 def filter_verdict(prompt_results: Any, choice_results: list[Any]) -> FilterVerdict:
     """Fold prompt-level and choice-level filter results into flags and a max severity."""
     blocks: list[dict[str, Any]] = []
@@ -63,15 +66,13 @@ def filter_verdict(prompt_results: Any, choice_results: list[Any]) -> FilterVerd
             if result.get("filtered") is True:
                 categories.add(category)
             severity = result.get("severity")
-            if isinstance(severity, str) and severity in SEVERITY_ORDER:
-                worst = max(worst, SEVERITY_ORDER[severity])
-    raw = {"prompt": prompt_results, "choices": choice_results}
-    max_severity = next((s for s, rank in SEVERITY_ORDER.items() if rank == worst), None)
+            if isinstance(severity, str):
+                worst = max(worst, SEVERITY_ORDER.get(severity, -1))
     return FilterVerdict(
         flagged=bool(categories),
         categories=tuple(sorted(categories)),
-        max_severity=max_severity,  # type: ignore[arg-type]
-        raw_json=orjson.dumps(raw).decode(),
+        max_severity=_SEVERITY_NAMES.get(worst),  # type: ignore[arg-type]
+        raw_json=orjson.dumps({"prompt": prompt_results, "choices": choice_results}).decode(),
     )
 
 
@@ -101,7 +102,8 @@ def parse_completion(data: Any) -> Completion:
     prompt_filters = data.get("prompt_filter_results")
     has_filters = prompt_filters is not None or any(b is not None for b in choice_filters)
     verdict = filter_verdict(prompt_filters, choice_filters) if has_filters else FilterVerdict()
-    texts = tuple(_message_text(c.get("message"))[0] for c in choices if isinstance(c, dict))
+    texts = (caption,) if len(choices) == 1 else tuple(
+        _message_text(c.get("message"))[0] for c in choices if isinstance(c, dict))
     return Completion(
         captions=texts,
         caption=caption,

@@ -73,6 +73,7 @@ DEDUP_WINDOW = 20_000  # requests remembered for dedup (~1.5 KB each); a duplica
 LABEL_ATTEMPTS = 2  # an answer that does not match the schema is asked for once more
 _CHUNKS_PER_READ = 8  # manifest chunks read per trip to a thread
 _READS_AHEAD = 2  # such reads kept ahead of the workers
+_ESTIMATES_KEPT = 4096  # (prompt, image size) estimates remembered; templated prompts vary per row
 
 
 @dataclass(slots=True)
@@ -200,6 +201,7 @@ class Runner:
         self._limits = ImageLimits(max_bytes=config.images.max_bytes, max_pixels=config.images.max_pixels,
                                    max_side=config.images.max_side)
         self._text = TextCounter()
+        self._estimates: dict[tuple[str, int | None, int | None], RequestEstimate] = {}
         # The same for every image of unknown size in the run: worked out once, not per row.
         self._worst_image_tokens = max_image_tokens(config.request.model, detail=config.request.detail)
         self._buffer: list[ResultRow] = []
@@ -414,8 +416,14 @@ class Runner:
             lambda: prepare_image(item.url, base_dir=self.base_dir, limits=self._limits))
 
     def _estimate(self, body: dict[str, Any], image: PreparedImage) -> RequestEstimate:
+        # Most rows share one prompt and an unknown (or the same) image size: the estimate is
+        # remembered per (prompt, size) instead of being worked out again for every row.
+        key = (prompt_text(body), image.width, image.height)
+        known = self._estimates.get(key)
+        if known is not None:
+            return known
         request = self.config.request
-        text_tokens = self._text.count(prompt_text(body), model=request.model)
+        text_tokens = self._text.count(key[0], model=request.model)
         image_est = image_tokens(request.model, detail=request.detail, width=image.width, height=image.height)
         # An image of unknown size is charged its worst case: starting high costs a few
         # seconds until answers correct the scale; starting low trips a TPM limit.
@@ -423,8 +431,12 @@ class Runner:
         max_completion = request.max_tokens * (request.n or 1)
         prompt = request_tokens(text_tokens=text_tokens, image_tokens_=worst_image, max_tokens=0)
         worst = Usage(prompt_tokens=prompt, completion_tokens=max_completion)
-        return RequestEstimate(prompt_tokens=prompt, completion_tokens=max_completion,
-                               max_cost_usd=self._cost(request.model, worst, warn=False) or 0.0)
+        est = RequestEstimate(prompt_tokens=prompt, completion_tokens=max_completion,
+                              max_cost_usd=self._cost(request.model, worst, warn=False) or 0.0)
+        if len(self._estimates) >= _ESTIMATES_KEPT:
+            self._estimates.clear()
+        self._estimates[key] = est
+        return est
 
     async def _attempt(self, body: dict[str, Any], est: RequestEstimate, state: _RowState) -> Outcome:
         if self._stopping.is_set():

@@ -11,7 +11,7 @@ import anyio
 import httpx
 import pytest
 
-from pipeline.client import VisionClient, open_http
+from pipeline.client import VisionClient, open_http, proxy_for
 from pipeline.models import Failure, Reply
 from pipeline.simulator import SimConfig, SimulatorApp, SimulatorServer
 
@@ -102,10 +102,11 @@ def _image_body(url: str) -> dict:
         {"type": "text", "text": "Describe."}, {"type": "image_url", "image_url": {"url": url}}]}]}
 
 
-def complete_over_aiohttp(base_url: str, urls: list[str], *, timeout_s: float = 5.0, api_key: str | None = None) -> list:
+def complete_over_aiohttp(base_url: str, urls: list[str], *, timeout_s: float = 5.0, api_key: str | None = None,
+                          environ: dict[str, str] | None = None) -> list:
     """The production path: ``open_http``'s aiohttp poster, against a real server."""
     async def go():
-        async with open_http(concurrency=4, timeout_s=timeout_s) as http:
+        async with open_http(concurrency=4, timeout_s=timeout_s, endpoint_url=base_url, environ=environ or {}) as http:
             client = VisionClient(http.client, poster=http.poster, base_url=base_url, api_key=api_key, timeout_s=timeout_s)
             return [await client.complete(_image_body(url)) for url in urls]
 
@@ -139,3 +140,41 @@ def test_the_aiohttp_poster_reports_a_closed_port_as_a_connection_failure():
         port = probe.getsockname()[1]
     (outcome,) = complete_over_aiohttp(f"http://127.0.0.1:{port}/v1", ["https://i.test/a.jpg"], timeout_s=2.0)
     assert isinstance(outcome, Failure) and outcome.error_type == "connection" and outcome.retryable
+
+
+@pytest.mark.parametrize(
+    ("url", "environ", "expected"),
+    [
+        ("https://api.302.ai/v1", {}, None),
+        ("https://api.302.ai/v1", {"HTTPS_PROXY": "http://proxy:3128"}, "http://proxy:3128"),
+        ("https://api.302.ai/v1", {"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:2"}, "http://lower:1"),
+        ("http://vllm.internal:8000/v1", {"HTTP_PROXY": "http://proxy:3128", "HTTPS_PROXY": "http://other:1"}, "http://proxy:3128"),
+        ("https://api.302.ai/v1", {"ALL_PROXY": "http://all:9"}, "http://all:9"),
+        ("https://api.302.ai/v1", {"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": ".302.ai,localhost"}, None),
+        ("https://api.302.ai/v1", {"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "*"}, None),
+        ("http://127.0.0.1:8000/v1", {"HTTP_PROXY": "http://proxy:3128"}, None),
+    ],
+)
+def test_the_endpoint_proxy_comes_from_the_environment(url, environ, expected):
+    """https_proxy/http_proxy/all_proxy in either case, no_proxy honoured, loopback never proxied."""
+    assert proxy_for(url, environ) == expected
+
+
+def test_chat_posts_go_through_the_environments_proxy():
+    """With HTTP_PROXY set, the POST for an endpoint on a .invalid host (which cannot resolve) is sent to
+    the proxy, here the simulator itself, with the proxy's credentials as a Proxy-Authorization header."""
+    seen: list[dict[str, str]] = []
+    app = SimulatorApp(SimConfig(latency_median_s=0.001, latency_p99_s=0.002, accept_any_model=True))
+
+    async def recording_proxy(scope, receive, send):
+        if scope["type"] == "http":
+            seen.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        await app(scope, receive, send)
+
+    with SimulatorServer(recording_proxy, log_level="critical") as sim:
+        proxy = sim.base_url.removesuffix("/v1").replace("http://", "http://user:pw@")
+        (outcome,) = complete_over_aiohttp("http://api.caption-test.invalid/v1", ["https://i.test/a.jpg"],
+                                           environ={"HTTP_PROXY": proxy})
+    assert isinstance(outcome, Reply) and outcome.completion.caption
+    assert len(seen) == 1 and seen[0]["proxy-authorization"] == "Basic dXNlcjpwdw=="  # user:pw
+    assert seen[0]["host"] == "api.caption-test.invalid"

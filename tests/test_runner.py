@@ -41,7 +41,8 @@ def run_once(config: Config, manifest: Path, out: Path, *, retry_errors=False, b
              chunks=None, journal=None):
     """Run the pipeline once; returns (totals or the stop error, results frame)."""
     async def go():
-        async with open_http(concurrency=config.limits.concurrency, timeout_s=config.endpoint.timeout_s) as http:
+        async with open_http(concurrency=config.limits.concurrency, timeout_s=config.endpoint.timeout_s,
+                             endpoint_url=config.endpoint.base_url, environ={}) as http:
             client = VisionClient(http.client, poster=http.poster, base_url=config.endpoint.base_url, api_key=api_key,
                                   timeout_s=config.endpoint.timeout_s)
             deps = RunnerDeps(client=client, journal=journal or Journal(out), limiter=RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep),
