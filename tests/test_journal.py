@@ -101,3 +101,35 @@ def test_done_ids_lookup_is_exact_at_both_ends():
     done = DoneIds(pl.Series("id", ["b", "d", "f"]).sort())
     assert done.among(["a", "b", "c", "d", "e", "f", "g"]) == {"b", "d", "f"}
     assert DoneIds(pl.Series("id", [], dtype=pl.String())).among(["a"]) == set()
+
+
+def test_merging_parts_of_one_run_keeps_every_value_and_a_later_run_still_wins(tmp_path):
+    """Parts with disjoint ids merge by concatenation: every column survives as written. When a later
+    run (a new writer) writes an id again, the merge that meets both rows keeps the later one."""
+    def rich(i: int, caption: str) -> ResultRow:
+        return ResultRow(id=f"id{i:02d}", url=f"https://x/{i}", status="ok", caption=caption, model="gpt-4o",
+                         prompt_tokens=800 + i, cost_usd=0.001 * i, flagged=i % 2 == 0, flagged_categories=["hate"] * (i % 2),
+                         max_severity="low", http_status=200, attempts=1, latency_s=0.5, captions=["a", "b"],
+                         labels='{"k": 1}', finished_at=datetime(2026, 1, 1, 0, 0, i, tzinfo=UTC))
+
+    first_run = Journal(tmp_path, merge_factor=4)
+    written = [rich(i, f"c{i}") for i in range(12)]
+    for k in range(4):
+        first_run.write_rows(written[k * 3:(k + 1) * 3])
+    assert first_run.part_count() == 1  # four parts merged into one
+    merged = first_run.latest_frame().sort("id")
+    assert merged.to_dicts() == conform_rows(written).sort("id").to_dicts()
+
+    other = tmp_path / "other"
+    Journal(other, merge_factor=2).write_rows([rich(5, "old"), rich(6, "c6")])
+    second_run = Journal(other, merge_factor=2)
+    second_run.write_rows([rich(5, "again")])  # the two one-flush parts merge: two rows of id05 meet
+    assert second_run.part_count() == 1
+    frame = second_run.latest_frame()
+    assert frame.height == 2 and frame.filter(pl.col("id") == "id05")["caption"].item() == "again"
+
+
+def conform_rows(rows: list[ResultRow]) -> pl.DataFrame:
+    from pipeline.models import rows_to_frame
+
+    return rows_to_frame(rows)
