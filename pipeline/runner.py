@@ -1,9 +1,10 @@
 """Wires the pipeline: manifest → workers (pace, send, retry) → journal.
 
 One task reads the manifest ahead in blocks of chunks (in a thread) and drops
-ids the journal already holds; ``concurrency`` workers each prepare an image, build the body, pace
-through the rate limiter and send with retries; a flusher writes the finished
-rows as Parquet parts every ``chunk_size`` rows and every ``flush_interval_s``.
+ids the journal already holds; ``concurrency`` workers each prepare an image,
+build the body, pace through the rate limiter and send with retries; a flusher
+writes the finished rows as Parquet parts every ``chunk_size`` rows and every
+``flush_interval_s``.
 
 The client, clock, sleep, journal and progress display are passed in, so tests
 drive it against the simulator or ``httpx.MockTransport`` without patching.
@@ -124,7 +125,7 @@ def _dedup_copy(item: Item, original: ResultRow, *, finished_at: datetime) -> Re
     )
 
 
-def _take_rows(chunks: Iterator[list[Item]], n: int, source: str) -> tuple[list[Item], PipelineError | None]:
+def _take_rows(chunks: Iterator[list[Item]], n: int, source: str) -> tuple[list[Item], ManifestError | None]:
     """The rows of the next ``n`` chunks (fewer at the end; none when the manifest is done), and
     the error that stopped reading early, if any: the rows read before it still go out."""
     rows: list[Item] = []
