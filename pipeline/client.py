@@ -165,16 +165,14 @@ async def open_http(*, concurrency: int, timeout_s: float, endpoint_url: str,
     posts = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
     downloads = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), trust_env=True)
     async with posts, downloads:
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s), pool=None)
-        transport = AiohttpTransport(client=downloads, limits=limits)
-        async with httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits, max_redirects=5) as client:
+        transport = AiohttpTransport(client=downloads)
+        async with make_http_client(concurrency=concurrency, timeout_s=timeout_s, transport=transport) as client:
             poster = AiohttpPoster(posts, timeout_s=timeout_s, proxy=proxy_for(endpoint_url, environ))
             yield Http(client=client, poster=poster)
 
 
 def make_http_client(*, concurrency: int, timeout_s: float, transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
-    """An httpx client on another transport (httpx's own, for comparison; a mock in tests)."""
+    """An httpx client with the pipeline's limits and timeouts on ``transport``."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s), pool=None)
     return httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits, max_redirects=5)

@@ -24,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import polars as pl
@@ -76,6 +76,25 @@ def _atomic_write_table(path: Path, table: pa.Table) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp, compression=_PART_COMPRESSION, write_statistics=False)
     _fsync_and_rename(tmp, path)
+
+
+def _write_in_row_groups(target: Path, schema: pa.Schema, tables: Iterable[pa.Table], *, compression: str,
+                         statistics: bool = False) -> None:
+    """Write ``tables`` to ``target`` atomically, in row groups of up to _BATCH_ROWS rows: one row
+    group per 256-row source part made a merge spend most of its time setting up compression."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    pending: list[pa.Table] = []
+    pending_rows = 0
+    with pq.ParquetWriter(tmp, schema, compression=compression, write_statistics=statistics) as writer:
+        for table in tables:
+            pending.append(table)
+            pending_rows += table.num_rows
+            if pending_rows >= _BATCH_ROWS:
+                writer.write_table(pa.concat_tables(pending))
+                pending, pending_rows = [], 0
+        if pending:
+            writer.write_table(pa.concat_tables(pending))
+    _fsync_and_rename(tmp, target)
 
 
 def _ids_disjoint(paths: list[Path]) -> bool:
@@ -184,29 +203,15 @@ class Journal:
                 seen = pl.concat([seen, *fresh]).sort()
 
     def _write_latest(self, paths: list[Path], target: Path, *, extend: Extend | None = None,
-                      compression: str = _PART_COMPRESSION) -> None:
+                      compression: str = _PART_COMPRESSION, statistics: bool = False) -> None:
         """Write the latest rows to ``target`` atomically; ``extend`` may add derived columns (typed labels)."""
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-
-        def shaped(frames: list[pl.DataFrame]) -> pl.DataFrame:
-            frame = conform(pl.concat(frames))
+        def shaped(frame: pl.DataFrame) -> pl.DataFrame:
+            frame = conform(frame)
             return extend(frame) if extend is not None else frame
 
-        schema = shaped([pl.DataFrame(schema=RESULT_SCHEMA)]).to_arrow().schema
-        pending: list[pl.DataFrame] = []
-        pending_rows = 0
-        with pq.ParquetWriter(tmp, schema, compression=compression) as writer:
-            # Row groups of up to _BATCH_ROWS: one per source part (256 rows) made a merge
-            # spend most of its time setting up compression per tiny row group.
-            for frame in self._iter_latest(paths):
-                pending.append(frame)
-                pending_rows += frame.height
-                if pending_rows >= _BATCH_ROWS:
-                    writer.write_table(shaped(pending).to_arrow().cast(schema))
-                    pending, pending_rows = [], 0
-            if pending:
-                writer.write_table(shaped(pending).to_arrow().cast(schema))
-        _fsync_and_rename(tmp, target)
+        schema = shaped(pl.DataFrame(schema=RESULT_SCHEMA)).to_arrow().schema
+        tables = (shaped(frame).to_arrow().cast(schema) for frame in self._iter_latest(paths))
+        _write_in_row_groups(target, schema, tables, compression=compression, statistics=statistics)
 
     # -- writing -----------------------------------------------------------
 
@@ -256,21 +261,14 @@ class Journal:
         return Part(last=last, first=first, path=target)
 
     def _concat(self, paths: list[Path], target: Path) -> None:
-        """Parts whose ids are known to be disjoint, as one file, in row groups of up to _BATCH_ROWS."""
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        pending: list[pa.RecordBatch] = []
-        pending_rows = 0
-        with pq.ParquetWriter(tmp, RESULT_ARROW_SCHEMA, compression=_PART_COMPRESSION, write_statistics=False) as writer:
-            for path in paths:
-                for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS):
-                    pending.append(batch)
-                    pending_rows += batch.num_rows
-                    if pending_rows >= _BATCH_ROWS:
-                        writer.write_table(pa.Table.from_batches(pending).cast(RESULT_ARROW_SCHEMA))
-                        pending, pending_rows = [], 0
-            if pending:
-                writer.write_table(pa.Table.from_batches(pending).cast(RESULT_ARROW_SCHEMA))
-        _fsync_and_rename(tmp, target)
+        """Parts whose ids are known to be disjoint, as one file."""
+        def as_table(batch: pa.RecordBatch) -> pa.Table:
+            table = pa.Table.from_batches([batch])
+            # Parts written by an older version may use other string or list types.
+            return table if table.schema == RESULT_ARROW_SCHEMA else table.cast(RESULT_ARROW_SCHEMA)
+
+        tables = (as_table(batch) for path in paths for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS))
+        _write_in_row_groups(target, RESULT_ARROW_SCHEMA, tables, compression=_PART_COMPRESSION)
 
     def finalize(self, *, extend: Extend | None = None) -> Path:
         """Fold every part into results.parquet: one row per id. Safe to repeat after a crash."""
@@ -278,7 +276,8 @@ class Journal:
         if not parts and self.results_path.exists() and extend is None:
             return self.results_path
         try:
-            self._write_latest(self._sources(), self.results_path, extend=extend, compression=_RESULTS_COMPRESSION)
+            self._write_latest(self._sources(), self.results_path, extend=extend, compression=_RESULTS_COMPRESSION,
+                               statistics=True)
             for part in parts:
                 part.path.unlink(missing_ok=True)
         except (OSError, pl.exceptions.PolarsError, pa.ArrowException) as exc:
