@@ -154,6 +154,18 @@ def _api_key(config: Config, *, simulate: bool) -> str | None:
     return key
 
 
+def _host(url: str) -> str:
+    """The endpoint's host and port, without any credentials the URL may carry."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return (parts.hostname or "?") + (f":{port}" if port else "")
+
+
 def _is_loopback(url: str) -> bool:
     host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
     return host in ("localhost", "::1") or host.startswith("127.")
@@ -197,13 +209,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config, info = _load_inputs(args)
     _check_budget_is_priced(config)
-    journal = Journal(args.out)
-    check_resume(journal, config, force=args.force)
     api_key = _api_key(config, simulate=args.simulate)
-    if api_key:
-        log.addFilter(_SecretFilter(api_key))
-    with _endpoint(config, simulate=args.simulate) as config:
-        return anyio.run(_run_async, config, args, info.rows, journal, api_key)
+    with Journal(args.out) as journal:
+        check_resume(journal, config, force=args.force)
+        if api_key:
+            log.addFilter(_SecretFilter(api_key))
+        with _endpoint(config, simulate=args.simulate) as config:
+            return anyio.run(_run_async, config, args, info.rows, journal, api_key)
 
 
 def _check_label_schema(config: Config) -> None:
@@ -275,6 +287,9 @@ async def _run_async(config: Config, args: argparse.Namespace, total_rows: int, 
 
     chunks = chunk_source(args.manifest, chunk_size=config.run.chunk_size, url_column=config.manifest.url_column,
                           id_column=config.manifest.id_column)
+    # Said before anything is sent: where the key is about to go, and which folder this run holds.
+    log.info("run: %d rows, model %s at %s; results in %s (locked by pid %d)", total_rows, config.request.model,
+             _host(config.endpoint.base_url), journal.out_dir, os.getpid())
     async with open_http(concurrency=config.limits.concurrency, timeout_s=config.endpoint.timeout_s,
                          endpoint_url=config.endpoint.base_url) as http:
         runner = _make_runner(http, config, journal, api_key, chunks=chunks, base_dir=base_dir(args.manifest),
@@ -287,11 +302,21 @@ async def _run_async(config: Config, args: argparse.Namespace, total_rows: int, 
     return 1 if _errors_in_results(journal) else 0
 
 
+# SIGHUP is what closing an ssh session sends: without it the process dies unflushed.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 async def _stop_on_signals(runner: Any) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """The first signal stops the run gracefully; another one ends the wait for requests in flight."""
+    with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
-            runner.request_stop(InterruptedRunError(f"interrupted by {name}; re-run the same command to resume"))
+            if runner.stop_reason is None:
+                runner.request_stop(InterruptedRunError(f"interrupted by {name}; re-run the same command to resume"))
+            else:
+                if runner.in_flight:
+                    log.warning("%s again: not waiting for %d request(s) in flight", name, runner.in_flight)
+                runner.hurry()
 
 
 def _errors_in_results(journal: Journal) -> bool:
@@ -304,11 +329,14 @@ def _print_summary(runner: Any, journal: Journal, *, stopped: PipelineError | No
     totals: RunTotals = runner.totals
     verb = "stopped" if stopped else "finished"
     remaining = max(0, totals.total - totals.skipped - totals.done)
-    cap = f" ({runner.budget.describe()} in this folder)" if runner.budget.max_cost_usd is not None else ""
+    if runner.budget.max_cost_usd is not None:
+        folder = f" ({runner.budget.describe()} in this folder)"
+    else:
+        folder = f" (${totals.folder_spent_usd:.4f} in this folder)" if totals.spent_before_usd else ""
     print(
         f"caption: {verb}: {totals.done} rows this run (ok {totals.ok}, filtered {totals.filtered}, error {totals.error}, "
         f"flagged {totals.flagged}), {totals.skipped} already done, {remaining} left; {totals.requests} requests, "
-        f"{totals.prompt_tokens} prompt + {totals.completion_tokens} completion tokens, ${totals.cost_usd:.4f}{cap}; "
+        f"{totals.prompt_tokens} prompt + {totals.completion_tokens} completion tokens, ${totals.cost_usd:.4f}{folder}; "
         f"results: {journal.results_path}",
         file=sys.stderr,
     )

@@ -4,7 +4,8 @@
     ├── UsageError            exit 2  bad command line, config or manifest; nothing was sent
     │   ├── ConfigError               names the key and the file
     │   ├── ManifestError             names the file and the problem
-    │   └── ResumeMismatchError       the output folder belongs to a run with other parameters
+    │   ├── ResumeMismatchError       the output folder belongs to a run with other parameters
+    │   └── FolderLockedError         another run holds the output folder
     ├── RunStoppedError       exit 3  the run ended early but can be resumed
     │   ├── AuthError                 401/403: the key was refused
     │   ├── QuotaError                insufficient_quota / no credit left
@@ -13,6 +14,7 @@
     │   └── CircuitOpenError          most recent requests failed: the endpoint looks down
     ├── InterruptedRunError   exit 130 Ctrl-C / SIGTERM; resumable
     ├── JournalError          exit 2  the output folder cannot be read or written
+    │   └── UnreadableFileError       one named file of the folder is damaged
     └── RowError                        one row's failure; caught at the per-row boundary
         └── ImageUnreadableError      the image is missing, empty, not an image, too big
 
@@ -57,8 +59,20 @@ class ResumeMismatchError(UsageError):
     """The folder holds results made with other request parameters."""
 
 
+class FolderLockedError(UsageError):
+    """Another process holds the output folder's lock; nothing was sent."""
+
+
 class JournalError(PipelineError):
     exit_code = 2
+
+
+class UnreadableFileError(JournalError):
+    """A file of the output folder cannot be read; ``path`` names it."""
+
+    def __init__(self, message: str, *, path: str):
+        super().__init__(message)
+        self.path = path
 
 
 class RunStoppedError(PipelineError):

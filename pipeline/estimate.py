@@ -209,7 +209,7 @@ async def formula_pass(
     import anyio
 
     from .images import is_remote, local_image_size
-    from .runner import DEDUP_WINDOW
+    from .dedup import DEDUP_WINDOW
 
     totals = FormulaTotals()
     counter = TextCounter()

@@ -31,8 +31,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import JournalError
-from .models import RESULT_ARROW_SCHEMA, RESULT_SCHEMA, ResultRow, conform, rows_to_table
+from .errors import JournalError, UnreadableFileError
+from .folder_lock import FolderLock
+from .models import RESULT_ARROW_SCHEMA, RESULT_SCHEMA, ResultRow, conform, recordable, rows_to_table
 
 RESULTS_NAME = "results.parquet"
 RUN_META_NAME = "run.json"
@@ -57,6 +58,21 @@ class Part:
         return self.last - self.first + 1
 
 
+def _fsync_dir(folder: Path) -> None:
+    """A rename is durable only once its directory is: without this a power cut after the
+    rename can bring back the old name (a part lost, or merged parts resurrected)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not every platform opens directories (Windows); the rename itself is atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; nothing more can be done there
+    finally:
+        os.close(fd)
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as fh:
@@ -64,12 +80,14 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def _fsync_and_rename(tmp: Path, path: Path) -> None:
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def _atomic_write_table(path: Path, table: pa.Table) -> None:
@@ -111,6 +129,44 @@ def _is_member(candidates: pl.Series, sorted_ids: pl.Series) -> pl.Series:
     return (sorted_ids.gather(positions) == candidates).fill_null(False)
 
 
+REQUIRED_COLUMNS = {"id": pa.string(), "status": pa.string()}
+QUARANTINE_NAME = "unreadable"
+
+
+def footer_problem(path: Path) -> str | None:
+    """Why ``path`` cannot serve as a journal file, or None when its footer and key columns are sound."""
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        return f"not a readable Parquet file ({exc})"
+    for name, kind in REQUIRED_COLUMNS.items():
+        index = schema.get_field_index(name)
+        if index < 0:
+            return f"has no '{name}' column"
+        if not (pa.types.is_string(schema.field(index).type) or pa.types.is_large_string(schema.field(index).type)
+                or pa.types.is_string_view(schema.field(index).type)):
+            return f"column '{name}' is {schema.field(index).type}, not {kind}"
+    return None
+
+
+def data_problem(path: Path) -> str | None:
+    """Why the data of ``path`` cannot be read in full, or None (decodes every page: not cheap)."""
+    try:
+        for _ in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS):
+            pass
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        return f"its data cannot be read ({exc})"
+    return None
+
+
+def unreadable_message(path: Path, problem: str) -> str:
+    if path.name == RESULTS_NAME:
+        return (f"{path}: {problem}. Restore it from a backup, or move it aside to start the folder "
+                "afresh (every row in it would be sent again)")
+    return (f"{path}: {problem}. Move it aside (out of {path.parent}) and re-run: the rows in it "
+            "will be sent again")
+
+
 @dataclass(frozen=True, slots=True)
 class DoneIds:
     """Ids a resumed run skips, sorted so a chunk is checked by binary search.
@@ -130,15 +186,21 @@ class DoneIds:
 
 
 class Journal:
-    """Owns one output folder. Not thread-safe: one writer at a time (the runner's flusher)."""
+    """Owns one output folder. Not thread-safe: one writer at a time (the runner's flusher).
+
+    A writer holds the folder's lock from construction until ``close()`` (or the end of the
+    process), and checks every file it will resume from before anything is sent.
+    """
 
     def __init__(self, out_dir: Path, *, merge_factor: int = 16, writer: bool = True) -> None:
         self.out_dir = out_dir
         self.parts_dir = out_dir / "journal"
         self.results_path = out_dir / RESULTS_NAME
         self.meta_path = out_dir / RUN_META_NAME
+        self.quarantine_dir = self.parts_dir / QUARANTINE_NAME
         self._merge_factor = merge_factor
         self._next_seq = 0
+        self._lock = FolderLock(out_dir)
         if not writer:
             # A reader (a report on a live run) must not tidy: the temp file it would
             # delete may be a part the running writer is about to rename into place.
@@ -147,7 +209,10 @@ class Journal:
             self.parts_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise JournalError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
+        # Locked before tidying: the temp files tidied away would otherwise be another run's.
+        self._lock.acquire()
         self._remove_leftovers()
+        self.check_files()
         parts = self._parts()
         self._next_seq = (parts[-1].last + 1) if parts else 1
 
@@ -155,6 +220,27 @@ class Journal:
     def reader(cls, out_dir: Path) -> Journal:
         """Read a folder without touching it, even while a run is writing it."""
         return cls(out_dir, writer=False)
+
+    def close(self) -> None:
+        """Release the folder's lock (a process that ends releases it too)."""
+        self._lock.release()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def check_files(self) -> None:
+        """Every file a run resumes from has a readable footer and the columns it needs.
+
+        Reading footers is cheap (a few KB a file), and doing it first means a damaged
+        file is named before any money is spent, not after the last row at finalize.
+        """
+        for path in self._sources():
+            problem = footer_problem(path)
+            if problem is not None:
+                raise UnreadableFileError(unreadable_message(path, problem), path=str(path))
 
     # -- files -------------------------------------------------------------
 
@@ -192,13 +278,22 @@ class Journal:
         seen = pl.Series("id", [], dtype=pl.String())
         for path in reversed(paths):
             fresh: list[pl.Series] = []
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS, columns=columns):
-                frame = pl.from_arrow(batch)
-                assert isinstance(frame, pl.DataFrame)
-                frame = frame.filter(~_is_member(frame["id"], seen))
-                if frame.height:
-                    fresh.append(frame["id"])
-                    yield frame
+            try:
+                source = pq.ParquetFile(path)
+                # Files written before a column existed lack it: read what is there, add the rest as nulls.
+                present = None if columns is None else [c for c in columns if c in source.schema_arrow.names]
+                for batch in source.iter_batches(batch_size=_BATCH_ROWS, columns=present):
+                    frame = pl.from_arrow(batch)
+                    assert isinstance(frame, pl.DataFrame)
+                    if present is not None and columns is not None and len(present) < len(columns):
+                        frame = frame.with_columns(pl.lit(None, dtype=RESULT_SCHEMA[c]).alias(c)
+                                                   for c in columns if c not in present)
+                    frame = frame.filter(~_is_member(frame["id"], seen))
+                    if frame.height:
+                        fresh.append(frame["id"])
+                        yield frame
+            except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
+                raise UnreadableFileError(unreadable_message(path, f"cannot be read ({exc})"), path=str(path)) from None
             if fresh:
                 seen = pl.concat([seen, *fresh]).sort()
 
@@ -223,12 +318,18 @@ class Journal:
         self._next_seq += 1
         path = self.parts_dir / f"p{seq:010d}-{seq:010d}.parquet"
         try:
-            _atomic_write_table(path, rows_to_table(rows))
+            table = rows_to_table(rows)
+        except (pa.ArrowException, OverflowError, UnicodeError, TypeError, ValueError):
+            # A value Parquet cannot hold in one row: that row is escaped or becomes an
+            # error row; the batch's other (paid) answers are written as they are.
+            table = rows_to_table([recordable(row) for row in rows])
+        try:
+            _atomic_write_table(path, table)
         except OSError as exc:
             raise JournalError(f"{self.out_dir}: cannot write results ({exc.strerror or exc})") from None
         try:
             self._compact()
-        except OSError as exc:
+        except (OSError, JournalError, pl.exceptions.PolarsError, pa.ArrowException) as exc:
             # The rows are safe in their part; only tidying failed. Raising would make the
             # caller write them again, and two parts of this run would then share ids.
             log.warning("%s: could not merge journal parts (%s); they stay as they are", self.out_dir, exc)
@@ -264,14 +365,33 @@ class Journal:
         """Parts whose ids are known to be disjoint, as one file."""
         def as_table(batch: pa.RecordBatch) -> pa.Table:
             table = pa.Table.from_batches([batch])
-            # Parts written by an older version may use other string or list types.
-            return table if table.schema == RESULT_ARROW_SCHEMA else table.cast(RESULT_ARROW_SCHEMA)
+            if table.schema == RESULT_ARROW_SCHEMA:
+                return table
+            # Parts written by an older version may use other string or list types, or lack
+            # columns added since.
+            frame = pl.from_arrow(table)
+            assert isinstance(frame, pl.DataFrame)
+            return conform(frame).to_arrow().cast(RESULT_ARROW_SCHEMA)
 
         tables = (as_table(batch) for path in paths for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS))
         _write_in_row_groups(target, RESULT_ARROW_SCHEMA, tables, compression=_PART_COMPRESSION)
 
     def finalize(self, *, extend: Extend | None = None) -> Path:
-        """Fold every part into results.parquet: one row per id. Safe to repeat after a crash."""
+        """Fold every part into results.parquet: one row per id. Safe to repeat after a crash.
+
+        A part found damaged only now (its footer was sound at start) is moved aside with a
+        warning, so the folder never fails every later run: its rows count as not done and
+        are sent again. A damaged results.parquet is never moved: it holds every earlier row.
+        """
+        while True:
+            try:
+                return self._finalize_once(extend)
+            except UnreadableFileError as exc:
+                if Path(exc.path) == self.results_path:
+                    raise
+                self._quarantine(Path(exc.path), str(exc))
+
+    def _finalize_once(self, extend: Extend | None) -> Path:
         parts = self._parts()
         if not parts and self.results_path.exists() and extend is None:
             return self.results_path
@@ -280,9 +400,26 @@ class Journal:
                                statistics=True)
             for part in parts:
                 part.path.unlink(missing_ok=True)
+        except UnreadableFileError:
+            raise
         except (OSError, pl.exceptions.PolarsError, pa.ArrowException) as exc:
+            culprit = next((p for p in self._sources() if data_problem(p) is not None), None)
+            if culprit is not None:
+                raise UnreadableFileError(unreadable_message(culprit, data_problem(culprit) or ""),
+                                          path=str(culprit)) from None
             raise JournalError(f"{self.out_dir}: cannot write {RESULTS_NAME} ({exc})") from None
         return self.results_path
+
+    def _quarantine(self, path: Path, why: str) -> None:
+        self.quarantine_dir.mkdir(exist_ok=True)
+        target = self.quarantine_dir / path.name
+        try:
+            os.replace(path, target)
+        except OSError as exc:
+            raise JournalError(f"{why}; moving it aside also failed ({exc.strerror})") from None
+        _fsync_dir(self.parts_dir)
+        log.warning("%s was damaged and is moved to %s; its rows will be sent again by the next run",
+                    path, target)
 
     # -- reading -----------------------------------------------------------
 
@@ -303,8 +440,41 @@ class Journal:
         return DoneIds(pl.concat(ids).sort() if ids else pl.Series("id", [], dtype=pl.String()))
 
     def spent_usd(self) -> float:
-        """What the rows recorded in this folder cost (their latest outcomes)."""
-        return float(sum(f["cost_usd"].sum() or 0.0 for f in self._iter_latest(self._sources(), ["id", "cost_usd"])))
+        """What this folder's rows cost over every run: the latest rows' cost plus what the
+        rows they replaced had cost (``prior_cost_usd``), so a re-sent row is not forgotten."""
+        total = 0.0
+        for frame in self._iter_latest(self._sources(), ["id", "cost_usd", "prior_cost_usd"]):
+            total += float(frame["cost_usd"].sum() or 0.0) + float(frame["prior_cost_usd"].sum() or 0.0)
+        return total
+
+    def paid_for_unfinished(self) -> dict[str, float]:
+        """Ids whose latest row is an error that was paid for: a re-send carries that cost forward."""
+        paid: dict[str, float] = {}
+        spent = pl.col("cost_usd").fill_null(0.0) + pl.col("prior_cost_usd").fill_null(0.0)
+        columns = ["id", "status", "cost_usd", "prior_cost_usd"]
+        for frame in self._iter_latest(self._sources(), columns):
+            owed = frame.filter((pl.col("status") == "error") & (spent > 0)).select("id", spent.alias("spent"))
+            paid.update(zip(owed["id"].to_list(), owed["spent"].to_list(), strict=True))
+        return paid
+
+    def finished_requests(self, limit: int) -> list[ResultRow]:
+        """The newest ``limit`` finished rows that carry their request's key, oldest first: they
+        seed a run's dedup, so a request answered by an earlier run is not paid for again."""
+        if limit <= 0:
+            return []
+        kept: pl.DataFrame | None = None
+        answered = pl.col("status").is_in(["ok", "filtered"]) & pl.col("request_key").is_not_null()
+        for frame in self._iter_latest(self._sources(), list(RESULT_SCHEMA)):
+            found = conform(frame).filter(answered)
+            if not found.height:
+                continue
+            kept = found if kept is None else pl.concat([kept, found])
+            if kept.height > 2 * limit:
+                kept = kept.sort("finished_at", nulls_last=False).tail(limit)
+        if kept is None:
+            return []
+        kept = kept.sort("finished_at", nulls_last=False).tail(limit)
+        return [ResultRow(**row) for row in kept.to_dicts()]
 
     def part_count(self) -> int:
         return len(self._parts())
@@ -315,9 +485,17 @@ class Journal:
         if not self.meta_path.exists():
             return None
         try:
-            return json.loads(self.meta_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise JournalError(f"{self.meta_path}: cannot be read ({exc})") from None
+            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON and bad UTF-8 alike
+            raise JournalError(f"{self.meta_path}: cannot be read ({exc}); restore it, or move it aside "
+                               "and re-run with --force") from None
+        if not isinstance(meta, dict):
+            raise JournalError(f"{self.meta_path}: holds a JSON {type(meta).__name__}, not an object; restore it, "
+                               "or move it aside and re-run with --force")
+        return meta
+
+    def has_rows(self) -> bool:
+        return bool(self._sources())
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         _atomic_write_bytes(self.meta_path, json.dumps(meta, indent=2, sort_keys=True, default=str).encode())

@@ -23,6 +23,7 @@ ErrorType = Literal[
     "auth",
     "quota",
     "model_not_found",
+    "internal",
 ]
 Severity = Literal["safe", "low", "medium", "high"]
 SEVERITY_ORDER: dict[str, int] = {"safe": 0, "low": 1, "medium": 2, "high": 3}
@@ -101,6 +102,8 @@ class ResultRow:
     captions: list[str] | None = None
     labels: str | None = None
     dedup_of: str | None = None
+    request_key: str | None = None
+    prior_cost_usd: float | None = None
 
 
 RESULT_SCHEMA: dict[str, pl.DataType] = {
@@ -134,6 +137,12 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "captions": pl.List(pl.String()),
     "labels": pl.String(),
     "dedup_of": pl.String(),
+    # The hash of the request body (image, rendered prompt, parameters): a later run in the
+    # same folder answers an identical request from this row instead of paying again.
+    "request_key": pl.String(),
+    # What earlier runs paid for this id (the error rows this row replaced): the folder's
+    # spend is cost_usd + prior_cost_usd summed, however often a row was re-sent.
+    "prior_cost_usd": pl.Float64(),
 }
 
 assert list(RESULT_SCHEMA) == [f.name for f in dataclasses.fields(ResultRow)]
@@ -153,6 +162,56 @@ def rows_to_table(rows: list[ResultRow]) -> pa.Table:
     all of it holding the GIL that the event loop needs (the journal writes from a thread)."""
     columns = {name: [getattr(r, name) for r in rows] for name in RESULT_SCHEMA}
     return pa.Table.from_pydict(columns, schema=RESULT_ARROW_SCHEMA)
+
+
+_INT64_MAX = 2**63 - 1
+_INT32_MAX = 2**31 - 1
+
+
+def recordable(row: ResultRow) -> ResultRow:
+    """``row`` made safe to write: text that is not valid UTF-8 escaped (``\\xNN``), and a row
+    holding a number Parquet cannot (an integer past int64 from a server) turned into an
+    error row that says so.
+
+    The last line of the per-row boundary, used when a batch fails to convert: one such
+    value must cost that row at most, never the flush that carries a batch of paid answers.
+    """
+    texts = {f.name: _text(v) for f in dataclasses.fields(row) if isinstance(v := getattr(row, f.name), str)}
+    row = dataclasses.replace(row, **texts, flagged_categories=[_text(c) for c in row.flagged_categories],
+                              captions=None if row.captions is None else [_text(c) for c in row.captions])
+    problem = _out_of_range(row)
+    if problem is None:
+        return row
+    return dataclasses.replace(
+        row, status="error", caption=None, captions=None, labels=None, prompt_tokens=None, completion_tokens=None,
+        total_tokens=None, cached_tokens=None, reasoning_tokens=None, error_type="invalid_response",
+        error_message=f"the answer could not be recorded: {problem}", retryable=False,
+        http_status=row.http_status if row.http_status is None or 0 <= row.http_status <= _INT32_MAX else None,
+        attempts=min(max(row.attempts, 0), _INT32_MAX))
+
+
+def _out_of_range(row: ResultRow) -> str | None:
+    for f in dataclasses.fields(row):
+        value = getattr(row, f.name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            limit = _INT32_MAX if f.name in ("http_status", "attempts") else _INT64_MAX
+            if not -limit - 1 <= value <= limit:
+                return f"{f.name} {value} is outside the range a Parquet column holds"
+    return None
+
+
+def _text(value: str) -> str:
+    """``value`` itself when it encodes as UTF-8, else with what does not escaped."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:  # a file name read with surrogateescape: give back its raw bytes, escaped
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def rows_to_frame(rows: list[ResultRow]) -> pl.DataFrame:
@@ -207,6 +266,12 @@ class RunTotals:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    # What earlier runs in the same folder spent: the folder's spend is one figure everywhere.
+    spent_before_usd: float = 0.0
+
+    @property
+    def folder_spent_usd(self) -> float:
+        return self.spent_before_usd + self.cost_usd
 
     def add(self, row: ResultRow) -> None:
         self.done += 1

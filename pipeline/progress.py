@@ -20,10 +20,11 @@ class Progress(Protocol):
 
 
 def _counts(t: RunTotals) -> str:
+    # Spend is the folder's (every run's), the one figure the budget and the summary use too.
     todo = max(0, t.total - t.skipped)
-    projected = f" (~${t.cost_usd / t.done * todo:.2f} at the end)" if t.done else ""
+    projected = f" (~${t.spent_before_usd + t.cost_usd / t.done * todo:.2f} at the end)" if t.done else ""
     return (f"ok={t.ok} err={t.error} filt={t.filtered} flagged={t.flagged} "
-            f"tok={t.prompt_tokens + t.completion_tokens} ${t.cost_usd:.4f}{projected}")
+            f"tok={t.prompt_tokens + t.completion_tokens} ${t.folder_spent_usd:.4f}{projected}")
 
 
 class BarProgress:

@@ -9,20 +9,19 @@ writes the finished rows as Parquet parts every ``chunk_size`` rows and every
 The client, clock, sleep, journal and progress display are passed in, so tests
 drive it against the simulator or ``httpx.MockTransport`` without patching.
 
-Stopping: a fatal answer (auth, quota, unknown model) or an open circuit breaker
-cancels in-flight work at once; Ctrl-C and the budget stop dispatching and give
-in-flight requests ``grace_s`` to finish. Either way what finished is flushed,
-and rows that did not finish are simply not written, so a re-run sends them.
+Stopping has one path whatever the reason (a signal, a fatal answer, the budget, an
+open breaker, an unwritable journal): dispatch stops at once, what finished is
+flushed at once, requests in flight get ``grace_s`` to come back (their answers are
+paid for, so they are recorded and flushed as they arrive; ``hurry()`` ends the
+wait), then the rest is cancelled and flushed. Rows that did not finish are not
+written, so a re-run sends them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import itertools
 import logging
 import random
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .breaker import CircuitBreaker
@@ -43,18 +41,20 @@ from .errors import (
     BudgetExceededError,
     CircuitOpenError,
     ImageUnreadableError,
-    InterruptedRunError,
     JournalError,
     ManifestError,
     ModelNotFoundError,
     PipelineError,
     QuotaError,
     ResumeMismatchError,
+    UnreadableFileError,
 )
-from .images import ImageLimits, PreparedImage, inline_bytes, is_remote, prepare_image, shorten_data_url
+from .dedup import DEDUP_WINDOW, RequestDedup, SharedRequest, request_key
+from .images import ImageLimits, PreparedImage, inline_bytes, is_remote, prepare_image
 from .journal import DoneIds, Journal
 from .labels import label_extender, label_spec
 from .models import Failure, Item, Outcome, Reply, ResultRow, RunTotals, Usage
+from .rows import dedup_copy, result_row, row_from_outcome, unexpected_error_row
 from .progress import NoProgress, Progress
 from .ratelimit import RateLimiter
 from .request import build_body, prompt_text
@@ -70,7 +70,6 @@ _FATAL_ERRORS: dict[str, tuple[type[PipelineError], str]] = {
 }
 
 
-DEDUP_WINDOW = 20_000  # requests remembered for dedup (~1.5 KB each); a duplicate further apart is sent again
 LABEL_ATTEMPTS = 2  # an answer that does not match the schema is asked for once more
 _CHUNKS_PER_READ = 8  # manifest chunks read per trip to a thread
 _READS_AHEAD = 2  # such reads kept ahead of the workers
@@ -84,45 +83,8 @@ class _RowState:
     paid_usd: float | None = None
     invalid_replies: int = 0
     labels: str | None = None
-
-
-@dataclass(slots=True)
-class _SharedRequest:
-    """One request in flight whose answer rows with the same body wait for (dedup).
-
-    The event is made by the first waiter: most requests have none, and an
-    anyio Event per request is a measurable share of the per-row CPU.
-    """
-
-    row: ResultRow | None = None
-    finished: bool = False
-    _done: anyio.Event | None = None
-
-    async def wait(self) -> ResultRow | None:
-        if not self.finished:
-            if self._done is None:
-                self._done = anyio.Event()
-            await self._done.wait()
-        return self.row
-
-    def finish(self, row: ResultRow | None) -> None:
-        self.row, self.finished = row, True
-        if self._done is not None:
-            self._done.set()
-
-
-def _request_key(body: dict[str, Any]) -> bytes:
-    """Identical bodies (same image bytes or URL, same rendered prompt, same parameters) get one answer."""
-    return hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
-
-
-def _dedup_copy(item: Item, original: ResultRow, *, finished_at: datetime) -> ResultRow:
-    """The answer of an identical request, for another id: nothing was sent for it, nothing is billed."""
-    return dataclasses.replace(
-        original, id=item.id, url=shorten_data_url(item.url), prompt_tokens=0, completion_tokens=0, total_tokens=0,
-        cached_tokens=None, reasoning_tokens=None, cost_usd=0.0, attempts=0, latency_s=None, dedup_of=original.id,
-        finished_at=finished_at,
-    )
+    last: Outcome | None = None  # the latest answer, kept so a paid one outlives a stop
+    attempts: int = 0
 
 
 def _take_rows(chunks: Iterator[list[Item]], n: int, source: str) -> tuple[list[Item], ManifestError | None]:
@@ -136,6 +98,8 @@ def _take_rows(chunks: Iterator[list[Item]], n: int, source: str) -> tuple[list[
         return rows, exc
     except OSError as exc:
         return rows, ManifestError(source, f"reading failed mid-run ({exc})")
+    except Exception as exc:  # noqa: BLE001 - a reader bug must end the run cleanly, keeping what was read
+        return rows, ManifestError(source, f"reading failed mid-run ({type(exc).__name__}: {exc})")
     return rows, None
 
 
@@ -164,7 +128,16 @@ class RunnerDeps:
 def check_resume(journal: Journal, config: Config, *, force: bool) -> None:
     """Refuse to continue a folder made with other request parameters (unless forced)."""
     meta = journal.read_meta()
-    if not meta or force or meta.get("fingerprint") == config.request_fingerprint():
+    if force:
+        return
+    if meta is None:
+        if journal.has_rows():
+            raise ResumeMismatchError(
+                f"{journal.out_dir} holds results but no {journal.meta_path.name}, so the request parameters they "
+                "were made with cannot be checked. Use --force to continue with the current parameters, "
+                "or another --out folder.")
+        return
+    if meta.get("fingerprint") == config.request_fingerprint():
         return
     before = meta.get("request", {})
     now = config.request_identity()
@@ -208,32 +181,47 @@ class Runner:
         self._buffer: list[ResultRow] = []
         self._buffer_full = anyio.Event()
         self._stopping = anyio.Event()
+        self._hurry = anyio.Event()
         self._stop_reason: PipelineError | None = None
         self._manifest_error: ManifestError | None = None
         self._unpriced_warned: set[str] = set()
+        self._in_flight = 0
         self.budget = Budget(max_cost_usd=config.limits.max_cost_usd)
         self._labels = label_spec(config.request.response_format)
-        self._shared: OrderedDict[bytes, _SharedRequest | ResultRow] = OrderedDict()
+        self._dedup = RequestDedup()
+        self._prior_paid: dict[str, float] = {}
 
     # -- stopping ------------------------------------------------------------
 
     def request_stop(self, reason: PipelineError) -> None:
-        """Stop dispatching; the first reason given wins."""
+        """Stop dispatching and flush what finished now; the first reason given wins."""
         if self._stop_reason is None:
             self._stop_reason = reason
             log.warning("stopping: %s", reason)
         self._stopping.set()
+        self._buffer_full.set()
+
+    def hurry(self) -> None:
+        """End the grace period now (a second Ctrl-C): requests still in flight are abandoned."""
+        self._hurry.set()
 
     @property
     def stop_reason(self) -> PipelineError | None:
         return self._stop_reason
 
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
     async def _watch_stop(self, work: anyio.CancelScope) -> None:
         await self._stopping.wait()
-        # Ctrl-C and the budget let in-flight requests finish (they are paid for); a fatal
-        # answer, an open breaker or an unwritable journal cancel them at once.
-        if isinstance(self._stop_reason, (InterruptedRunError, BudgetExceededError)) or self._stop_reason is None:
-            await anyio.sleep(self.grace_s)
+        # Whatever the reason, answers still in flight are paid for: they get the grace period
+        # to come back and be recorded (the work scope ends sooner once they all have).
+        if self._in_flight:
+            log.warning("waiting up to %gs for %d request(s) in flight, whose answers are paid for "
+                        "(interrupt again to stop now)", self.grace_s, self._in_flight)
+        with anyio.move_on_after(self.grace_s):
+            await self._hurry.wait()
         work.cancel()
 
     # -- the run ---------------------------------------------------------------
@@ -242,9 +230,9 @@ class Runner:
         journal = self.deps.journal
         self._write_meta(status="running")
         skip = journal.skip_ids(retry_errors=self.retry_errors)
+        self._resume_from(journal)
         # Off the event loop: the first count would otherwise stall every request for the load.
         await anyio.to_thread.run_sync(self._text.preload, self.config.request.model)
-        self.budget.spent_usd = journal.spent_usd()
         items_send, items_recv = anyio.create_memory_object_stream[Item](self.config.limits.concurrency)
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._flush_loop)
@@ -261,12 +249,31 @@ class Runner:
             self._stop_reason = self._manifest_error
         with anyio.CancelScope(shield=True):
             await self._flush()
-            await anyio.to_thread.run_sync(lambda: journal.finalize(extend=label_extender(self._labels)))
+            await anyio.to_thread.run_sync(self._finalize)
             self._write_meta(status="stopped" if self._stop_reason else "finished")
         self.deps.progress.close(self.totals)
         if self._stop_reason is not None:
             raise self._stop_reason
         return self.totals
+
+    def _resume_from(self, journal: Journal) -> None:
+        """What earlier runs in this folder left: their spend, and their answers for dedup."""
+        spent = journal.spent_usd()
+        self.budget.spent_usd = spent
+        self.totals.spent_before_usd = spent
+        self._prior_paid = journal.paid_for_unfinished()
+        if self.config.images.dedup:
+            self._dedup = RequestDedup(seed=journal.finished_requests(DEDUP_WINDOW))
+
+    def _finalize(self) -> None:
+        try:
+            self.deps.journal.finalize(extend=label_extender(self._labels))
+        except UnreadableFileError as exc:
+            # results.parquet itself is damaged: the parts stay, so nothing recorded is lost.
+            if self._stop_reason is None:
+                self._stop_reason = exc
+            else:
+                log.error("%s", exc)
 
     async def _produce(self, send: MemoryObjectSendStream[Item], skip: DoneIds) -> None:
         """Hand the manifest's rows to the workers, skipping ids already done."""
@@ -352,59 +359,61 @@ class Runner:
     def _record(self, row: ResultRow) -> None:
         self.totals.add(row)
         self._buffer.append(row)
-        if len(self._buffer) >= self.config.run.chunk_size:
+        # While stopping, every answer that still arrives is written at once: a SIGKILL may follow.
+        if len(self._buffer) >= self.config.run.chunk_size or self._stopping.is_set():
             self._buffer_full.set()
         self.deps.progress.update(self.totals)
 
     # -- one row ---------------------------------------------------------------
 
     async def _process(self, item: Item) -> ResultRow | None:
-        """The per-row boundary: whatever happens to this row ends as its result row."""
+        """The per-row boundary: whatever happens to this row ends as its result row (or, when the
+        run stops before it was answered, as nothing: the next run sends it)."""
         try:
             image = await self._prepare(item)
+            body = build_body(self.config.request, image_url=image.url, fields=item.fields)
         except ImageUnreadableError as exc:
             return self._row(item, status="error", error_type="image_unreadable", error_message=str(exc))
-        body = build_body(self.config.request, image_url=image.url, fields=item.fields)
+        except Exception as exc:  # noqa: BLE001 - an unusable image reference fails its row, not the run
+            return unexpected_error_row(item, exc, stage="prepare", finished_at=self.deps.now(),
+                                        prior_cost_usd=self._prior_paid.get(item.id))
         if not self.config.images.dedup:
-            return await self._send(item, body, image)
-        key = _request_key(body)
-        known = self._shared.get(key)
+            return await self._send(item, body, image, key=None)
+        key = request_key(body)
+        known = self._dedup.known(key)
         if known is not None:
-            self._shared.move_to_end(key)
-            if isinstance(known, _SharedRequest):
+            if isinstance(known, SharedRequest):
                 known = await known.wait()
-            return None if known is None else _dedup_copy(item, known, finished_at=self.deps.now())
-        shared = self._shared[key] = _SharedRequest()
-        if len(self._shared) > DEDUP_WINDOW:
-            self._shared.popitem(last=False)
+            if known is None:  # the identical request was not answered (the run is stopping)
+                return None
+            return dedup_copy(item, known, finished_at=self.deps.now(), prior_cost_usd=self._prior_paid.get(item.id))
+        shared = self._dedup.begin(key)
         row = None
         try:
-            row = await self._send(item, body, image)
+            row = await self._send(item, body, image, key=key)
         finally:
-            shared.finish(row)
-            # Once answered, keep only the row: a waiter object per remembered request adds up.
-            if key in self._shared:
-                if shared.row is None:
-                    del self._shared[key]
-                else:
-                    self._shared[key] = shared.row
-        return shared.row
+            self._dedup.end(key, shared, row)
+        return row
 
-    async def _send(self, item: Item, body: dict[str, Any], image: PreparedImage) -> ResultRow | None:
-        est = self._estimate(body, image)
+    async def _send(self, item: Item, body: dict[str, Any], image: PreparedImage, *, key: str | None) -> ResultRow | None:
         state = _RowState()
         try:
+            est = self._estimate(body, image)
             outcome, attempts = await call_with_retries(
                 lambda attempt: self._attempt(body, est, state), max_attempts=self.config.limits.max_attempts,
                 sleep=self.deps.sleep, rng=self.deps.rng,
             )
         except _StopDispatch:
-            return None
+            if state.paid_usd is None or state.last is None:
+                return None  # nothing was paid for: the next run sends it
+            # Stopped between a paid answer (refused by the label check) and its retry: keep it.
+            outcome, attempts = state.last, state.attempts
         except Exception as exc:  # noqa: BLE001 - the per-row boundary: a bug must not kill the run
             log.exception("unexpected error on row %s", item.id)
-            return self._row(item, status="error", error_type="invalid_response",
-                             error_message=f"internal error: {type(exc).__name__}: {exc}", retryable=True)
-        return self._row_from_outcome(item, outcome, attempts, state)
+            return unexpected_error_row(item, exc, stage="sending", finished_at=self.deps.now(),
+                                        prior_cost_usd=self._prior_paid.get(item.id), paid_usd=state.paid_usd)
+        return row_from_outcome(item, outcome, attempts=attempts, finished_at=self.deps.now(), paid_usd=state.paid_usd,
+                                labels=state.labels, request_key=key, prior_cost_usd=self._prior_paid.get(item.id))
 
     async def _prepare(self, item: Item) -> PreparedImage:
         if is_remote(item.url):
@@ -450,21 +459,19 @@ class Runner:
                 f"the budget is reached: {self.budget.describe()} with requests in flight; "
                 "raise --max-cost (limits.max_cost_usd) and re-run to continue"))
             raise _StopDispatch
-        try:
-            outcome = await self.deps.client.complete(body)
-        except BaseException:  # cancelled mid-request: nothing is known to be billed
-            self.budget.settle(est.max_cost_usd, 0.0)
-            raise
+        outcome = await self._send_once(body, est)
         paid = self._cost(outcome.completion.model, outcome.completion.usage) if isinstance(outcome, Reply) else None
         self.budget.settle(est.max_cost_usd, paid or 0.0)
         state.paid_usd = (state.paid_usd or 0.0) + paid if paid is not None else state.paid_usd
+        state.attempts += 1
         self.totals.requests += 1
         limiter, breaker = self.deps.limiter, self.deps.breaker
         limiter.observe(outcome.headers)
         if isinstance(outcome, Reply):
             breaker.record(None)
             limiter.settle(grant, prompt_tokens=outcome.completion.usage.prompt_tokens)
-            return self._check_labels(outcome, state)
+            state.last = self._check_labels(outcome, state)
+            return state.last
         breaker.record(outcome.error_type)
         if outcome.error_type == "rate_limited":
             limiter.rate_limited(outcome.retry_after_s)
@@ -479,6 +486,23 @@ class Runner:
             raise _StopDispatch
         return outcome
 
+    async def _send_once(self, body: dict[str, Any], est: RequestEstimate) -> Outcome:
+        """One request, counted in flight; an answer that cannot be read is that answer's failure."""
+        self._in_flight += 1
+        try:
+            return await self.deps.client.complete(body)
+        except Exception as exc:  # noqa: BLE001 - the per-row boundary, at the answer
+            # A number past what Python holds, a shape the parser did not expect: the server
+            # answered, so this is that answer's problem, recorded (and settled) like any bad answer.
+            log.debug("unreadable answer", exc_info=True)
+            return Failure("invalid_response", f"the answer could not be read ({type(exc).__name__}: {exc})",
+                           retryable=False)
+        except BaseException:
+            self.budget.settle(est.max_cost_usd, 0.0)  # cancelled mid-request: nothing is known to be billed
+            raise
+        finally:
+            self._in_flight -= 1
+
     def _check_labels(self, reply: Reply, state: _RowState) -> Outcome:
         """With a response_format schema, an answer that does not match it is retried once, then an error."""
         if self._labels is None or reply.completion.finish_reason == "content_filter":
@@ -492,32 +516,7 @@ class Runner:
                        http_status=reply.http_status, latency_s=reply.latency_s)
 
     def _row(self, item: Item, **values: Any) -> ResultRow:
-        return ResultRow(id=item.id, url=shorten_data_url(item.url), finished_at=self.deps.now(), **values)
-
-    def _row_from_outcome(self, item: Item, outcome: Outcome, attempts: int, state: _RowState) -> ResultRow:
-        if isinstance(outcome, Failure):
-            filters = outcome.filters
-            return self._row(
-                item, status="filtered" if outcome.error_type == "content_filter" else "error",
-                error_type=outcome.error_type, error_message=outcome.message, http_status=outcome.http_status,
-                retryable=outcome.retryable, attempts=attempts, latency_s=outcome.latency_s, cost_usd=state.paid_usd,
-                flagged=bool(filters and filters.flagged), flagged_categories=list(filters.categories) if filters else [],
-                max_severity=filters.max_severity if filters else None, filter_results=filters.raw_json if filters else None,
-            )
-        c = outcome.completion
-        cut = c.finish_reason == "content_filter"
-        return self._row(
-            item, status="filtered" if cut else "ok", caption=c.caption, model=c.model, finish_reason=c.finish_reason,
-            prompt_tokens=c.usage.prompt_tokens, completion_tokens=c.usage.completion_tokens,
-            total_tokens=c.usage.total_tokens, cached_tokens=c.usage.cached_tokens,
-            reasoning_tokens=c.usage.reasoning_tokens, cost_usd=state.paid_usd,
-            flagged=c.filters.flagged, flagged_categories=list(c.filters.categories),
-            max_severity=c.filters.max_severity, filter_results=c.filters.raw_json,
-            error_type="content_filter" if cut else None,
-            error_message="the completion was cut by the content filter" if cut else c.refusal,
-            http_status=outcome.http_status, attempts=attempts, latency_s=outcome.latency_s, response_id=c.response_id,
-            captions=[t or "" for t in c.captions] if len(c.captions) > 1 else None, labels=state.labels,
-        )
+        return result_row(item, finished_at=self.deps.now(), prior_cost_usd=self._prior_paid.get(item.id), **values)
 
     def _cost(self, model: str | None, usage: Usage, *, warn: bool = True) -> float | None:
         model = model or self.config.request.model
@@ -549,8 +548,12 @@ class Runner:
                 try:
                     path = await anyio.to_thread.run_sync(self.deps.journal.write_rows, rows)
                 except JournalError:
-                    self._buffer[:0] = rows
+                    self._buffer[:0] = rows  # kept for the next try: they are paid for
                     raise
+                except Exception as exc:  # noqa: BLE001 - whatever failed, the rows must not be dropped
+                    self._buffer[:0] = rows
+                    raise JournalError(f"{self.deps.journal.out_dir}: cannot write results "
+                                       f"({type(exc).__name__}: {exc})") from exc
             log.debug("flushed %d rows to %s", len(rows), path.name if path else "-")
 
     def _write_meta(self, *, status: str) -> None:
@@ -572,7 +575,7 @@ class Runner:
                 "requests": self.totals.requests, "prompt_tokens": self.totals.prompt_tokens,
                 "completion_tokens": self.totals.completion_tokens, "cost_usd": round(self.totals.cost_usd, 6),
                 "stopped_by": type(self._stop_reason).__name__ if self._stop_reason else None,
-                "spent_usd_in_folder": round(self.budget.spent_usd, 6),
+                "spent_usd_in_folder": round(self.totals.folder_spent_usd, 6),
             }
         journal.write_meta(meta)
 

@@ -60,6 +60,7 @@ def test_leftovers_of_a_killed_merge_and_temp_files_are_cleaned(tmp_path):
     journal.write_rows([row(2)])  # merges p1 and p2 into p2-1
     shutil.copy(saved, tmp_path / "journal" / "p0000000001-0000000001.parquet")
     (tmp_path / "journal" / ".p0000000003-0000000003.parquet.tmp-99").write_bytes(b"partial")
+    journal.close()  # as a killed run's lock is gone
     reopened = Journal(tmp_path, merge_factor=2)
     names = sorted(p.name for p in (tmp_path / "journal").iterdir())
     assert names == ["p0000000002-0000000001.parquet"]
@@ -121,7 +122,8 @@ def test_merging_parts_of_one_run_keeps_every_value_and_a_later_run_still_wins(t
     assert merged.to_dicts() == conform_rows(written).sort("id").to_dicts()
 
     other = tmp_path / "other"
-    Journal(other, merge_factor=2).write_rows([rich(5, "old"), rich(6, "c6")])
+    with Journal(other, merge_factor=2) as earlier_run:
+        earlier_run.write_rows([rich(5, "old"), rich(6, "c6")])
     second_run = Journal(other, merge_factor=2)
     second_run.write_rows([rich(5, "again")])  # the two one-flush parts merge: two rows of id05 meet
     assert second_run.part_count() == 1

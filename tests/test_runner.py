@@ -45,7 +45,7 @@ def run_once(config: Config, manifest: Path, out: Path, *, retry_errors=False, b
                              endpoint_url=config.endpoint.base_url, environ={}) as http:
             client = VisionClient(http.client, poster=http.poster, base_url=config.endpoint.base_url, api_key=api_key,
                                   timeout_s=config.endpoint.timeout_s)
-            deps = RunnerDeps(client=client, journal=journal or Journal(out), limiter=RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep),
+            deps = RunnerDeps(client=client, journal=journal, limiter=RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep),
                               sleep=_no_sleep, rng=random.Random(0), breaker=breaker or CircuitBreaker())
             source = chunks or chunk_source(manifest, chunk_size=config.run.chunk_size, url_column="url", id_column="id")
             runner = Runner(config, deps, chunks=source,
@@ -58,7 +58,11 @@ def run_once(config: Config, manifest: Path, out: Path, *, retry_errors=False, b
             except Exception as exc:  # noqa: BLE001 - the test inspects the stop reason
                 return exc
 
-    result = anyio.run(go)
+    journal = journal or Journal(out)
+    try:
+        result = anyio.run(go)
+    finally:
+        journal.close()  # the run is over: its folder lock goes, as it does when a process ends
     if not (out / "results.parquet").exists():  # a run that could not finalise: what its parts hold
         return result, Journal.reader(out).latest_frame()
     return result, pl.read_parquet(out / "results.parquet")
@@ -267,9 +271,9 @@ def test_changed_request_parameters_are_refused_unless_forced(simulator, tmp_pat
     run_once(config, write_csv(tmp_path / "m.csv", remote_rows(3)), out)
     changed = dataclasses.replace(config, request=dataclasses.replace(config.request, prompt="Other prompt"))
     with pytest.raises(ResumeMismatchError, match="prompt"):
-        check_resume(Journal(out), changed, force=False)
-    check_resume(Journal(out), changed, force=True)
-    check_resume(Journal(out), config, force=False)
+        check_resume(Journal.reader(out), changed, force=False)
+    check_resume(Journal.reader(out), changed, force=True)
+    check_resume(Journal.reader(out), config, force=False)
 
 
 def test_rows_taken_for_a_flush_are_written_even_if_the_flush_is_cancelled(tmp_path):

@@ -63,6 +63,7 @@ class SimulatorApp:
         self._per_image: Counter[str] = Counter()
         self._timeline: list[float] = []
         self._requests = 0
+        self._held = 0
         self._prompt_tokens = 0
         self._charged_tokens = 0  # what the TPM limit counted for accepted requests: prompt + max_tokens
         self._next_id = 0
@@ -80,6 +81,7 @@ class SimulatorApp:
         with self._lock:
             out: dict[str, Any] = {
                 "requests": self._requests,
+                "held": self._held,
                 "by_status": dict(self._by_status),
                 "by_fault": dict(self._by_fault),
                 "accepted": self._by_status.get("200", 0),
@@ -103,6 +105,12 @@ class SimulatorApp:
                     return False
                 self._lock.wait(remaining)
             return True
+
+    def _holding(self, delta: int) -> None:
+        """Count requests held by the 'slow' rule, so a test can wait until they are all in flight."""
+        with self._lock:
+            self._held += delta
+            self._lock.notify_all()
 
     def update(self, **changes: Any) -> None:
         """Change knobs while running (``down=True``, ``fault_rates={...}``, ``rpm=...``)."""
@@ -265,6 +273,13 @@ class SimulatorApp:
         if fault == "badjson" and req.schema is None:
             fault = None  # a malformed structured answer needs a request for one
         await anyio.sleep(self._latency_s())
+        if fault == "slow":
+            self._holding(+1)
+            try:
+                await anyio.sleep(self.config.stall_s)
+            finally:
+                self._holding(-1)
+            fault = None
         if fault is not None:
             await self._send_fault(fault, send, key=key, headers=limit_headers, req=req)
             return

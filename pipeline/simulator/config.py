@@ -11,6 +11,9 @@ HeaderStyle = Literal["openai", "azure"]
 FAULT_KINDS = (
     "500", "502", "503", "429", "reset", "stall", "truncated", "nonjson", "nochoices",
     "invalid_image_url", "filter_completion", "filter_prompt", "quota", "auth", "badjson",
+    # Not a failure: a normal answer held for ``stall_s`` first (a request still in flight when
+    # another one stops the run).
+    "slow",
 )
 TRANSIENT_FAULTS = frozenset({"500", "502", "503", "429", "reset", "stall", "truncated", "nonjson", "nochoices"})
 

@@ -1,0 +1,70 @@
+"""The exclusive lock a run holds on its output folder.
+
+Two runs on one folder would each pay for every row and tidy away the other's
+files. The lock is an OS advisory lock (``flock``) on ``DIR/.lock``: the kernel
+drops it when the process ends, however it ends, so a ``kill -9`` never leaves
+a stale lock behind. The holder's pid is written into the file only to name it
+in the refusal; the lock itself is the flock, not the file's presence.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import FolderLockedError, JournalError
+
+try:  # POSIX; elsewhere the folder is not locked (said once at the call site)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".lock"
+
+
+class FolderLock:
+    """Held from ``acquire()`` until ``release()`` or the end of the process."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK_NAME
+        self._fd: int | None = None
+
+    @property
+    def supported(self) -> bool:
+        return fcntl is not None
+
+    def acquire(self) -> None:
+        if fcntl is None or self._fd is not None:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise JournalError(f"{self.path.parent}: cannot create the lock file ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f"pid {holder}" if holder else "another process"
+            raise FolderLockedError(
+                f"{self.path.parent} is in use by another caption run ({who}); wait for it to finish "
+                "or stop it, or choose another --out folder") from None
+        except OSError as exc:
+            os.close(fd)
+            raise JournalError(f"{self.path}: cannot lock the output folder ({exc.strerror})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
