@@ -322,7 +322,12 @@ async def _stop_on_signals(runner: Any) -> None:
 def _errors_in_results(journal: Journal) -> bool:
     import polars as pl
 
-    return bool(pl.scan_parquet(journal.results_path).filter(pl.col("status") == "error").select(pl.len()).collect().item())
+    from .report import reading
+
+    def count() -> int:
+        return pl.scan_parquet(journal.results_path).filter(pl.col("status") == "error").select(pl.len()).collect().item()
+
+    return bool(reading(journal.out_dir, count))
 
 
 def _print_summary(runner: Any, journal: Journal, *, stopped: PipelineError | None) -> None:
@@ -397,13 +402,14 @@ async def _estimate_async(config: Config, args: argparse.Namespace, journal: Jou
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import format_table, render_html, report, to_json
+    from .report import format_table, reading, render_html, report, to_json
 
     if not args.out.is_dir():
         raise ConfigError(f"{args.out}: not a folder; give the --out folder of a `caption run`")
     summary = report(args.out)
     if args.html is not None:
-        args.html.write_text(render_html(args.out, summary, gallery_limit=args.gallery), encoding="utf-8")
+        page = reading(args.out, lambda: render_html(args.out, summary, gallery_limit=args.gallery))
+        args.html.write_text(page, encoding="utf-8")
         log.info("wrote %s", args.html)
     print(to_json(summary) if args.json else format_table(summary))
     return 0

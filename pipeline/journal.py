@@ -137,7 +137,9 @@ def footer_problem(path: Path) -> str | None:
     """Why ``path`` cannot serve as a journal file, or None when its footer and key columns are sound."""
     try:
         schema = pq.read_schema(path)
-    except (OSError, pa.ArrowException) as exc:
+        # polars reads the footer too (reports, the exit status) and is stricter than pyarrow.
+        pl.read_parquet_schema(path)
+    except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
         return f"not a readable Parquet file ({exc})"
     for name, kind in REQUIRED_COLUMNS.items():
         index = schema.get_field_index(name)
@@ -160,6 +162,7 @@ def data_problem(path: Path) -> str | None:
 
 
 def unreadable_message(path: Path, problem: str) -> str:
+    problem = " ".join(problem.split())  # Arrow's and thrift's messages span lines; this is one
     if path.name == RESULTS_NAME:
         return (f"{path}: {problem}. Restore it from a backup, or move it aside to start the folder "
                 "afresh (every row in it would be sent again)")
@@ -200,6 +203,7 @@ class Journal:
         self.quarantine_dir = self.parts_dir / QUARANTINE_NAME
         self._merge_factor = merge_factor
         self._next_seq = 0
+        self.quarantined: list[Path] = []  # damaged parts moved aside by finalize
         self._lock = FolderLock(out_dir)
         if not writer:
             # A reader (a report on a live run) must not tidy: the temp file it would
@@ -394,6 +398,10 @@ class Journal:
     def _finalize_once(self, extend: Extend | None) -> Path:
         parts = self._parts()
         if not parts and self.results_path.exists() and extend is None:
+            # Nothing to fold in, so nothing re-read it: check it decodes before a run ends on it.
+            problem = data_problem(self.results_path)
+            if problem is not None:
+                raise UnreadableFileError(unreadable_message(self.results_path, problem), path=str(self.results_path))
             return self.results_path
         try:
             self._write_latest(self._sources(), self.results_path, extend=extend, compression=_RESULTS_COMPRESSION,
@@ -403,12 +411,17 @@ class Journal:
         except UnreadableFileError:
             raise
         except (OSError, pl.exceptions.PolarsError, pa.ArrowException) as exc:
-            culprit = next((p for p in self._sources() if data_problem(p) is not None), None)
-            if culprit is not None:
-                raise UnreadableFileError(unreadable_message(culprit, data_problem(culprit) or ""),
-                                          path=str(culprit)) from None
-            raise JournalError(f"{self.out_dir}: cannot write {RESULTS_NAME} ({exc})") from None
+            raise self.explain(exc, doing=f"cannot write {RESULTS_NAME}") from None
         return self.results_path
+
+    def explain(self, exc: Exception, *, doing: str) -> JournalError:
+        """The error to raise for ``exc`` met while reading the folder: it names the damaged file
+        when one is (decoding every page to find it: only done once something failed)."""
+        for path in self._sources():
+            problem = data_problem(path)
+            if problem is not None:
+                return UnreadableFileError(unreadable_message(path, problem), path=str(path))
+        return JournalError(f"{self.out_dir}: {doing} ({exc})")
 
     def _quarantine(self, path: Path, why: str) -> None:
         self.quarantine_dir.mkdir(exist_ok=True)
@@ -418,6 +431,7 @@ class Journal:
         except OSError as exc:
             raise JournalError(f"{why}; moving it aside also failed ({exc.strerror})") from None
         _fsync_dir(self.parts_dir)
+        self.quarantined.append(target)
         log.warning("%s was damaged and is moved to %s; its rows will be sent again by the next run",
                     path, target)
 

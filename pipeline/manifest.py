@@ -51,8 +51,12 @@ _SUFFIX_FORMATS: dict[str, Format] = {
 
 
 def derive_id(url: str) -> str:
-    """Stable across runs, machines and Python versions (unlike ``hash``)."""
-    return hashlib.sha1(url.encode("utf-8")).hexdigest()[:16]
+    """Stable across runs, machines and Python versions (unlike ``hash``).
+
+    surrogatepass: a file name that is not valid UTF-8 reaches here with surrogates
+    (os.fsdecode); it still needs an id, not an exception that ends the run.
+    """
+    return hashlib.sha1(url.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def detect_format(path: Path) -> Format:

@@ -13,11 +13,13 @@ import base64
 import html
 import io
 import json
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
+import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
 from .errors import JournalError
@@ -25,6 +27,7 @@ from .images import is_remote
 from .journal import Journal
 from .models import RESULT_SCHEMA
 
+T = TypeVar("T")
 _SUMMARY_COLUMNS = ["id", "status", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "flagged_categories",
                     "error_type", "finished_at", "attempts", "dedup_of"]
 
@@ -239,7 +242,17 @@ def render_html(out_dir: Path, summary: dict[str, Any], *, gallery_limit: int = 
 
 
 def report(out_dir: Path) -> dict[str, Any]:
-    return summarise(load_results(out_dir, _SUMMARY_COLUMNS))
+    return reading(out_dir, lambda: summarise(load_results(out_dir, _SUMMARY_COLUMNS)))
+
+
+def reading(out_dir: Path, read: Callable[[], T]) -> T:
+    """``read()`` with a damaged file of the folder named in a one-line error, not a traceback."""
+    folder = Journal.reader(out_dir)
+    folder.check_files()
+    try:
+        return read()
+    except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as exc:
+        raise folder.explain(exc, doing="cannot read the results") from None
 
 
 def to_json(summary: dict[str, Any]) -> str:

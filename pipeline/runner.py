@@ -228,9 +228,10 @@ class Runner:
 
     async def run(self) -> RunTotals:
         journal = self.deps.journal
-        self._write_meta(status="running")
+        # Read before run.json says "running": a damaged file found here ends the run untouched.
         skip = journal.skip_ids(retry_errors=self.retry_errors)
         self._resume_from(journal)
+        self._write_meta(status="running")
         # Off the event loop: the first count would otherwise stall every request for the load.
         await anyio.to_thread.run_sync(self._text.preload, self.config.request.model)
         items_send, items_recv = anyio.create_memory_object_stream[Item](self.config.limits.concurrency)
@@ -266,14 +267,22 @@ class Runner:
             self._dedup = RequestDedup(seed=journal.finished_requests(DEDUP_WINDOW))
 
     def _finalize(self) -> None:
+        journal = self.deps.journal
+        problem: JournalError | None = None
         try:
-            self.deps.journal.finalize(extend=label_extender(self._labels))
+            journal.finalize(extend=label_extender(self._labels))
         except UnreadableFileError as exc:
-            # results.parquet itself is damaged: the parts stay, so nothing recorded is lost.
-            if self._stop_reason is None:
-                self._stop_reason = exc
-            else:
-                log.error("%s", exc)
+            problem = exc  # results.parquet itself is damaged: the parts stay, nothing recorded is lost
+        if journal.quarantined and problem is None:
+            problem = JournalError(
+                f"{len(journal.quarantined)} damaged journal part(s) were moved to {journal.quarantine_dir}; "
+                "their rows are not in the results: re-run the same command to send them again")
+        if problem is None:
+            return
+        if self._stop_reason is None:
+            self._stop_reason = problem
+        else:
+            log.error("%s", problem)
 
     async def _produce(self, send: MemoryObjectSendStream[Item], skip: DoneIds) -> None:
         """Hand the manifest's rows to the workers, skipping ids already done."""
