@@ -23,7 +23,8 @@ from .errors import ConfigError
 Detail = Literal["low", "high", "auto"]
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
-DEFAULT_PRICING_PATH = PACKAGE_ROOT.parent / "configs" / "pricing.toml"
+# Package data, found however the package is installed (a wheel, pipx), not beside the source tree.
+DEFAULT_PRICING_PATH = PACKAGE_ROOT / "pricing.toml"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,9 +201,8 @@ def _build_pricing(table: dict[str, Any], *, path: str) -> dict[str, Price]:
 
 
 def load_pricing(path: Path = DEFAULT_PRICING_PATH) -> dict[str, Price]:
-    """The shipped pricing table; an absent file is an empty table (costs become null)."""
-    if not path.exists():
-        return {}
+    """The shipped pricing table. Missing, it is an install fault, not an empty table: every
+    cost would silently be null and a budget cap could not run."""
     data = _read_toml(path)
     return _build_pricing(data.get("pricing", data), path=str(path))
 
