@@ -19,7 +19,6 @@ import tempfile
 import os
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -205,7 +204,7 @@ def _endpoint(config: Config, *, simulate: bool) -> Iterator[Config]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import check_resume
+    from .run_meta import check_resume
 
     config, info = _load_inputs(args)
     _check_budget_is_priced(config)
@@ -248,24 +247,6 @@ def _with_base_url(config: Config, base_url: str) -> Config:
     return dataclasses.replace(config, endpoint=dataclasses.replace(config.endpoint, base_url=base_url))
 
 
-def _make_runner(http: Any, config: Config, journal: Journal, api_key: str | None, *, chunks: Any, base_dir: Path,
-                 total_rows: int, label: str, retry_errors: bool = False, no_progress: bool = False,
-                 progress: Progress | None = None) -> Any:
-    """The production runner: real client, clock, sleep, limiter, breaker and progress display."""
-    from .breaker import CircuitBreaker
-    from .client import VisionClient
-    from .ratelimit import RateLimiter
-    from .runner import Runner, RunnerDeps
-
-    client = VisionClient(http.client, poster=http.poster, base_url=config.endpoint.base_url, api_key=api_key,
-                          timeout_s=config.endpoint.timeout_s)
-    limiter = RateLimiter(rpm=config.limits.rpm, tpm=config.limits.tpm, clock=time.monotonic, sleep=anyio.sleep)
-    deps = RunnerDeps(client=client, journal=journal, limiter=limiter, breaker=CircuitBreaker(),
-                      progress=progress if progress is not None else _progress(total_rows, no_progress=no_progress))
-    return Runner(config, deps, chunks=chunks, base_dir=base_dir, total_rows=total_rows, manifest_label=label,
-                  retry_errors=retry_errors)
-
-
 async def _run_until_stopped(runner: Any) -> PipelineError | None:
     """Run with Ctrl-C / SIGTERM turned into a graceful stop; the stop reason is returned, not raised."""
     stopped: PipelineError | None = None
@@ -283,6 +264,7 @@ async def _run_until_stopped(runner: Any) -> PipelineError | None:
 
 async def _run_async(config: Config, args: argparse.Namespace, total_rows: int, journal: Journal, api_key: str | None) -> int:
     from .client import open_http
+    from .compose import build_runner
     from .manifest import base_dir, chunk_source
 
     chunks = chunk_source(args.manifest, chunk_size=config.run.chunk_size, url_column=config.manifest.url_column,
@@ -292,9 +274,10 @@ async def _run_async(config: Config, args: argparse.Namespace, total_rows: int, 
              _host(config.endpoint.base_url), journal.out_dir, os.getpid())
     async with open_http(concurrency=config.limits.concurrency, timeout_s=config.endpoint.timeout_s,
                          endpoint_url=config.endpoint.base_url) as http:
-        runner = _make_runner(http, config, journal, api_key, chunks=chunks, base_dir=base_dir(args.manifest),
-                              total_rows=total_rows, label=str(args.manifest), retry_errors=args.retry_errors,
-                              no_progress=args.no_progress)
+        runner = build_runner(config, http=http, journal=journal, api_key=api_key, chunks=chunks,
+                              base_dir=base_dir(args.manifest), total_rows=total_rows, manifest_label=str(args.manifest),
+                              retry_errors=args.retry_errors,
+                              progress=_progress(total_rows, no_progress=args.no_progress))
         stopped = await _run_until_stopped(runner)
     _print_summary(runner, journal, stopped=stopped)
     if stopped is not None:
@@ -349,7 +332,7 @@ def _print_summary(runner: Any, journal: Journal, *, stopped: PipelineError | No
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     from .estimate import format_estimate
-    from .runner import check_resume
+    from .run_meta import check_resume
 
     config, info = _load_inputs(args)
     if args.sample < 0 or (args.output_tokens is not None and args.output_tokens < 1):
@@ -371,6 +354,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 async def _estimate_async(config: Config, args: argparse.Namespace, journal: Journal | None, api_key: str | None) -> dict[str, Any]:
     from .client import open_http, probe_image_size
+    from .compose import build_runner
     from .estimate import Reservoir, formula_pass, sample_summary, summarise
     from .manifest import base_dir, chunk_source
 
@@ -389,9 +373,9 @@ async def _estimate_async(config: Config, args: argparse.Namespace, journal: Jou
         with contextlib.ExitStack() as stack:
             sample_journal = journal or Journal(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="caption-sample-"))))
             items = [item for item, _ in reservoir.items]
-            runner = _make_runner(http, config, sample_journal, api_key, chunks=lambda: iter([items]),
-                                  base_dir=base_dir(args.manifest), total_rows=len(items), label=str(args.manifest),
-                                  progress=NoProgress())
+            runner = build_runner(config, http=http, journal=sample_journal, api_key=api_key,
+                                  chunks=lambda: iter([items]), base_dir=base_dir(args.manifest), total_rows=len(items),
+                                  manifest_label=str(args.manifest))
             stopped = await _run_until_stopped(runner)
             if stopped is not None:
                 raise stopped

@@ -24,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import polars as pl
@@ -33,15 +33,21 @@ import pyarrow.parquet as pq
 
 from .errors import JournalError, UnreadableFileError
 from .folder_lock import FolderLock
+from .parquet_files import (
+    BATCH_ROWS,
+    PART_COMPRESSION,
+    RESULTS_COMPRESSION,
+    atomic_write_bytes,
+    atomic_write_table,
+    data_problem,
+    footer_problem,
+    fsync_dir,
+    write_in_row_groups,
+)
 from .models import RESULT_ARROW_SCHEMA, RESULT_SCHEMA, ResultRow, conform, recordable, rows_to_table
 
 RESULTS_NAME = "results.parquet"
 RUN_META_NAME = "run.json"
-_BATCH_ROWS = 65_536
-# Parts are temporary, so they favour speed: lz4 writes a 256-row part in half zstd's time
-# (zstd's per-column set-up dominates small files). results.parquet, the file users keep, is zstd.
-_PART_COMPRESSION = "lz4"
-_RESULTS_COMPRESSION = "zstd"
 Extend = Callable[[pl.DataFrame], pl.DataFrame]
 log = logging.getLogger("caption")
 _PART = re.compile(r"^p(\d{10})-(\d{10})\.parquet$")
@@ -58,63 +64,6 @@ class Part:
         return self.last - self.first + 1
 
 
-def _fsync_dir(folder: Path) -> None:
-    """A rename is durable only once its directory is: without this a power cut after the
-    rename can bring back the old name (a part lost, or merged parts resurrected)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not every platform opens directories (Windows); the rename itself is atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a directory; nothing more can be done there
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_and_rename(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _atomic_write_table(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression=_PART_COMPRESSION, write_statistics=False)
-    _fsync_and_rename(tmp, path)
-
-
-def _write_in_row_groups(target: Path, schema: pa.Schema, tables: Iterable[pa.Table], *, compression: str,
-                         statistics: bool = False) -> None:
-    """Write ``tables`` to ``target`` atomically, in row groups of up to _BATCH_ROWS rows: one row
-    group per 256-row source part made a merge spend most of its time setting up compression."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    pending: list[pa.Table] = []
-    pending_rows = 0
-    with pq.ParquetWriter(tmp, schema, compression=compression, write_statistics=statistics) as writer:
-        for table in tables:
-            pending.append(table)
-            pending_rows += table.num_rows
-            if pending_rows >= _BATCH_ROWS:
-                writer.write_table(pa.concat_tables(pending))
-                pending, pending_rows = [], 0
-        if pending:
-            writer.write_table(pa.concat_tables(pending))
-    _fsync_and_rename(tmp, target)
-
-
 def _ids_disjoint(paths: list[Path]) -> bool:
     """No id appears twice across these parts (each part already holds an id at most once)."""
     ids = pl.concat([pl.Series("id", pq.read_table(path, columns=["id"])["id"]) for path in paths])
@@ -129,36 +78,7 @@ def _is_member(candidates: pl.Series, sorted_ids: pl.Series) -> pl.Series:
     return (sorted_ids.gather(positions) == candidates).fill_null(False)
 
 
-REQUIRED_COLUMNS = {"id": pa.string(), "status": pa.string()}
 QUARANTINE_NAME = "unreadable"
-
-
-def footer_problem(path: Path) -> str | None:
-    """Why ``path`` cannot serve as a journal file, or None when its footer and key columns are sound."""
-    try:
-        schema = pq.read_schema(path)
-        # polars reads the footer too (reports, the exit status) and is stricter than pyarrow.
-        pl.read_parquet_schema(path)
-    except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
-        return f"not a readable Parquet file ({exc})"
-    for name, kind in REQUIRED_COLUMNS.items():
-        index = schema.get_field_index(name)
-        if index < 0:
-            return f"has no '{name}' column"
-        if not (pa.types.is_string(schema.field(index).type) or pa.types.is_large_string(schema.field(index).type)
-                or pa.types.is_string_view(schema.field(index).type)):
-            return f"column '{name}' is {schema.field(index).type}, not {kind}"
-    return None
-
-
-def data_problem(path: Path) -> str | None:
-    """Why the data of ``path`` cannot be read in full, or None (decodes every page: not cheap)."""
-    try:
-        for _ in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS):
-            pass
-    except (OSError, pa.ArrowException, ValueError) as exc:
-        return f"its data cannot be read ({exc})"
-    return None
 
 
 def unreadable_message(path: Path, problem: str) -> str:
@@ -286,7 +206,7 @@ class Journal:
                 source = pq.ParquetFile(path)
                 # Files written before a column existed lack it: read what is there, add the rest as nulls.
                 present = None if columns is None else [c for c in columns if c in source.schema_arrow.names]
-                for batch in source.iter_batches(batch_size=_BATCH_ROWS, columns=present):
+                for batch in source.iter_batches(batch_size=BATCH_ROWS, columns=present):
                     frame = pl.from_arrow(batch)
                     assert isinstance(frame, pl.DataFrame)
                     if present is not None and columns is not None and len(present) < len(columns):
@@ -302,7 +222,7 @@ class Journal:
                 seen = pl.concat([seen, *fresh]).sort()
 
     def _write_latest(self, paths: list[Path], target: Path, *, extend: Extend | None = None,
-                      compression: str = _PART_COMPRESSION, statistics: bool = False) -> None:
+                      compression: str = PART_COMPRESSION, statistics: bool = False) -> None:
         """Write the latest rows to ``target`` atomically; ``extend`` may add derived columns (typed labels)."""
         def shaped(frame: pl.DataFrame) -> pl.DataFrame:
             frame = conform(frame)
@@ -310,7 +230,7 @@ class Journal:
 
         schema = shaped(pl.DataFrame(schema=RESULT_SCHEMA)).to_arrow().schema
         tables = (shaped(frame).to_arrow().cast(schema) for frame in self._iter_latest(paths))
-        _write_in_row_groups(target, schema, tables, compression=compression, statistics=statistics)
+        write_in_row_groups(target, schema, tables, compression=compression, statistics=statistics)
 
     # -- writing -----------------------------------------------------------
 
@@ -328,7 +248,7 @@ class Journal:
             # error row; the batch's other (paid) answers are written as they are.
             table = rows_to_table([recordable(row) for row in rows])
         try:
-            _atomic_write_table(path, table)
+            atomic_write_table(path, table)
         except OSError as exc:
             raise JournalError(f"{self.out_dir}: cannot write results ({exc.strerror or exc})") from None
         try:
@@ -377,8 +297,8 @@ class Journal:
             assert isinstance(frame, pl.DataFrame)
             return conform(frame).to_arrow().cast(RESULT_ARROW_SCHEMA)
 
-        tables = (as_table(batch) for path in paths for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS))
-        _write_in_row_groups(target, RESULT_ARROW_SCHEMA, tables, compression=_PART_COMPRESSION)
+        tables = (as_table(batch) for path in paths for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS))
+        write_in_row_groups(target, RESULT_ARROW_SCHEMA, tables, compression=PART_COMPRESSION)
 
     def finalize(self, *, extend: Extend | None = None) -> Path:
         """Fold every part into results.parquet: one row per id. Safe to repeat after a crash.
@@ -404,7 +324,7 @@ class Journal:
                 raise UnreadableFileError(unreadable_message(self.results_path, problem), path=str(self.results_path))
             return self.results_path
         try:
-            self._write_latest(self._sources(), self.results_path, extend=extend, compression=_RESULTS_COMPRESSION,
+            self._write_latest(self._sources(), self.results_path, extend=extend, compression=RESULTS_COMPRESSION,
                                statistics=True)
             for part in parts:
                 part.path.unlink(missing_ok=True)
@@ -430,7 +350,7 @@ class Journal:
             os.replace(path, target)
         except OSError as exc:
             raise JournalError(f"{why}; moving it aside also failed ({exc.strerror})") from None
-        _fsync_dir(self.parts_dir)
+        fsync_dir(self.parts_dir)
         self.quarantined.append(target)
         log.warning("%s was damaged and is moved to %s; its rows will be sent again by the next run",
                     path, target)
@@ -512,4 +432,4 @@ class Journal:
         return bool(self._sources())
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        _atomic_write_bytes(self.meta_path, json.dumps(meta, indent=2, sort_keys=True, default=str).encode())
+        atomic_write_bytes(self.meta_path, json.dumps(meta, indent=2, sort_keys=True, default=str).encode())

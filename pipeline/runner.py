@@ -1,12 +1,13 @@
-"""Wires the pipeline: manifest → workers (pace, send, retry) → journal.
+"""Orchestrates a run: manifest feed → workers (prepare, dedup, execute) → buffer → journal.
 
-One task reads the manifest ahead in blocks of chunks (in a thread) and drops
-ids the journal already holds; ``concurrency`` workers each prepare an image,
-build the body, pace through the rate limiter and send with retries; a flusher
-writes the finished rows as Parquet parts every ``chunk_size`` rows and every
-``flush_interval_s``.
+The feed (``feed.py``) reads the manifest ahead and drops ids the journal already
+holds; ``concurrency`` workers each prepare a row (image, body, dedup) and hand it
+to the executor (``executor.py``; ``dispatch.OnlineExecutor`` paces, sends and
+retries); a flusher writes finished rows as Parquet parts every ``chunk_size``
+rows and every ``flush_interval_s``.
 
-The client, clock, sleep, journal and progress display are passed in, so tests
+What touches the outside (client, clock, sleep, journal, limiter, progress) is
+passed in through ``RunnerDeps`` (built by ``compose.build_runner``), so tests
 drive it against the simulator or ``httpx.MockTransport`` without patching.
 
 Stopping has one path whatever the reason (a signal, a fatal answer, the budget, an
@@ -19,92 +20,37 @@ written, so a re-run sends them.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .breaker import CircuitBreaker
 from .budget import Budget
 from .client import VisionClient
 from .config import Config
-from .cost import row_cost_usd
-from .errors import (
-    AuthError,
-    BudgetExceededError,
-    CircuitOpenError,
-    ImageUnreadableError,
-    JournalError,
-    ManifestError,
-    ModelNotFoundError,
-    PipelineError,
-    QuotaError,
-    ResumeMismatchError,
-    UnreadableFileError,
-)
 from .dedup import DEDUP_WINDOW, RequestDedup, SharedRequest, request_key
+from .dispatch import OnlineExecutor
+from .errors import ImageUnreadableError, JournalError, PipelineError, UnreadableFileError
+from .executor import Executor, PreparedRequest, StopDispatch
+from .feed import ChunkSource, ManifestFeed, next_item
 from .images import ImageLimits, PreparedImage, inline_bytes, is_remote, prepare_image
-from .journal import DoneIds, Journal
+from .journal import Journal
 from .labels import label_extender, label_spec
-from .models import Failure, Item, Outcome, Reply, ResultRow, RunTotals, Usage
-from .rows import dedup_copy, result_row, row_from_outcome, unexpected_error_row
+from .models import Item, ResultRow, RunTotals
 from .progress import NoProgress, Progress
 from .ratelimit import RateLimiter
-from .request import build_body, prompt_text
-from .retry import call_with_retries
-from .tokens import TextCounter, image_tokens, max_image_tokens, request_tokens
+from .request import build_body
+from .rows import dedup_copy, result_row, unexpected_error_row
+from .run_meta import updated_meta
+from .tokens import TextCounter
 
 log = logging.getLogger("caption")
-
-_FATAL_ERRORS: dict[str, tuple[type[PipelineError], str]] = {
-    "auth": (AuthError, "the endpoint refused the API key (401/403); check the key in ${env}"),
-    "quota": (QuotaError, "the account has no quota or credit left; top it up, then re-run to resume"),
-    "model_not_found": (ModelNotFoundError, "the endpoint does not serve model '{model}'; check request.model and endpoint.base_url"),
-}
-
-
-LABEL_ATTEMPTS = 2  # an answer that does not match the schema is asked for once more
-_CHUNKS_PER_READ = 8  # manifest chunks read per trip to a thread
-_READS_AHEAD = 2  # such reads kept ahead of the workers
-_ESTIMATES_KEPT = 4096  # (prompt, image size) estimates remembered; templated prompts vary per row
-
-
-@dataclass(slots=True)
-class _RowState:
-    """What one row accumulates over its attempts."""
-
-    paid_usd: float | None = None
-    invalid_replies: int = 0
-    labels: str | None = None
-    last: Outcome | None = None  # the latest answer, kept so a paid one outlives a stop
-    attempts: int = 0
-
-
-def _take_rows(chunks: Iterator[list[Item]], n: int, source: str) -> tuple[list[Item], ManifestError | None]:
-    """The rows of the next ``n`` chunks (fewer at the end; none when the manifest is done), and
-    the error that stopped reading early, if any: the rows read before it still go out."""
-    rows: list[Item] = []
-    try:
-        for chunk in itertools.islice(chunks, n):
-            rows.extend(chunk)
-    except ManifestError as exc:
-        return rows, exc
-    except OSError as exc:
-        return rows, ManifestError(source, f"reading failed mid-run ({exc})")
-    except Exception as exc:  # noqa: BLE001 - a reader bug must end the run cleanly, keeping what was read
-        return rows, ManifestError(source, f"reading failed mid-run ({type(exc).__name__}: {exc})")
-    return rows, None
-
-
-class _StopDispatch(Exception):
-    """Raised inside a worker when the run is stopping; the row is left for the next run."""
 
 
 def utc_now() -> datetime:
@@ -113,7 +59,11 @@ def utc_now() -> datetime:
 
 @dataclass(kw_only=True)
 class RunnerDeps:
-    """What touches the outside world; production defaults are built in cli.py."""
+    """What touches the outside world; production defaults are built by ``compose.build_runner``.
+
+    ``executor``: leave None for the online executor built from client, limiter and breaker;
+    another executor (a Batch-API one) is built beside it and shares ``budget``.
+    """
 
     client: VisionClient
     journal: Journal
@@ -123,42 +73,8 @@ class RunnerDeps:
     progress: Progress = field(default_factory=NoProgress)
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
-
-
-def check_resume(journal: Journal, config: Config, *, force: bool) -> None:
-    """Refuse to continue a folder made with other request parameters (unless forced)."""
-    meta = journal.read_meta()
-    if force:
-        return
-    if meta is None:
-        if journal.has_rows():
-            raise ResumeMismatchError(
-                f"{journal.out_dir} holds results but no {journal.meta_path.name}, so the request parameters they "
-                "were made with cannot be checked. Use --force to continue with the current parameters, "
-                "or another --out folder.")
-        return
-    if meta.get("fingerprint") == config.request_fingerprint():
-        return
-    before = meta.get("request", {})
-    now = config.request_identity()
-    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-    details = "; ".join(f"{k}: {before.get(k)!r} → {now.get(k)!r}" for k in changed[:5])
-    raise ResumeMismatchError(
-        f"{journal.out_dir} holds results made with other request parameters ({details or 'fingerprint differs'}). "
-        "Use another --out folder, or --force to continue with the new parameters."
-    )
-
-
-ChunkSource = Callable[[], Iterator[list[Item]]]
-
-
-@dataclass(frozen=True, slots=True)
-class RequestEstimate:
-    """What a request is counted as before it is sent: prompt and completion tokens (TPM), worst-case cost."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    max_cost_usd: float
+    budget: Budget | None = None
+    executor: Executor | None = None
 
 
 class Runner:
@@ -175,19 +91,17 @@ class Runner:
         self._limits = ImageLimits(max_bytes=config.images.max_bytes, max_pixels=config.images.max_pixels,
                                    max_side=config.images.max_side)
         self._text = TextCounter()
-        self._estimates: dict[tuple[str, int | None, int | None], RequestEstimate] = {}
-        # The same for every image of unknown size in the run: worked out once, not per row.
-        self._worst_image_tokens = max_image_tokens(config.request.model, detail=config.request.detail)
         self._buffer: list[ResultRow] = []
         self._buffer_full = anyio.Event()
         self._stopping = anyio.Event()
         self._hurry = anyio.Event()
         self._stop_reason: PipelineError | None = None
-        self._manifest_error: ManifestError | None = None
-        self._unpriced_warned: set[str] = set()
-        self._in_flight = 0
-        self.budget = Budget(max_cost_usd=config.limits.max_cost_usd)
         self._labels = label_spec(config.request.response_format)
+        self.budget = deps.budget or Budget(max_cost_usd=config.limits.max_cost_usd)
+        self._executor: Executor = deps.executor or OnlineExecutor(
+            config, client=deps.client, limiter=deps.limiter, breaker=deps.breaker, budget=self.budget,
+            text=self._text, labels=self._labels, stopping=self._stopping.is_set, sleep=deps.sleep, rng=deps.rng,
+            now=deps.now)
         self._dedup = RequestDedup()
         self._prior_paid: dict[str, float] = {}
 
@@ -211,15 +125,15 @@ class Runner:
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return self._executor.in_flight
 
     async def _watch_stop(self, work: anyio.CancelScope) -> None:
         await self._stopping.wait()
         # Whatever the reason, answers still in flight are paid for: they get the grace period
         # to come back and be recorded (the work scope ends sooner once they all have).
-        if self._in_flight:
+        if self.in_flight:
             log.warning("waiting up to %gs for %d request(s) in flight, whose answers are paid for "
-                        "(interrupt again to stop now)", self.grace_s, self._in_flight)
+                        "(interrupt again to stop now)", self.grace_s, self.in_flight)
         with anyio.move_on_after(self.grace_s):
             await self._hurry.wait()
         work.cancel()
@@ -229,7 +143,8 @@ class Runner:
     async def run(self) -> RunTotals:
         journal = self.deps.journal
         # Read before run.json says "running": a damaged file found here ends the run untouched.
-        skip = journal.skip_ids(retry_errors=self.retry_errors)
+        feed = ManifestFeed(self.chunks, skip=journal.skip_ids(retry_errors=self.retry_errors),
+                            stopping=self._stopping, totals=self.totals, source=self.manifest_label or "the manifest")
         self._resume_from(journal)
         self._write_meta(status="running")
         # Off the event loop: the first count would otherwise stall every request for the load.
@@ -241,13 +156,13 @@ class Runner:
             outer.start_soon(self._watch_stop, work)
             with work:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._produce, items_send, skip)
+                    tg.start_soon(feed.run, items_send)
                     for _ in range(self.config.limits.concurrency):
                         tg.start_soon(self._work, items_recv.clone())
                     items_recv.close()
             outer.cancel_scope.cancel()
-        if self._stop_reason is None and self._manifest_error is not None:
-            self._stop_reason = self._manifest_error
+        if self._stop_reason is None and feed.error is not None:
+            self._stop_reason = feed.error
         with anyio.CancelScope(shield=True):
             await self._flush()
             await anyio.to_thread.run_sync(self._finalize)
@@ -284,81 +199,10 @@ class Runner:
         else:
             log.error("%s", problem)
 
-    async def _produce(self, send: MemoryObjectSendStream[Item], skip: DoneIds) -> None:
-        """Hand the manifest's rows to the workers, skipping ids already done."""
-        blocks_send, blocks_recv = anyio.create_memory_object_stream[list[Item]](_READS_AHEAD)
-        # The reader is cancelled before its queue closes: closing first would fail its pending send.
-        with blocks_recv:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._read_blocks, blocks_send)
-                async with send:
-                    async for block in blocks_recv:
-                        if not await self._hand_over_block(send, block, skip):
-                            break
-                tg.cancel_scope.cancel()
-
-    async def _read_blocks(self, send: MemoryObjectSendStream[list[Item]]) -> None:
-        # Read ahead, several chunks per trip to a thread: a trip costs an event-loop turn plus
-        # GIL waits (~50 ms at concurrency 512), so one chunk per trip, read only after the last
-        # was handed out, left workers idle: 19 of 20 rows were waited for.
-        chunks = self.chunks()
-        source = self.manifest_label or "the manifest"
-        async with send:
-            while not self._stopping.is_set():
-                block, error = await anyio.to_thread.run_sync(_take_rows, chunks, _CHUNKS_PER_READ, source)
-                if block:
-                    await send.send(block)
-                if error is not None:
-                    # Not a stop: the rows already read still go out; the run ends with this error.
-                    self._manifest_error = ManifestError(
-                        error.path, f"{error.problem}; the rows before it were sent. "
-                        "Fix the manifest and re-run the same command to resume")
-                    return
-                if not block:
-                    return
-
-    async def _hand_over_block(self, send: MemoryObjectSendStream[Item], block: list[Item], skip: DoneIds) -> bool:
-        """False once the run is stopping and no more rows should go out."""
-        done = skip.among([item.id for item in block])
-        for item in block:
-            if item.id in done:
-                self.totals.skipped += 1
-                continue
-            if self._stopping.is_set():
-                return False
-            try:
-                await self._hand_over(send, item)
-            except anyio.BrokenResourceError:
-                return False  # every worker has stopped (the run is stopping)
-        return True
-
-    @staticmethod
-    async def _hand_over(send: MemoryObjectSendStream[Item], item: Item) -> None:
-        # nowait first: anyio's send and receive checkpoint and build waiter objects on
-        # every call, ~10% of the per-row CPU; only a full buffer needs to wait.
-        try:
-            send.send_nowait(item)
-        except anyio.WouldBlock:
-            await send.send(item)
-
-    @staticmethod
-    async def _next_item(receive: MemoryObjectReceiveStream[Item]) -> Item | None:
-        """The next row to work on, or None when the producer is done."""
-        try:
-            return receive.receive_nowait()
-        except anyio.WouldBlock:
-            pass
-        except anyio.EndOfStream:
-            return None
-        try:
-            return await receive.receive()
-        except anyio.EndOfStream:
-            return None
-
     async def _work(self, receive: MemoryObjectReceiveStream[Item]) -> None:
         async with receive:
             while not self._stopping.is_set():
-                item = await self._next_item(receive)
+                item = await next_item(receive)
                 if item is None or self._stopping.is_set():
                     return
                 row = await self._process(item)
@@ -367,6 +211,7 @@ class Runner:
 
     def _record(self, row: ResultRow) -> None:
         self.totals.add(row)
+        self.totals.requests = self._executor.requests
         self._buffer.append(row)
         # While stopping, every answer that still arrives is written at once: a SIGKILL may follow.
         if len(self._buffer) >= self.config.run.chunk_size or self._stopping.is_set():
@@ -378,16 +223,18 @@ class Runner:
     async def _process(self, item: Item) -> ResultRow | None:
         """The per-row boundary: whatever happens to this row ends as its result row (or, when the
         run stops before it was answered, as nothing: the next run sends it)."""
+        prior = self._prior_paid.get(item.id)
         try:
             image = await self._prepare(item)
             body = build_body(self.config.request, image_url=image.url, fields=item.fields)
         except ImageUnreadableError as exc:
-            return self._row(item, status="error", error_type="image_unreadable", error_message=str(exc))
+            return result_row(item, finished_at=self.deps.now(), prior_cost_usd=prior, status="error",
+                              error_type="image_unreadable", error_message=str(exc))
         except Exception as exc:  # noqa: BLE001 - an unusable image reference fails its row, not the run
-            return unexpected_error_row(item, exc, stage="prepare", finished_at=self.deps.now(),
-                                        prior_cost_usd=self._prior_paid.get(item.id))
+            return unexpected_error_row(item, exc, stage="prepare", finished_at=self.deps.now(), prior_cost_usd=prior)
         if not self.config.images.dedup:
-            return await self._send(item, body, image, key=None)
+            return await self._execute(PreparedRequest(item=item, body=body, image=image, key=None,
+                                                       prior_cost_usd=prior))
         key = request_key(body)
         known = self._dedup.known(key)
         if known is not None:
@@ -395,34 +242,22 @@ class Runner:
                 known = await known.wait()
             if known is None:  # the identical request was not answered (the run is stopping)
                 return None
-            return dedup_copy(item, known, finished_at=self.deps.now(), prior_cost_usd=self._prior_paid.get(item.id))
+            return dedup_copy(item, known, finished_at=self.deps.now(), prior_cost_usd=prior)
         shared = self._dedup.begin(key)
         row = None
         try:
-            row = await self._send(item, body, image, key=key)
+            row = await self._execute(PreparedRequest(item=item, body=body, image=image, key=key, prior_cost_usd=prior))
         finally:
             self._dedup.end(key, shared, row)
         return row
 
-    async def _send(self, item: Item, body: dict[str, Any], image: PreparedImage, *, key: str | None) -> ResultRow | None:
-        state = _RowState()
+    async def _execute(self, request: PreparedRequest) -> ResultRow | None:
         try:
-            est = self._estimate(body, image)
-            outcome, attempts = await call_with_retries(
-                lambda attempt: self._attempt(body, est, state), max_attempts=self.config.limits.max_attempts,
-                sleep=self.deps.sleep, rng=self.deps.rng,
-            )
-        except _StopDispatch:
-            if state.paid_usd is None or state.last is None:
-                return None  # nothing was paid for: the next run sends it
-            # Stopped between a paid answer (refused by the label check) and its retry: keep it.
-            outcome, attempts = state.last, state.attempts
-        except Exception as exc:  # noqa: BLE001 - the per-row boundary: a bug must not kill the run
-            log.exception("unexpected error on row %s", item.id)
-            return unexpected_error_row(item, exc, stage="sending", finished_at=self.deps.now(),
-                                        prior_cost_usd=self._prior_paid.get(item.id), paid_usd=state.paid_usd)
-        return row_from_outcome(item, outcome, attempts=attempts, finished_at=self.deps.now(), paid_usd=state.paid_usd,
-                                labels=state.labels, request_key=key, prior_cost_usd=self._prior_paid.get(item.id))
+            return await self._executor.execute(request)
+        except StopDispatch as stop:
+            if stop.reason is not None:
+                self.request_stop(stop.reason)
+            return stop.row
 
     async def _prepare(self, item: Item) -> PreparedImage:
         if is_remote(item.url):
@@ -433,107 +268,6 @@ class Runner:
             return await anyio.to_thread.run_sync(lambda: inline_bytes(data, limits=self._limits, source=item.url))
         return await anyio.to_thread.run_sync(
             lambda: prepare_image(item.url, base_dir=self.base_dir, limits=self._limits))
-
-    def _estimate(self, body: dict[str, Any], image: PreparedImage) -> RequestEstimate:
-        # Most rows share one prompt and an unknown (or the same) image size: the estimate is
-        # remembered per (prompt, size) instead of being worked out again for every row.
-        key = (prompt_text(body), image.width, image.height)
-        known = self._estimates.get(key)
-        if known is not None:
-            return known
-        request = self.config.request
-        text_tokens = self._text.count(key[0], model=request.model)
-        image_est = image_tokens(request.model, detail=request.detail, width=image.width, height=image.height)
-        # An image of unknown size is charged its worst case: starting high costs a few
-        # seconds until answers correct the scale; starting low trips a TPM limit.
-        worst_image = image_est if image.width else self._worst_image_tokens
-        max_completion = request.max_tokens * (request.n or 1)
-        prompt = request_tokens(text_tokens=text_tokens, image_tokens_=worst_image, max_tokens=0)
-        worst = Usage(prompt_tokens=prompt, completion_tokens=max_completion)
-        est = RequestEstimate(prompt_tokens=prompt, completion_tokens=max_completion,
-                              max_cost_usd=self._cost(request.model, worst, warn=False) or 0.0)
-        if len(self._estimates) >= _ESTIMATES_KEPT:
-            self._estimates.clear()
-        self._estimates[key] = est
-        return est
-
-    async def _attempt(self, body: dict[str, Any], est: RequestEstimate, state: _RowState) -> Outcome:
-        if self._stopping.is_set():
-            raise _StopDispatch
-        grant = await self.deps.limiter.acquire(est.prompt_tokens, est.completion_tokens)
-        if self._stopping.is_set():
-            raise _StopDispatch
-        if not self.budget.try_reserve(est.max_cost_usd):
-            self.request_stop(BudgetExceededError(
-                f"the budget is reached: {self.budget.describe()} with requests in flight; "
-                "raise --max-cost (limits.max_cost_usd) and re-run to continue"))
-            raise _StopDispatch
-        outcome = await self._send_once(body, est)
-        paid = self._cost(outcome.completion.model, outcome.completion.usage) if isinstance(outcome, Reply) else None
-        self.budget.settle(est.max_cost_usd, paid or 0.0)
-        state.paid_usd = (state.paid_usd or 0.0) + paid if paid is not None else state.paid_usd
-        state.attempts += 1
-        self.totals.requests += 1
-        limiter, breaker = self.deps.limiter, self.deps.breaker
-        limiter.observe(outcome.headers)
-        if isinstance(outcome, Reply):
-            breaker.record(None)
-            limiter.settle(grant, prompt_tokens=outcome.completion.usage.prompt_tokens)
-            state.last = self._check_labels(outcome, state)
-            return state.last
-        breaker.record(outcome.error_type)
-        if outcome.error_type == "rate_limited":
-            limiter.rate_limited(outcome.retry_after_s)
-        if outcome.fatal is not None:
-            cls, hint = _FATAL_ERRORS[outcome.fatal]
-            hint = hint.replace("{env}", self.config.endpoint.api_key_env).replace("{model}", self.config.request.model)
-            self.request_stop(cls(f"{hint} ({outcome.message})"))
-            raise _StopDispatch
-        if breaker.is_open:
-            self.request_stop(CircuitOpenError(
-                f"the endpoint looks down: {breaker.describe()} (last: {outcome.message}). Re-run to resume once it is back."))
-            raise _StopDispatch
-        return outcome
-
-    async def _send_once(self, body: dict[str, Any], est: RequestEstimate) -> Outcome:
-        """One request, counted in flight; an answer that cannot be read is that answer's failure."""
-        self._in_flight += 1
-        try:
-            return await self.deps.client.complete(body)
-        except Exception as exc:  # noqa: BLE001 - the per-row boundary, at the answer
-            # A number past what Python holds, a shape the parser did not expect: the server
-            # answered, so this is that answer's problem, recorded (and settled) like any bad answer.
-            log.debug("unreadable answer", exc_info=True)
-            return Failure("invalid_response", f"the answer could not be read ({type(exc).__name__}: {exc})",
-                           retryable=False)
-        except BaseException:
-            self.budget.settle(est.max_cost_usd, 0.0)  # cancelled mid-request: nothing is known to be billed
-            raise
-        finally:
-            self._in_flight -= 1
-
-    def _check_labels(self, reply: Reply, state: _RowState) -> Outcome:
-        """With a response_format schema, an answer that does not match it is retried once, then an error."""
-        if self._labels is None or reply.completion.finish_reason == "content_filter":
-            return reply
-        labels, why = self._labels.check(reply.completion.caption)
-        if why is None:
-            state.labels = labels
-            return reply
-        state.invalid_replies += 1
-        return Failure("invalid_response", why, retryable=state.invalid_replies < LABEL_ATTEMPTS,
-                       http_status=reply.http_status, latency_s=reply.latency_s)
-
-    def _row(self, item: Item, **values: Any) -> ResultRow:
-        return result_row(item, finished_at=self.deps.now(), prior_cost_usd=self._prior_paid.get(item.id), **values)
-
-    def _cost(self, model: str | None, usage: Usage, *, warn: bool = True) -> float | None:
-        model = model or self.config.request.model
-        cost = row_cost_usd(model, usage, self.config.pricing, ocr_model=self.config.request.extra_body.get("ocr_model"))
-        if cost is None and warn and model not in self._unpriced_warned:
-            self._unpriced_warned.add(model)
-            log.warning("no price for model '%s': cost_usd stays null (add [pricing.\"%s\"] to the config)", model, model)
-        return cost
 
     # -- flushing ----------------------------------------------------------------
 
@@ -567,24 +301,6 @@ class Runner:
 
     def _write_meta(self, *, status: str) -> None:
         journal = self.deps.journal
-        meta = journal.read_meta() or {"created_at": self.deps.now().isoformat()}
-        meta.update(
-            fingerprint=self.config.request_fingerprint(),
-            request=self.config.request_identity(),
-            manifest=self.manifest_label,
-            base_dir=str(self.base_dir.resolve()),
-            base_url=self.config.endpoint.base_url,
-            status=status,
-            updated_at=self.deps.now().isoformat(),
-        )
-        if status != "running":
-            meta["last_run"] = {
-                "rows_in_manifest": self.totals.total, "skipped": self.totals.skipped, "done": self.totals.done,
-                "ok": self.totals.ok, "filtered": self.totals.filtered, "error": self.totals.error,
-                "requests": self.totals.requests, "prompt_tokens": self.totals.prompt_tokens,
-                "completion_tokens": self.totals.completion_tokens, "cost_usd": round(self.totals.cost_usd, 6),
-                "stopped_by": type(self._stop_reason).__name__ if self._stop_reason else None,
-                "spent_usd_in_folder": round(self.totals.folder_spent_usd, 6),
-            }
-        journal.write_meta(meta)
-
+        journal.write_meta(updated_meta(
+            journal.read_meta(), config=self.config, manifest=self.manifest_label, base_dir=self.base_dir,
+            status=status, now=self.deps.now(), totals=self.totals, stop_reason=self._stop_reason))

@@ -85,12 +85,12 @@ def run_pipeline(base_url: str, manifest: Path, *, concurrency: int, rpm: int | 
     import anyio
     import httpx
 
-    from pipeline.client import HttpxPoster, VisionClient, make_http_client, open_http
+    from pipeline.client import Http, HttpxPoster, make_http_client, open_http
+    from pipeline.compose import build_runner
     from pipeline.config import build_config
     from pipeline.journal import Journal
     from pipeline.manifest import chunk_source, inspect_manifest
     from pipeline.ratelimit import RateLimiter
-    from pipeline.runner import Runner, RunnerDeps
 
     data = {"endpoint": {"base_url": base_url, "timeout_s": 60},
             "limits": {"rpm": rpm, "tpm": tpm, "concurrency": concurrency},
@@ -112,12 +112,13 @@ def run_pipeline(base_url: str, manifest: Path, *, concurrency: int, rpm: int | 
                 http_client = http.client
                 # "httpx-aiohttp": the POST through httpx's API over the same aiohttp session (the old path).
                 poster = HttpxPoster(http.client, timeout_s=60) if transport == "httpx-aiohttp" else http.poster
-            client = VisionClient(http_client, poster=poster, base_url=base_url, api_key=None, timeout_s=60)
             limiter = RateLimiter(rpm=rpm, tpm=tpm, clock=time.monotonic, sleep=anyio.sleep)
-            deps = RunnerDeps(client=client, journal=Journal(out), limiter=limiter)
             chunks = chunk_source(manifest, chunk_size=256, url_column="url", id_column="id")
-            runner = Runner(config, deps, chunks=chunks, base_dir=manifest.parent, total_rows=inspect_manifest(manifest).rows)
-            return await runner.run()
+            with Journal(out) as journal:
+                runner = build_runner(config, http=Http(client=http_client, poster=poster), journal=journal,
+                                      chunks=chunks, base_dir=manifest.parent,
+                                      total_rows=inspect_manifest(manifest).rows, limiter=limiter)
+                return await runner.run()
 
     cpu0, t0 = cpu_s(), time.perf_counter()
     totals = anyio.run(go)

@@ -10,8 +10,6 @@ import base64
 import io
 import json
 import os
-import random
-import time
 from pathlib import Path
 
 import anyio
@@ -20,14 +18,12 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from pipeline.breaker import CircuitBreaker
-from pipeline.client import VisionClient
+from pipeline.client import Http, HttpxPoster
+from pipeline.compose import build_runner
 from pipeline.errors import JournalError, ManifestError
 from pipeline.journal import Journal
 from pipeline.manifest import chunk_source
 from pipeline.models import Item, ResultRow
-from pipeline.ratelimit import RateLimiter
-from pipeline.runner import Runner, RunnerDeps
 from tests.test_runner import make_config
 
 BASE = "http://chat.test/v1"
@@ -74,10 +70,9 @@ def run(config, items_or_manifest, out: Path, endpoint: Endpoint, *, journal=Non
 
     async def go():
         async with httpx.AsyncClient(transport=httpx.MockTransport(endpoint)) as http:
-            client = VisionClient(http, base_url=BASE, api_key=None, timeout_s=5)
-            deps = RunnerDeps(client=client, journal=journal, breaker=CircuitBreaker(), rng=random.Random(0),
-                              limiter=RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep))
-            runner = Runner(config, deps, chunks=chunks, base_dir=base_dir or base, total_rows=total, grace_s=2)
+            runner = build_runner(config, http=Http(client=http, poster=HttpxPoster(http, timeout_s=5)),
+                                  journal=journal, chunks=chunks, base_dir=base_dir or base, total_rows=total,
+                                  grace_s=2)
             try:
                 return await runner.run()
             except Exception as exc:  # noqa: BLE001 - the test inspects the stop reason
@@ -210,9 +205,9 @@ def test_a_manifest_reader_failing_mid_run_ends_the_run_cleanly(tmp_path):
 
     async def go(journal):
         async with httpx.AsyncClient(transport=httpx.MockTransport(Endpoint())) as http:
-            deps = RunnerDeps(client=VisionClient(http, base_url=BASE, api_key=None, timeout_s=5), journal=journal,
-                              limiter=RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep))
-            runner = Runner(config, deps, chunks=chunks, base_dir=tmp_path, total_rows=5, manifest_label="m.csv")
+            runner = build_runner(config, http=Http(client=http, poster=HttpxPoster(http, timeout_s=5)),
+                                  journal=journal, chunks=chunks, base_dir=tmp_path, total_rows=5,
+                                  manifest_label="m.csv")
             with pytest.raises(ManifestError, match="RuntimeError: decoder exploded.*re-run"):
                 await runner.run()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import random
 import time
 from pathlib import Path
 
@@ -12,14 +11,16 @@ import polars as pl
 import pytest
 
 from pipeline.breaker import CircuitBreaker
-from pipeline.client import VisionClient, open_http
+from pipeline.client import open_http
 from pipeline.config import Config, build_config
 from pipeline.errors import (AuthError, CircuitOpenError, InterruptedRunError, JournalError, ManifestError, ModelNotFoundError,
                              QuotaError, ResumeMismatchError)
 from pipeline.journal import Journal
 from pipeline.manifest import chunk_source, inspect_manifest
 from pipeline.ratelimit import RateLimiter
-from pipeline.runner import Runner, RunnerDeps, check_resume
+from pipeline.compose import build_runner
+from pipeline.run_meta import check_resume
+from pipeline.runner import Runner, RunnerDeps
 from pipeline.simulator import caption_for
 from tests.conftest import remote_rows, write_csv
 
@@ -43,14 +44,11 @@ def run_once(config: Config, manifest: Path, out: Path, *, retry_errors=False, b
     async def go():
         async with open_http(concurrency=config.limits.concurrency, timeout_s=config.endpoint.timeout_s,
                              endpoint_url=config.endpoint.base_url, environ={}) as http:
-            client = VisionClient(http.client, poster=http.poster, base_url=config.endpoint.base_url, api_key=api_key,
-                                  timeout_s=config.endpoint.timeout_s)
-            deps = RunnerDeps(client=client, journal=journal, limiter=RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep),
-                              sleep=_no_sleep, rng=random.Random(0), breaker=breaker or CircuitBreaker())
             source = chunks or chunk_source(manifest, chunk_size=config.run.chunk_size, url_column="url", id_column="id")
-            runner = Runner(config, deps, chunks=source,
-                            base_dir=manifest.parent, total_rows=inspect_manifest(manifest).rows,
-                            retry_errors=retry_errors, grace_s=5.0)
+            runner = build_runner(config, http=http, journal=journal, api_key=api_key, chunks=source,
+                                  base_dir=manifest.parent, total_rows=inspect_manifest(manifest).rows,
+                                  retry_errors=retry_errors, grace_s=5.0, sleep=_no_sleep, breaker=breaker,
+                                  limiter=RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep))
             if on_runner:
                 on_runner(runner)
             try:

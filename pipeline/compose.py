@@ -1,0 +1,45 @@
+"""The one composition root: a runner wired with production parts, each replaceable by keyword.
+
+The CLI, the tests and the benchmarks all build their runner here, so what runs in
+production is what they exercise; a test swaps the clock, sleep, limiter or
+breaker by passing it, never by patching.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+
+import anyio
+
+from .breaker import CircuitBreaker
+from .client import Http, VisionClient
+from .config import Config
+from .executor import Executor
+from .feed import ChunkSource
+from .journal import Journal
+from .progress import NoProgress, Progress
+from .ratelimit import RateLimiter
+from .runner import Runner, RunnerDeps, utc_now
+
+
+def build_runner(config: Config, *, http: Http, journal: Journal, chunks: ChunkSource, base_dir: Path,
+                 total_rows: int, api_key: str | None = None, manifest_label: str = "", retry_errors: bool = False,
+                 progress: Progress | None = None, grace_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+                 now: Callable[[], datetime] = utc_now, rng: random.Random | None = None,
+                 limiter: RateLimiter | None = None, breaker: CircuitBreaker | None = None,
+                 executor: Executor | None = None) -> Runner:
+    client = VisionClient(http.client, poster=http.poster, base_url=config.endpoint.base_url, api_key=api_key,
+                          timeout_s=config.endpoint.timeout_s)
+    deps = RunnerDeps(
+        client=client, journal=journal,
+        limiter=limiter or RateLimiter(rpm=config.limits.rpm, tpm=config.limits.tpm, clock=clock, sleep=sleep),
+        sleep=sleep, now=now, progress=progress or NoProgress(), rng=rng or random.Random(0),
+        breaker=breaker or CircuitBreaker(), executor=executor,
+    )
+    return Runner(config, deps, chunks=chunks, base_dir=base_dir, total_rows=total_rows, manifest_label=manifest_label,
+                  retry_errors=retry_errors, grace_s=grace_s)

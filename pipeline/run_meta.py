@@ -1,0 +1,65 @@
+"""``run.json``: what made an output folder (request fingerprint, manifest, endpoint) and the last run's totals.
+
+PURE apart from ``check_resume``, which reads it through the journal. The API key
+is never in it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .errors import PipelineError, ResumeMismatchError
+from .journal import Journal
+from .models import RunTotals
+
+
+def check_resume(journal: Journal, config: Config, *, force: bool) -> None:
+    """Refuse to continue a folder made with other request parameters (unless forced)."""
+    meta = journal.read_meta()
+    if force:
+        return
+    if meta is None:
+        if journal.has_rows():
+            raise ResumeMismatchError(
+                f"{journal.out_dir} holds results but no {journal.meta_path.name}, so the request parameters they "
+                "were made with cannot be checked. Use --force to continue with the current parameters, "
+                "or another --out folder.")
+        return
+    if meta.get("fingerprint") == config.request_fingerprint():
+        return
+    before = meta.get("request", {})
+    now = config.request_identity()
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    details = "; ".join(f"{k}: {before.get(k)!r} → {now.get(k)!r}" for k in changed[:5])
+    raise ResumeMismatchError(
+        f"{journal.out_dir} holds results made with other request parameters ({details or 'fingerprint differs'}). "
+        "Use another --out folder, or --force to continue with the new parameters."
+    )
+
+
+def updated_meta(previous: dict[str, Any] | None, *, config: Config, manifest: str, base_dir: Path, status: str,
+                 now: datetime, totals: RunTotals, stop_reason: PipelineError | None) -> dict[str, Any]:
+    """``run.json`` after a run started (``status="running"``) or ended (``"finished"``, ``"stopped"``)."""
+    meta = dict(previous) if previous else {"created_at": now.isoformat()}
+    meta.update(
+        fingerprint=config.request_fingerprint(),
+        request=config.request_identity(),
+        manifest=manifest,
+        base_dir=str(base_dir.resolve()),
+        base_url=config.endpoint.base_url,
+        status=status,
+        updated_at=now.isoformat(),
+    )
+    if status != "running":
+        meta["last_run"] = {
+            "rows_in_manifest": totals.total, "skipped": totals.skipped, "done": totals.done,
+            "ok": totals.ok, "filtered": totals.filtered, "error": totals.error,
+            "requests": totals.requests, "prompt_tokens": totals.prompt_tokens,
+            "completion_tokens": totals.completion_tokens, "cost_usd": round(totals.cost_usd, 6),
+            "stopped_by": type(stop_reason).__name__ if stop_reason else None,
+            "spent_usd_in_folder": round(totals.folder_spent_usd, 6),
+        }
+    return meta
