@@ -50,6 +50,7 @@ from .errors import (
     PipelineError,
     QuotaError,
     ResumeMismatchError,
+    WaitTooLongError,
 )
 from .images import ImageLimits, PreparedImage, inline_bytes, is_remote, prepare_image, shorten_data_url
 from .journal import DoneIds, Journal
@@ -159,6 +160,8 @@ class RunnerDeps:
     progress: Progress = field(default_factory=NoProgress)
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    # Masks secrets in every row before it is written (the CLI builds it from the API key).
+    scrub: Callable[[ResultRow], ResultRow] | None = None
 
 
 def check_resume(journal: Journal, config: Config, *, force: bool) -> None:
@@ -350,6 +353,8 @@ class Runner:
                     self._record(row)
 
     def _record(self, row: ResultRow) -> None:
+        if self.deps.scrub is not None:
+            row = self.deps.scrub(row)
         self.totals.add(row)
         self._buffer.append(row)
         if len(self._buffer) >= self.config.run.chunk_size:
@@ -399,6 +404,9 @@ class Runner:
                 sleep=self.deps.sleep, rng=self.deps.rng,
             )
         except _StopDispatch:
+            return None
+        except WaitTooLongError as exc:  # the limiter refused a server's wait over limits.max_wait_s
+            self.request_stop(exc)
             return None
         except Exception as exc:  # noqa: BLE001 - the per-row boundary: a bug must not kill the run
             log.exception("unexpected error on row %s", item.id)
