@@ -109,12 +109,14 @@ def describe_wait(wait_s: float) -> str:
     """``86400 s (1 d 0 h)``: the number as the server gave it, and what it means to a person."""
     if wait_s == float("inf"):
         return "forever (inf)"
-    number = f"{wait_s:.0f} s" if wait_s < 1e15 else f"{wait_s:.3g} s"
-    if wait_s >= 86400 * 365:
-        return f"{number} (about {wait_s / (86400 * 365.25):.3g} years)"
-    if wait_s >= 3600:
-        return f"{number} ({int(wait_s // 86400)} d {int(wait_s % 86400 // 3600)} h)"
-    return number
+    if wait_s >= 1e15:
+        return f"{wait_s:.3g} s (about {wait_s / (86400 * 365.25):.3g} years)"
+    whole = round(wait_s)  # a wait measured a moment later (86399.6 s) still reads as the server's 86400
+    if whole >= 86400 * 365:
+        return f"{whole} s (about {whole / (86400 * 365.25):.3g} years)"
+    if whole >= 3600:
+        return f"{whole} s ({whole // 86400} d {whole % 86400 // 3600} h)"
+    return f"{wait_s:.3g} s" if wait_s < 1 else f"{whole} s"
 
 
 class InterruptedRunError(PipelineError):
