@@ -218,7 +218,10 @@ def parse_error_body(body: bytes) -> ErrorBody:
 
     def text(key: str) -> str | None:
         value = error.get(key)
-        return str(value) if value is not None else None
+        if value is None:
+            return None
+        # A nested object is named, not printed: str() of one nested 1,000 deep raises RecursionError.
+        return str(value) if isinstance(value, (str, int, float)) else f"({_type_name(value)})"
 
     return ErrorBody(
         message=text("message") or "(no message)",

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt
 
 from .models import Failure, Outcome
-from .parse import ErrorBody, filter_verdict, parse_error_body
+from .parse import ErrorBody, InvalidResponseError, filter_verdict, parse_error_body
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 QUOTA_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted", "billing_hard_limit_reached"})
@@ -101,7 +101,11 @@ def classify_http(status: int, body: bytes, headers: Mapping[str, str], *, now_e
     if status == 404 or err.code == "model_not_found":
         return failure("model_not_found", retryable=False, fatal="model_not_found")
     if _is_content_filter(err):
-        return failure("content_filter", retryable=False, filters=filter_verdict(err.inner_filter or {}, []))
+        try:
+            filters = filter_verdict(err.inner_filter or {}, [])
+        except InvalidResponseError:  # categories nested past what can be stored: blocked, categories unknown
+            filters = None
+        return failure("content_filter", retryable=False, filters=filters)
     if status == 429:
         if err.message.startswith("Request too large"):
             return failure("bad_request", retryable=False)

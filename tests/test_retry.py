@@ -187,3 +187,15 @@ def test_a_429_message_asking_for_years_keeps_its_wait():
     body = json.dumps({"error": {"message": "Please try again in 99999999s.", "code": "rate_limit_exceeded"}}).encode()
     failure = classify_http(429, body, {})
     assert failure.error_type == "rate_limited" and failure.retry_after_s == 99999999.0
+
+
+def test_error_bodies_nested_a_thousand_deep_are_classified_not_raised():
+    """A 400 whose message and content-filter result are nested 1,000 deep: a bad_request / content_filter
+    failure, never RecursionError."""
+    deep = '{"x":' * 1000 + "{}" + "}" * 1000  # within orjson's 1,024 levels, past Python's str()
+    body = ('{"error": {"message": ' + deep + ', "code": "invalid_image"}}').encode()
+    assert classify_http(400, body, {}).error_type == "bad_request"
+    filtered = ('{"error": {"message": "blocked", "code": "content_filter", "innererror": '
+                '{"content_filter_result": {"hate": ' + deep + "}}}}").encode()
+    failure = classify_http(400, filtered, {})
+    assert failure.error_type == "content_filter" and failure.filters is None
