@@ -96,8 +96,9 @@ def assert_key_nowhere(key: str, texts: list[str], folder: Path) -> None:
         (echo_key_in_text_500, KEY),
         (echo_key_in_401, KEY),
         (echo_key_in_200_error, KEY + "  "),  # trailing whitespace: sent stripped, so echoed stripped
+        (echo_key_in_text_500, " " + KEY + "\r"),  # a CRLF .env file
     ],
-    ids=["200-error-body", "500-text-key-at-190", "401-json", "trailing-space-key"],
+    ids=["200-error-body", "500-text-key-at-190", "401-json", "trailing-space-key", "crlf-key"],
 )
 def test_an_echoed_key_reaches_no_file_no_terminal_and_no_report(server, tmp_path, answer, key):
     """The key the server echoes (raw and stripped) is nowhere under --out, on stdout/stderr or in the report."""
@@ -228,3 +229,12 @@ def test_a_200_error_object_is_invalid_response_and_its_message_is_masked(server
     assert rows["echo-0"]["error_type"] == "invalid_response"
     assert "upstream refused the request (Authorization: Bearer ***)" in rows["echo-0"]["error_message"]
     assert rows["ok-1"]["status"] == "ok"
+
+
+def test_a_key_with_a_line_break_inside_is_refused_before_sending(server, tmp_path):
+    """CR/LF inside the key cannot go in a header: exit 2 naming the variable, nothing sent, the key not printed."""
+    server.answers = {"echo": echo_key_in_200_error}
+    broken = KEY[:12] + "\r\n" + KEY[12:]
+    result = run_cli(run_args(tmp_path, server, ["echo"] * 3), env=cli_env(OPENAI_API_KEY=broken))
+    assert result.returncode == 2 and "OPENAI_API_KEY" in result.stderr and "line break" in result.stderr
+    assert server.requests == 0 and KEY[:12] not in result.stderr and "Traceback" not in result.stderr
