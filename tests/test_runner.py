@@ -252,12 +252,13 @@ def test_an_unwritable_journal_stops_the_run_with_its_error(simulator, tmp_path)
     the parts written before the failure are intact and a rerun resumes after them."""
     manifest = write_csv(tmp_path / "m.csv", remote_rows(200))
     config = make_config(simulator.base_url, limits={"concurrency": 4})
-    result, _ = run_once(config, manifest, tmp_path / "out", journal=_DiskFullAfter(tmp_path / "out", good_writes=2))
+    result, written = run_once(config, manifest, tmp_path / "out", journal=_DiskFullAfter(tmp_path / "out", good_writes=2))
     assert isinstance(result, JournalError) and result.exit_code == 2 and "No space left" in str(result)
     sent = simulator.app.stats()["requests"]
     assert sent < 200
     totals, frame = run_once(config, manifest, tmp_path / "out")
-    assert frame.height == 200 and totals.skipped == 20
+    # Each good write held the buffer as it flushed: chunk_size rows, or a few more on a loaded machine.
+    assert frame.height == 200 and totals.skipped == written.height >= 20
 
 
 def test_changed_request_parameters_are_refused_unless_forced(simulator, tmp_path):
