@@ -32,6 +32,7 @@ from .manifest import inspect_manifest
 from .models import RunTotals
 from .progress import BarProgress, LogProgress, NoProgress, Progress
 from .request import missing_columns
+from .secrets import Scrubber, ScrubbingFilter
 
 log = logging.getLogger("caption")
 
@@ -40,20 +41,6 @@ RUN_EPILOG = """examples:
   caption run images.jsonl --out runs/night1 --model gpt-4o-mini --rpm 3000 --tpm 2000000
   caption run folder/ --out runs/labels --config configs/labels.toml --max-cost 25
 Re-running the same command on the same --out resumes: finished rows are never sent again."""
-
-
-class _SecretFilter(logging.Filter):
-    """Last line of defence: a key that reached a log message is masked."""
-
-    def __init__(self, secret: str) -> None:
-        super().__init__()
-        self._secret = secret
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if self._secret in message:
-            record.msg, record.args = message.replace(self._secret, "***"), None
-        return True
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -144,13 +131,27 @@ def _setup_logging(verbosity: int) -> None:
     log.propagate = False
 
 
-def _api_key(config: Config, *, simulate: bool) -> str | None:
-    key = os.environ.get(config.endpoint.api_key_env) or None
+def _api_key(config: Config, *, simulate: bool) -> tuple[str | None, Scrubber]:
+    """The key from the environment, stripped once here (HTTP sends it stripped, so it is
+    used and masked stripped everywhere), and the scrubber that masks it as given and stripped."""
+    raw = os.environ.get(config.endpoint.api_key_env) or ""
+    key = raw.strip() or None
+    if key is not None and any(c in key for c in "\r\n\0"):
+        raise ConfigError(f"the API key in ${config.endpoint.api_key_env} contains a line break or NUL: "
+                          "it cannot be sent in a header; set the variable to the key alone",
+                          key="endpoint.api_key_env", path=config.source)
     if key is None and not simulate and not _is_loopback(config.endpoint.base_url):
         raise ConfigError(f"no API key: set the environment variable {config.endpoint.api_key_env} "
                           "(or point endpoint.api_key_env at the variable that holds it)", key="endpoint.api_key_env",
                           path=config.source)
-    return key
+    return key, Scrubber([raw])
+
+
+def _mask_output(args: argparse.Namespace, scrubber: Scrubber) -> None:
+    """From here on, log records and the final error line pass the scrubber."""
+    args.scrubber = scrubber
+    for handler in log.handlers:
+        handler.addFilter(ScrubbingFilter(scrubber))
 
 
 def _host(url: str) -> str:
@@ -208,11 +209,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config, info = _load_inputs(args)
     _check_budget_is_priced(config)
-    api_key = _api_key(config, simulate=args.simulate)
+    api_key, scrubber = _api_key(config, simulate=args.simulate)
+    _mask_output(args, scrubber)
     with Journal(args.out) as journal:
         check_resume(journal, config, force=args.force)
-        if api_key:
-            log.addFilter(_SecretFilter(api_key))
         with _endpoint(config, simulate=args.simulate) as config:
             return anyio.run(_run_async, config, args, info.rows, journal, api_key)
 
@@ -276,7 +276,7 @@ async def _run_async(config: Config, args: argparse.Namespace, total_rows: int, 
                          endpoint_url=config.endpoint.base_url) as http:
         runner = build_runner(config, http=http, journal=journal, api_key=api_key, chunks=chunks,
                               base_dir=base_dir(args.manifest), total_rows=total_rows, manifest_label=str(args.manifest),
-                              retry_errors=args.retry_errors,
+                              retry_errors=args.retry_errors, scrubber=args.scrubber,
                               progress=_progress(total_rows, no_progress=args.no_progress))
         stopped = await _run_until_stopped(runner)
     _print_summary(runner, journal, stopped=stopped)
@@ -343,9 +343,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         if args.out is not None:
             journal = Journal(args.out)
             check_resume(journal, config, force=args.force)
-        api_key = _api_key(config, simulate=args.simulate)
-        if api_key:
-            log.addFilter(_SecretFilter(api_key))
+        api_key, scrubber = _api_key(config, simulate=args.simulate)
+        _mask_output(args, scrubber)
     with _endpoint(config, simulate=args.simulate and args.sample > 0) as config:
         result = anyio.run(_estimate_async, config, args, journal, api_key)
     print(json.dumps(result, indent=2) if args.json else format_estimate(result, config))
@@ -375,7 +374,7 @@ async def _estimate_async(config: Config, args: argparse.Namespace, journal: Jou
             items = [item for item, _ in reservoir.items]
             runner = build_runner(config, http=http, journal=sample_journal, api_key=api_key,
                                   chunks=lambda: iter([items]), base_dir=base_dir(args.manifest), total_rows=len(items),
-                                  manifest_label=str(args.manifest))
+                                  manifest_label=str(args.manifest), scrubber=getattr(args, "scrubber", None))
             stopped = await _run_until_stopped(runner)
             if stopped is not None:
                 raise stopped
@@ -436,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except PipelineError as exc:
-        print(f"caption: error: {exc}", file=sys.stderr)
+        # Printed outside the log, so masked here: a stop reason quotes the server's message.
+        scrub = getattr(args, "scrubber", None) or Scrubber()
+        print(scrub(f"caption: error: {exc}"), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("caption: interrupted; re-run the same command to resume", file=sys.stderr)

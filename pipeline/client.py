@@ -4,6 +4,11 @@
 HTTP or transport problem: it returns ``Reply`` or ``Failure``. Retrying,
 pacing and the run-level consequences are other modules' jobs.
 
+Hostile answers stop here: a body is read up to ``max_response_bytes`` and no
+further (the connection is dropped, the answer is ``invalid_response``), and an
+error body is masked by the ``Scrubber`` before it is parsed or cut, so no
+failure message carries the API key.
+
 Two layers:
 - The chat-completions POST, the hot path, goes through a ``Poster``. In
   production that is ``AiohttpPoster``, straight on an aiohttp session: httpx's
@@ -39,8 +44,10 @@ from .errors import ImageUnreadableError
 from .models import Failure, Outcome, Reply
 from .parse import InvalidResponseError, parse_completion_bytes
 from .retry import classify_http
+from .secrets import Scrubber
 
 Clock = Callable[[], float]
+DEFAULT_MAX_RESPONSE_BYTES = 8_000_000
 
 # Headers worth keeping from a response: the rate-limit family and the waits.
 _KEPT_HEADER_PREFIXES = ("x-ratelimit-", "x-rate-limit-", "retry-after", "x-ms-retry-after")
@@ -48,11 +55,16 @@ _KEPT_HEADER_PREFIXES = ("x-ratelimit-", "x-rate-limit-", "retry-after", "x-ms-r
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RawResponse:
-    """An HTTP answer, whatever carried it: headers look up case-insensitively."""
+    """An HTTP answer, whatever carried it: headers look up case-insensitively.
+
+    ``complete`` is False when the body was longer than the poster's ``max_bytes``:
+    ``content`` is then empty (what was read is dropped, not kept half).
+    """
 
     status: int
     headers: Mapping[str, str]
     content: bytes
+    complete: bool = True
 
 
 class SendError(Exception):
@@ -64,8 +76,12 @@ class SendError(Exception):
 
 
 class Poster(Protocol):
-    async def post(self, url: str, content: bytes, headers: Mapping[str, str]) -> RawResponse:
-        """One POST; raises ``SendError`` when no answer arrives within the client's deadline."""
+    async def post(self, url: str, content: bytes, headers: Mapping[str, str], *, max_bytes: int) -> RawResponse:
+        """One POST; raises ``SendError`` when no answer arrives within the client's deadline.
+
+        Reads at most ``max_bytes`` of the body; past that the connection is dropped and
+        the answer comes back with ``complete=False``.
+        """
         ...
 
 
@@ -111,19 +127,38 @@ class AiohttpPoster:
                 self._proxy_auth = {"Proxy-Authorization": f"Basic {token}"}
             self._proxy = str(url.with_user(None))
 
-    async def post(self, url: str, content: bytes, headers: Mapping[str, str]) -> RawResponse:
+    async def post(self, url: str, content: bytes, headers: Mapping[str, str], *,
+                   max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> RawResponse:
         if self._proxy_auth is not None and url.startswith("http:"):
             headers = {**headers, **self._proxy_auth}
         try:
             async with self._session.post(url, data=content, headers=headers, timeout=self._timeout,
                                           allow_redirects=False, proxy=self._proxy,
                                           proxy_headers=self._proxy_auth) as response:
-                body = await response.read()
+                body = await self._read_capped(response, max_bytes)
+                if body is None:
+                    response.close()  # drop the connection: the rest of the body is never read
+                    return RawResponse(response.status, response.headers, b"", complete=False)
                 return RawResponse(response.status, response.headers, body)
         except TimeoutError:
             raise SendError("timeout", f"no complete response within {self._timeout_s:g}s") from None
         except aiohttp.ClientError as exc:
             raise SendError("connection", f"{type(exc).__name__}: {exc or 'connection failed'}") from None
+
+
+    @staticmethod
+    async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes | None:
+        """The body, or None once it is longer than ``max_bytes`` (decompressed: a gzip bomb counts in full)."""
+        if response.content_length is not None and response.content_length > max_bytes:
+            return None
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > max_bytes:
+                return None
+            parts.append(chunk)
+        return b"".join(parts)
 
 
 class HttpxPoster:
@@ -133,16 +168,25 @@ class HttpxPoster:
         self._http = http
         self._timeout_s = timeout_s
 
-    async def post(self, url: str, content: bytes, headers: Mapping[str, str]) -> RawResponse:
+    async def post(self, url: str, content: bytes, headers: Mapping[str, str], *,
+                   max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> RawResponse:
         try:
             with anyio.fail_after(self._timeout_s):
-                response = await self._http.post(url, content=content, headers=headers)
+                # Streamed so a huge body is cut off; leaving the block unread closes the connection.
+                async with self._http.stream("POST", url, content=content, headers=headers) as response:
+                    parts: list[bytes] = []
+                    size = 0
+                    async for chunk in response.aiter_bytes():
+                        size += len(chunk)
+                        if size > max_bytes:
+                            return RawResponse(response.status_code, response.headers, b"", complete=False)
+                        parts.append(chunk)
         except TimeoutError:
             raise SendError("timeout", f"no complete response within {self._timeout_s:g}s") from None
         except httpx.TransportError as exc:
             kind = "timeout" if _is_timeout(exc) else "connection"
             raise SendError(kind, f"{type(exc).__name__}: {exc or ('timed out' if kind == 'timeout' else 'connection failed')}") from None
-        return RawResponse(response.status_code, response.headers, response.content)
+        return RawResponse(response.status_code, response.headers, b"".join(parts))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -230,6 +274,8 @@ class VisionClient:
         timeout_s: float,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        scrubber: Scrubber | None = None,
     ) -> None:
         self._http = http
         self._poster = poster or HttpxPoster(http, timeout_s=timeout_s)
@@ -237,14 +283,12 @@ class VisionClient:
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._api_key = api_key
+        # Servers echo the key (an error quoting the Authorization header): masked at the source.
+        self._scrub = scrubber if scrubber is not None else Scrubber([api_key])
         self._timeout_s = timeout_s
         self._clock = clock
         self._wall_clock = wall_clock
-
-    def _scrub(self, text: str) -> str:
-        """Servers sometimes echo the key in an error message; it must not reach the output."""
-        return text.replace(self._api_key, "***") if self._api_key else text
+        self._max_response_bytes = max_response_bytes
 
     async def fetch_image(self, url: str, *, max_bytes: int, timeout_s: float) -> bytes:
         """Download an image to inline it: bounded in bytes and time, an image content type, http(s) redirects only.
@@ -278,16 +322,25 @@ class VisionClient:
         payload = orjson.dumps(body)
         started = self._clock()
         try:
-            response = await self._poster.post(self._url, payload, self._headers)
+            response = await self._poster.post(self._url, payload, self._headers, max_bytes=self._max_response_bytes)
         except SendError as exc:
-            return Failure(exc.error_type, str(exc), retryable=True, latency_s=self._clock() - started)
+            return Failure(exc.error_type, self._scrub(str(exc)), retryable=True, latency_s=self._clock() - started)
         latency = self._clock() - started
         headers = _kept_headers(response.headers)
+        if not response.complete:
+            # Not retried: the same server answers the same way, and each try is paid for.
+            return Failure("invalid_response", f"HTTP {response.status} with a body over endpoint.max_response_bytes "
+                           f"({self._max_response_bytes} bytes); the rest was not read. Raise endpoint.max_response_bytes "
+                           "and re-run with --retry-errors if such answers are expected",
+                           retryable=False, http_status=response.status, latency_s=latency, headers=headers)
         if response.status != 200:
-            failure = classify_http(response.status, response.content, response.headers, now_epoch=self._wall_clock())
+            # Masked before classify_http parses and cuts it: a key straddling the cut would leak its head.
+            content = self._scrub.scrub_bytes(response.content)
+            failure = classify_http(response.status, content, response.headers, now_epoch=self._wall_clock())
             return dataclasses.replace(failure, message=self._scrub(failure.message), latency_s=latency, headers=headers)
         try:
             completion = parse_completion_bytes(response.content)
         except InvalidResponseError as exc:
-            return Failure("invalid_response", str(exc), retryable=True, http_status=200, latency_s=latency, headers=headers)
+            return Failure("invalid_response", self._scrub(str(exc)), retryable=exc.retryable, http_status=200,
+                           latency_s=latency, headers=headers)
         return Reply(completion=completion, http_status=200, latency_s=latency, headers=headers)

@@ -24,6 +24,7 @@ from .journal import Journal
 from .progress import NoProgress, Progress
 from .ratelimit import RateLimiter
 from .runner import Runner, RunnerDeps, utc_now
+from .secrets import Scrubber
 
 
 def build_runner(config: Config, *, http: Http, journal: Journal, chunks: ChunkSource, base_dir: Path,
@@ -31,15 +32,20 @@ def build_runner(config: Config, *, http: Http, journal: Journal, chunks: ChunkS
                  progress: Progress | None = None, grace_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
                  now: Callable[[], datetime] = utc_now, rng: random.Random | None = None,
-                 limiter: RateLimiter | None = None, breaker: CircuitBreaker | None = None,
-                 executor: Executor | None = None) -> Runner:
+                 wall_clock: Callable[[], float] = time.time, limiter: RateLimiter | None = None,
+                 breaker: CircuitBreaker | None = None, executor: Executor | None = None,
+                 scrubber: Scrubber | None = None) -> Runner:
+    """``scrubber`` masks the key in every message and row (built from ``api_key`` when not given)."""
+    scrubber = scrubber or Scrubber([api_key])
     client = VisionClient(http.client, poster=http.poster, base_url=config.endpoint.base_url, api_key=api_key,
-                          timeout_s=config.endpoint.timeout_s)
+                          timeout_s=config.endpoint.timeout_s, max_response_bytes=config.endpoint.max_response_bytes,
+                          scrubber=scrubber)
+    limiter = limiter or RateLimiter(rpm=config.limits.rpm, tpm=config.limits.tpm, clock=clock, sleep=sleep,
+                                     max_wait_s=config.limits.max_wait_s, wall_clock=wall_clock)
     deps = RunnerDeps(
-        client=client, journal=journal,
-        limiter=limiter or RateLimiter(rpm=config.limits.rpm, tpm=config.limits.tpm, clock=clock, sleep=sleep),
-        sleep=sleep, now=now, progress=progress or NoProgress(), rng=rng or random.Random(0),
-        breaker=breaker or CircuitBreaker(), executor=executor,
+        client=client, journal=journal, limiter=limiter, sleep=sleep, now=now, progress=progress or NoProgress(),
+        rng=rng or random.Random(0), breaker=breaker or CircuitBreaker(), executor=executor,
+        scrub=scrubber.row if scrubber.active else None,
     )
     return Runner(config, deps, chunks=chunks, base_dir=base_dir, total_rows=total_rows, manifest_label=manifest_label,
                   retry_errors=retry_errors, grace_s=grace_s)

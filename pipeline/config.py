@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -32,6 +33,7 @@ class EndpointConfig:
     base_url: str = "https://api.302.ai/v1"
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 120.0
+    max_response_bytes: int = 8_000_000  # a body over this is invalid_response; its connection is dropped
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +58,7 @@ class LimitsConfig:
     concurrency: int = 64
     max_attempts: int = 6
     max_cost_usd: float | None = None
+    max_wait_s: float = 300.0  # a server asking for a longer wait stops the run (exit 3, resumable)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,6 +174,8 @@ _POSITIVE = {
     "timeout_s", "max_tokens", "rpm", "tpm", "concurrency", "max_attempts", "max_bytes",
     "max_pixels", "chunk_size", "flush_interval_s", "max_side", "n", "max_cost_usd", "download_timeout_s",
 }
+# Caps on what a server can make the run do: NaN or inf would switch the cap off.
+_FINITE_POSITIVE = {"max_wait_s", "max_response_bytes"}
 
 
 def _build_section(cls: type, values: dict[str, Any], *, section: str, path: str) -> Any:
@@ -185,6 +190,8 @@ def _build_section(cls: type, values: dict[str, Any], *, section: str, path: str
             )
         if key in _POSITIVE and value is not None and value <= 0:
             raise ConfigError(f"must be greater than 0, got {value!r}", key=f"{section}.{key}", path=path)
+        if key in _FINITE_POSITIVE and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"must be a finite number greater than 0, got {value!r}", key=f"{section}.{key}", path=path)
     if section == "endpoint" and "base_url" in values:
         if not str(values["base_url"]).startswith(("http://", "https://")):
             raise ConfigError("must start with http:// or https://", key="endpoint.base_url", path=path)

@@ -21,7 +21,15 @@ from .budget import Budget
 from .client import VisionClient
 from .config import Config
 from .cost import row_cost_usd
-from .errors import AuthError, BudgetExceededError, CircuitOpenError, ModelNotFoundError, PipelineError, QuotaError
+from .errors import (
+    AuthError,
+    BudgetExceededError,
+    CircuitOpenError,
+    ModelNotFoundError,
+    PipelineError,
+    QuotaError,
+    WaitTooLongError,
+)
 from .executor import PreparedRequest, StopDispatch
 from .labels import LabelSpec
 from .models import Failure, Outcome, Reply, ResultRow, Usage
@@ -141,7 +149,10 @@ class OnlineExecutor:
     async def _attempt(self, body: dict[str, Any], est: RequestEstimate, state: _RowState) -> Outcome:
         if self._stopping():
             raise StopDispatch
-        grant = await self._limiter.acquire(est.prompt_tokens, est.completion_tokens)
+        try:
+            grant = await self._limiter.acquire(est.prompt_tokens, est.completion_tokens)
+        except WaitTooLongError as exc:  # a server asked for a wait over limits.max_wait_s
+            raise StopDispatch(exc) from None
         if self._stopping():
             raise StopDispatch
         if not self._budget.try_reserve(est.max_cost_usd):
@@ -163,7 +174,10 @@ class OnlineExecutor:
             return state.last
         breaker.record(outcome.error_type)
         if outcome.error_type == "rate_limited":
-            limiter.rate_limited(outcome.retry_after_s)
+            try:
+                limiter.rate_limited(outcome.retry_after_s)
+            except WaitTooLongError as exc:
+                raise StopDispatch(exc) from None
         if outcome.fatal is not None:
             cls, hint = _FATAL_ERRORS[outcome.fatal]
             hint = hint.replace("{env}", self.config.endpoint.api_key_env).replace("{model}", self.config.request.model)

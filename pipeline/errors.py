@@ -11,6 +11,7 @@
     │   ├── QuotaError                insufficient_quota / no credit left
     │   ├── ModelNotFoundError        the endpoint does not serve the model
     │   ├── BudgetExceededError       max_cost_usd reached
+    │   ├── WaitTooLongError          the server asked for a wait over limits.max_wait_s
     │   └── CircuitOpenError          most recent requests failed: the endpoint looks down
     ├── InterruptedRunError   exit 130 Ctrl-C / SIGTERM; resumable
     ├── JournalError          exit 2  the output folder cannot be read or written
@@ -99,6 +100,37 @@ class BudgetExceededError(RunStoppedError):
 
 class CircuitOpenError(RunStoppedError):
     pass
+
+
+class WaitTooLongError(RunStoppedError):
+    """The server asked every request to wait longer than ``limits.max_wait_s``.
+
+    A daily quota used up (Retry-After: 86400, a reset of ``24h`` with nothing
+    remaining) or a hostile answer (``inf``): waiting would look like a hang, so the
+    run stops, resumable, and says when a re-run can go on.
+    """
+
+    def __init__(self, *, wait_s: float, max_wait_s: float, source: str, resume_after: str | None = None) -> None:
+        self.wait_s = wait_s
+        self.max_wait_s = max_wait_s
+        when = f"after {resume_after}" if resume_after else "later"
+        super().__init__(
+            f"the server asked to wait {describe_wait(wait_s)} ({source}), longer than limits.max_wait_s "
+            f"({max_wait_s:g} s); re-run the same command {when} to resume, or raise --max-wait-s")
+
+
+def describe_wait(wait_s: float) -> str:
+    """``86400 s (1 d 0 h)``: the number as the server gave it, and what it means to a person."""
+    if wait_s == float("inf"):
+        return "forever (inf)"
+    if wait_s >= 1e15:
+        return f"{wait_s:.3g} s (about {wait_s / (86400 * 365.25):.3g} years)"
+    whole = round(wait_s)  # a wait measured a moment later (86399.6 s) still reads as the server's 86400
+    if whole >= 86400 * 365:
+        return f"{whole} s (about {whole / (86400 * 365.25):.3g} years)"
+    if whole >= 3600:
+        return f"{whole} s ({whole // 86400} d {whole % 86400 // 3600} h)"
+    return f"{wait_s:.3g} s" if wait_s < 1 else f"{whole} s"
 
 
 class InterruptedRunError(PipelineError):

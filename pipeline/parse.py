@@ -4,6 +4,12 @@ Tolerant by design: vendor extras in ``usage`` (seed 003), absent detail
 objects, Azure's ``content_filter_results`` per choice and
 ``prompt_filter_results`` (whose entries say ``content_filter_results`` or,
 as in seed 000, ``content_filter_result``).
+
+Strict about the fields it uses: a value of the wrong type or outside sane
+bounds (a caption that is a number, usage of -5 or 2^64 tokens, filter results
+nested past what can be stored) raises ``InvalidResponseError`` naming the
+field, so the row is an ``invalid_response`` error rather than an ``ok`` with
+a wrong caption, a negative cost or an uncaught exception.
 """
 
 from __future__ import annotations
@@ -16,27 +22,61 @@ import orjson
 from .models import SEVERITY_ORDER, Completion, FilterVerdict, Usage
 
 
+# No model has a context window within a factor of 100 of this: a count above it is a
+# broken or hostile server, and believing it would price one row at thousands of dollars
+# (and overflow the Int64 columns past 2^63).
+MAX_USAGE_TOKENS = 10**9
+
+
 class InvalidResponseError(ValueError):
-    """The body of a 200 is not a usable completion (not JSON, no choices)."""
+    """The body of a 200 is not a usable completion.
+
+    ``retryable``: whether asking again may help. A body that is not JSON or has no
+    choices may be a cut connection (retried); a well-formed answer of the wrong shape
+    was answered and paid for, and the same server will answer the same way (not retried).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _shape_error(message: str) -> InvalidResponseError:
+    return InvalidResponseError(message, retryable=False)
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _token_count(value: Any, field: str) -> int | None:
+    """A token count: null, or an integer (an integral float is tolerated) within 0..MAX_USAGE_TOKENS."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _shape_error(f"{field} is {_type_name(value)} {value!r:.40}, expected an integer")
+    if not 0 <= value <= MAX_USAGE_TOKENS:
+        raise _shape_error(f"{field} is {value}, outside 0..{MAX_USAGE_TOKENS}")
+    return value
 
 
 def parse_usage(usage: Any) -> Usage:
-    if not isinstance(usage, dict):
+    if usage is None:
         return Usage()
+    if not isinstance(usage, dict):
+        raise _shape_error(f"usage is {_type_name(usage)}, expected an object")
     prompt_details = usage.get("prompt_tokens_details")
     completion_details = usage.get("completion_tokens_details")
     cached = prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else None
     reasoning = completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else None
     return Usage(
-        prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
-        completion_tokens=_int_or_none(usage.get("completion_tokens")),
-        total_tokens=_int_or_none(usage.get("total_tokens")),
-        cached_tokens=_int_or_none(cached),
-        reasoning_tokens=_int_or_none(reasoning),
+        prompt_tokens=_token_count(usage.get("prompt_tokens"), "usage.prompt_tokens"),
+        completion_tokens=_token_count(usage.get("completion_tokens"), "usage.completion_tokens"),
+        total_tokens=_token_count(usage.get("total_tokens"), "usage.total_tokens"),
+        cached_tokens=_token_count(cached, "usage.prompt_tokens_details.cached_tokens"),
+        reasoning_tokens=_token_count(reasoning, "usage.completion_tokens_details.reasoning_tokens"),
     )
 
 
@@ -68,23 +108,42 @@ def filter_verdict(prompt_results: Any, choice_results: list[Any]) -> FilterVerd
             severity = result.get("severity")
             if isinstance(severity, str):
                 worst = max(worst, SEVERITY_ORDER.get(severity, -1))
+    try:
+        raw_json = orjson.dumps({"prompt": prompt_results, "choices": choice_results}).decode()
+    except TypeError as exc:  # orjson refuses nesting past 254 levels (and non-JSON values)
+        raise _shape_error(f"content_filter_results / prompt_filter_results cannot be stored ({exc})") from None
     return FilterVerdict(
         flagged=bool(categories),
         categories=tuple(sorted(categories)),
         max_severity=_SEVERITY_NAMES.get(worst),  # type: ignore[arg-type]
-        raw_json=orjson.dumps({"prompt": prompt_results, "choices": choice_results}).decode(),
+        raw_json=raw_json,
     )
 
 
-def _message_text(message: Any) -> tuple[str | None, str | None]:
-    if not isinstance(message, dict):
+def _message_text(message: Any, where: str) -> tuple[str | None, str | None]:
+    """The text of ``choices[i].message`` (a string, or a list of content parts) and its refusal.
+
+    Absent or null content is a valid answer with no text (a refusal, a filtered
+    completion); any other type is not an answer this pipeline can store.
+    """
+    if message is None:
         return None, None
+    if not isinstance(message, dict):
+        raise _shape_error(f"{where} is {_type_name(message)}, expected an object")
     content = message.get("content")
     refusal = message.get("refusal") if isinstance(message.get("refusal"), str) else None
     if isinstance(content, list):  # some servers return content parts
-        texts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        texts = []
+        for i, part in enumerate(content):
+            if isinstance(part, dict) and part.get("type") == "text":
+                text = part.get("text", "")
+                if not isinstance(text, str):
+                    raise _shape_error(f"{where}.content[{i}].text is {_type_name(text)}, expected a string")
+                texts.append(text)
         content = "".join(texts) if texts else None
-    return (content if isinstance(content, str) else None), refusal
+    if content is not None and not isinstance(content, str):
+        raise _shape_error(f"{where}.content is {_type_name(content)}, expected a string, a list of parts or null")
+    return content, refusal
 
 
 def parse_completion(data: Any) -> Completion:
@@ -97,13 +156,13 @@ def parse_completion(data: Any) -> Completion:
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise InvalidResponseError("the response has no choices")
     first = choices[0]
-    caption, refusal = _message_text(first.get("message"))
+    caption, refusal = _message_text(first.get("message"), "choices[0].message")
     choice_filters = [c.get("content_filter_results") for c in choices if isinstance(c, dict)]
     prompt_filters = data.get("prompt_filter_results")
     has_filters = prompt_filters is not None or any(b is not None for b in choice_filters)
     verdict = filter_verdict(prompt_filters, choice_filters) if has_filters else FilterVerdict()
     texts = (caption,) if len(choices) == 1 else tuple(
-        _message_text(c.get("message"))[0] for c in choices if isinstance(c, dict))
+        _message_text(c.get("message"), f"choices[{i}].message")[0] for i, c in enumerate(choices) if isinstance(c, dict))
     return Completion(
         captions=texts,
         caption=caption,
@@ -119,9 +178,14 @@ def parse_completion(data: Any) -> Completion:
 def parse_completion_bytes(body: bytes) -> Completion:
     try:
         data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise InvalidResponseError(f"the response is not valid JSON ({len(body)} bytes)") from None
-    return parse_completion(data)
+    except orjson.JSONDecodeError as exc:
+        # orjson also refuses numbers that overflow a double (1e400) and nesting past 1024.
+        raise InvalidResponseError(f"the response is not valid JSON ({len(body)} bytes: {exc})") from None
+    try:
+        return parse_completion(data)
+    except (RecursionError, OverflowError) as exc:
+        # A backstop for shapes no check above foresaw: a classified row, never a crash.
+        raise _shape_error(f"the response cannot be read ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +218,10 @@ def parse_error_body(body: bytes) -> ErrorBody:
 
     def text(key: str) -> str | None:
         value = error.get(key)
-        return str(value) if value is not None else None
+        if value is None:
+            return None
+        # A nested object is named, not printed: str() of one nested 1,000 deep raises RecursionError.
+        return str(value) if isinstance(value, (str, int, float)) else f"({_type_name(value)})"
 
     return ErrorBody(
         message=text("message") or "(no message)",

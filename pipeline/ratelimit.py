@@ -10,16 +10,27 @@ more than rpm requests (rpm + burst_s * rpm / 60).
 The server's word wins: a 429 (or ``remaining-requests: 0``) pauses every
 dispatch until its Retry-After / reset time, not only the request that got it.
 
+A wait longer than ``max_wait_s`` (a daily quota used up, a hostile ``inf``)
+is not waited for: ``rate_limited`` and the next ``acquire`` raise
+``WaitTooLongError`` and the run stops, resumable. Nothing a server reports
+moves the schedule far ahead: a request's token charge is clamped to the TPM
+limit and a usage correction to one minute's worth.
+
 ``parse_duration_s`` reads the reset formats seen in the wild: OpenAI's Go
 durations (``20ms``, ``1s``, ``6m0s``), Azure's integer seconds, ``-1`` = unknown.
+Header numbers that are not finite (``nan``) or not plausible counts are ignored.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from .errors import WaitTooLongError
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -27,6 +38,8 @@ Sleep = Callable[[float], Awaitable[None]]
 _SAFETY = 1.001
 _GO_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
 _GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+# Counts in limit/remaining headers above this are not counts (and float → int stops being exact).
+_MAX_HEADER_COUNT = 2**53
 
 
 def parse_duration_s(raw: str | None) -> float | None:
@@ -38,7 +51,8 @@ def parse_duration_s(raw: str | None) -> float | None:
     except ValueError:
         pass
     else:
-        return None if value < 0 else value
+        # inf stays: the longest wait there is, which max_wait_s then refuses.
+        return None if math.isnan(value) or value < 0 else value
     parts = _GO_PART.findall(raw)
     if not parts or "".join(n + u for n, u in parts) != raw:
         return None
@@ -60,10 +74,12 @@ def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     if raw is None:
         return None
     try:
-        value = int(float(raw))
+        value = float(raw)
     except ValueError:
         return None
-    return None if value < 0 else value
+    if not 0 <= value <= _MAX_HEADER_COUNT:  # also nan, inf and 1e400
+        return None
+    return int(value)
 
 
 def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitHeaders:
@@ -117,6 +133,8 @@ class RateLimiter:
         window_s: float = 10.0,
         probe_wait_s: float = 10.0,
         horizon_s: float = 1.0,
+        max_wait_s: float = 300.0,
+        wall_clock: Clock | None = None,
     ) -> None:
         self._configured = (rpm, tpm)
         self._learned: list[int | None] = [None, None]
@@ -138,6 +156,9 @@ class RateLimiter:
         self._probing = False
         self._probe_wait_s = probe_wait_s
         self._horizon_s = horizon_s
+        self._max_wait_s = max_wait_s
+        self._wall_clock = wall_clock  # only to say when a stopped run may resume
+        self._pause_source = "the server"
         self.pauses = 0
         self.decreases = 0
 
@@ -165,6 +186,9 @@ class RateLimiter:
         """
         if not limit:
             return 0.0
+        # A request larger than the whole limit (max_tokens of 10^9) still waits at most a
+        # window or two, not size/limit minutes: the server refuses it or counts it, either way once.
+        size = min(size, limit)
         room = max(limit * 0.5, limit - size) * self.factor
         return size * 60.0 / room * _SAFETY
 
@@ -175,6 +199,8 @@ class RateLimiter:
         await self._wait_for_probe()
         while True:
             now = self._clock()
+            if self._paused_until - now > self._max_wait_s:
+                raise self._too_long(self._paused_until - now, self._pause_source)
             start = max(now, self._paused_until, self._tat_requests - self._burst_s, self._tat_tokens - self._burst_s)
             if start - now > self._horizon_s:
                 # Too far ahead to book now: come back nearer the time and book with what is
@@ -224,12 +250,19 @@ class RateLimiter:
         # moving the schedule earlier (a refund) would give new requests overlapping slots
         # and bunch them past a sliding window. An over-estimate is corrected by the scale.
         missing = prompt_tokens - grant.charged_prompt_tokens
+        if self.tpm:
+            # One minute's worth at most: a usage of 2^63 must not push the schedule 10^12 s ahead.
+            missing = min(missing, self.tpm)
         if missing > 0:
             size = grant.charged_prompt_tokens + grant.completion_tokens
             self._tat_tokens += missing * self._interval(self.tpm, size) / max(1.0, size)
 
     def rate_limited(self, retry_after_s: float | None) -> None:
-        """A 429: pause everyone for the server's wait and slow down, once per congestion event."""
+        """A 429: pause everyone for the server's wait and slow down, once per congestion event.
+
+        Raises ``WaitTooLongError`` when the wait is over ``max_wait_s``: the request that
+        got it must not sit out the wait either.
+        """
         self._answered = True
         now = self._clock()
         if self.rpm is None and self.tpm is None and self._recent:
@@ -241,15 +274,31 @@ class RateLimiter:
             self.factor = max(self._min_factor, self.factor * self._decrease)
             self._last_decrease = now
             self.decreases += 1
-        self.pause(retry_after_s)
+        self.pause(retry_after_s, source="a 429's Retry-After or its 'try again in' message")
+        if retry_after_s is not None and retry_after_s > self._max_wait_s:
+            raise self._too_long(retry_after_s, self._pause_source)
 
-    def pause(self, seconds: float | None) -> None:
-        """Hold every dispatch for ``seconds`` (the server's Retry-After, or a default)."""
+    def pause(self, seconds: float | None, *, source: str = "the server") -> None:
+        """Hold every dispatch for ``seconds`` (the server's Retry-After, or a default).
+
+        Never raises: an answer that asked for the pause is still recorded; the next
+        ``acquire`` refuses a pause over ``max_wait_s``.
+        """
         wait = self._default_pause_s if seconds is None or seconds <= 0 else seconds
         until = self._clock() + wait
         if until > self._paused_until:
             self._paused_until = until
+            self._pause_source = source
             self.pauses += 1
+
+    def _too_long(self, wait_s: float, source: str) -> WaitTooLongError:
+        resume_after = None
+        if self._wall_clock is not None and math.isfinite(wait_s):
+            try:
+                resume_after = datetime.fromtimestamp(self._wall_clock() + wait_s, UTC).strftime("%Y-%m-%d %H:%M UTC")
+            except (OverflowError, ValueError, OSError):  # past the year 9999
+                resume_after = None
+        return WaitTooLongError(wait_s=wait_s, max_wait_s=self._max_wait_s, source=source, resume_after=resume_after)
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Learn limits the config left open, and slow down before a 429 when a window is used up."""
@@ -262,6 +311,6 @@ class RateLimiter:
         if info.limit_tokens and (info.reset_tokens_s is None or info.reset_tokens_s <= 60):
             self._learned[1] = info.limit_tokens
         if info.remaining_requests == 0 and info.reset_requests_s:
-            self.pause(info.reset_requests_s)
+            self.pause(info.reset_requests_s, source="x-ratelimit-reset-requests with remaining-requests 0")
         if info.remaining_tokens == 0 and info.reset_tokens_s:
-            self.pause(info.reset_tokens_s)
+            self.pause(info.reset_tokens_s, source="x-ratelimit-reset-tokens with remaining-tokens 0")

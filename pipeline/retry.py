@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt
 
 from .models import Failure, Outcome
-from .parse import ErrorBody, filter_verdict, parse_error_body
+from .parse import ErrorBody, InvalidResponseError, filter_verdict, parse_error_body
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 QUOTA_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted", "billing_hard_limit_reached"})
@@ -27,33 +28,48 @@ MAX_SERVER_WAIT_S = 300.0
 _TRY_AGAIN = re.compile(r"(?:try again|retry after)\s+(?:in\s+)?(\d+(?:\.\d+)?)\s*(ms|s|sec|seconds?)\b", re.I)
 
 
+def _seconds(raw: str, scale: float = 1.0) -> float | None:
+    """A wait in seconds from a number: negative is 0, ``inf`` (or 1e400) is forever, ``nan`` is no answer.
+
+    Forever is kept, not dropped: it is the longest wait there is, and the run must
+    stop on it (limits.max_wait_s) rather than retry at once.
+    """
+    try:
+        value = float(raw) * scale
+    except (ValueError, OverflowError):
+        return None
+    if math.isnan(value):
+        return None
+    return max(0.0, value)
+
+
 def retry_after_s(headers: Mapping[str, str], *, now_epoch: float | None = None) -> float | None:
     """Seconds the server asked us to wait, or None; header names are lower-case."""
     raw_ms = headers.get("retry-after-ms") or headers.get("x-ms-retry-after-ms")
     if raw_ms is not None:
-        try:
-            return max(0.0, float(raw_ms) / 1000.0)
-        except ValueError:
-            pass
+        wait = _seconds(raw_ms, 1e-3)
+        if wait is not None:
+            return wait
     raw = headers.get("retry-after")
     if raw is None:
         return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
+    wait = _seconds(raw)
+    if wait is not None or raw.strip().lower() in ("nan", "+nan", "-nan"):
+        return wait
     parsed = email.utils.parsedate_tz(raw)
     if parsed is None or now_epoch is None:
         return None
-    return max(0.0, email.utils.mktime_tz(parsed) - now_epoch)
+    try:
+        return max(0.0, email.utils.mktime_tz(parsed) - now_epoch)
+    except (ValueError, OverflowError):  # a date in year 99999: past what a calendar holds
+        return None
 
 
 def retry_after_from_message(message: str) -> float | None:
     match = _TRY_AGAIN.search(message)
     if not match:
         return None
-    value = float(match.group(1))
-    return value / 1000.0 if match.group(2).lower() == "ms" else value
+    return _seconds(match.group(1), 1e-3 if match.group(2).lower() == "ms" else 1.0)
 
 
 def _is_quota(err: ErrorBody) -> bool:
@@ -85,7 +101,11 @@ def classify_http(status: int, body: bytes, headers: Mapping[str, str], *, now_e
     if status == 404 or err.code == "model_not_found":
         return failure("model_not_found", retryable=False, fatal="model_not_found")
     if _is_content_filter(err):
-        return failure("content_filter", retryable=False, filters=filter_verdict(err.inner_filter or {}, []))
+        try:
+            filters = filter_verdict(err.inner_filter or {}, [])
+        except InvalidResponseError:  # categories nested past what can be stored: blocked, categories unknown
+            filters = None
+        return failure("content_filter", retryable=False, filters=filters)
     if status == 429:
         if err.message.startswith("Request too large"):
             return failure("bad_request", retryable=False)

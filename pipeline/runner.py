@@ -75,6 +75,8 @@ class RunnerDeps:
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     budget: Budget | None = None
     executor: Executor | None = None
+    # Masks secrets in every row before it is written (the CLI builds it from the API key).
+    scrub: Callable[[ResultRow], ResultRow] | None = None
 
 
 class Runner:
@@ -210,6 +212,8 @@ class Runner:
                     self._record(row)
 
     def _record(self, row: ResultRow) -> None:
+        if self.deps.scrub is not None:
+            row = self.deps.scrub(row)
         self.totals.add(row)
         self.totals.requests = self._executor.requests
         self._buffer.append(row)

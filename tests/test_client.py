@@ -119,6 +119,8 @@ def test_the_aiohttp_poster_maps_answers_and_transport_faults_like_the_httpx_pat
     app = SimulatorApp(SimConfig(latency_median_s=0.001, latency_p99_s=0.002, accept_any_model=True, stall_s=1.0,
                                  api_key=KEY, rpm=1000))
     with SimulatorServer(app, log_level="critical") as sim:
+        # The simulator's first answer loads its tokenizer (~0.7 s on 2 shared cores): not under the 0.5 s deadline.
+        complete_over_aiohttp(sim.base_url, ["https://i.test/warm-up.jpg"], api_key=KEY)
         ok, limited, stalled, reset = complete_over_aiohttp(
             sim.base_url, ["https://i.test/a.jpg", "https://i.test/b.jpg?sim=429", "https://i.test/c.jpg?sim=stall",
                            "https://i.test/d.jpg?sim=reset"], timeout_s=0.5, api_key=KEY)
@@ -178,3 +180,33 @@ def test_chat_posts_go_through_the_environments_proxy():
     assert isinstance(outcome, Reply) and outcome.completion.caption
     assert len(seen) == 1 and seen[0]["proxy-authorization"] == "Basic dXNlcjpwdw=="  # user:pw
     assert seen[0]["host"] == "api.caption-test.invalid"
+
+
+def test_a_body_over_max_response_bytes_is_invalid_response_and_not_retried():
+    """A 200 (or any status) longer than max_response_bytes: invalid_response, not retryable, the body not kept."""
+    async def go():
+        def handler(request):
+            return httpx.Response(200, content=b'{"choices": [{"message": {"content": "' + b"a" * 5000 + b'"}}]}')
+
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            client = VisionClient(http, base_url="http://sim.test/v1", api_key=KEY, timeout_s=5.0, max_response_bytes=4096)
+            return await client.complete({"model": "gpt-4o", "messages": []})
+
+    outcome = anyio.run(go)
+    assert isinstance(outcome, Failure) and outcome.error_type == "invalid_response"
+    assert not outcome.retryable and outcome.http_status == 200 and "max_response_bytes" in outcome.message
+
+
+def test_an_error_body_is_masked_before_it_is_cut():
+    """A non-JSON 502 quoting the key at character 190: the message has *** there, not the key's head."""
+    body = ("." * 190 + KEY + " and more").encode()
+    outcome = complete_with(lambda request: httpx.Response(502, content=body))
+    assert isinstance(outcome, Failure) and "***" in outcome.message and KEY[:8] not in outcome.message
+
+
+def test_a_200_error_object_quoting_the_key_is_masked():
+    """{"error": {"message": "... Bearer KEY"}} in a 200: invalid_response with the key masked."""
+    body = json.dumps({"error": {"message": f"proxy saw Authorization: Bearer {KEY}"}}).encode()
+    outcome = complete_with(lambda request: httpx.Response(200, content=body))
+    assert isinstance(outcome, Failure) and outcome.error_type == "invalid_response"
+    assert KEY not in outcome.message and "Bearer ***" in outcome.message

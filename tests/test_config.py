@@ -90,3 +90,20 @@ def test_fingerprint_changes_with_request_parameters_only():
     assert base.request_fingerprint() == build_config({"limits": {"rpm": 5}}).request_fingerprint()
     assert base.request_fingerprint() != build_config({"request": {"prompt": "other"}}).request_fingerprint()
     assert isinstance(base, Config)
+
+
+@pytest.mark.parametrize("text", ["[limits]\nmax_wait_s = nan\n", "[limits]\nmax_wait_s = inf\n",
+                                  "[limits]\nmax_wait_s = 0\n", "[endpoint]\nmax_response_bytes = -1\n"])
+def test_caps_must_be_finite_and_positive(tmp_path, text):
+    """limits.max_wait_s and endpoint.max_response_bytes: NaN, inf and <= 0 would switch the cap off."""
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="finite number greater than 0"):
+        load_config(path)
+
+
+def test_caps_have_defaults_and_flags():
+    """300 s and 8 MB by default; --max-wait-s and --max-response-bytes set them."""
+    config = load_config(None)
+    assert config.limits.max_wait_s == 300 and config.endpoint.max_response_bytes == 8_000_000
+    assert parse_override("max-wait-s", "60") == ("limits.max_wait_s", 60.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,54 @@ def test_error_body_from_html_gateway_page_keeps_its_title():
     """Cloudflare's HTML 502 is summarised by its title, not dumped."""
     err = parse_error_body(b"<html><head><title>api.openai.com | 502: Bad gateway</title></head><body>...</body></html>")
     assert err.message == "api.openai.com | 502: Bad gateway" and err.code is None
+
+
+def _choice(content, **extra) -> dict:
+    return {"choices": [{"message": {"role": "assistant", "content": content}, "finish_reason": "stop", **extra}]}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (_choice({"text": "x"}), "choices[0].message.content is dict"),
+        (_choice(42), "choices[0].message.content is int"),
+        (_choice([{"type": "text", "text": 5}]), "choices[0].message.content[0].text is int"),
+        (_choice([{"type": "text", "text": "a"}, {"type": "text", "text": None}]), "content[1].text is null"),
+        ({"choices": [{"message": "a caption"}]}, "choices[0].message is str"),
+        ({**_choice("a"), "usage": {"prompt_tokens": -5}}, "usage.prompt_tokens is -5"),
+        ({**_choice("a"), "usage": {"prompt_tokens": 2**63 - 1}}, "usage.prompt_tokens is 9223372036854775807"),
+        ({**_choice("a"), "usage": {"completion_tokens": "12"}}, "usage.completion_tokens is str"),
+        ({**_choice("a"), "usage": {"total_tokens": 1.5}}, "usage.total_tokens is float"),
+        ({**_choice("a"), "usage": {"prompt_tokens_details": {"cached_tokens": -1}}}, "cached_tokens is -1"),
+        ({**_choice("a"), "usage": [1, 2]}, "usage is list"),
+    ],
+)
+def test_unexpected_shapes_are_invalid_responses_naming_the_field(body, field):
+    """Wrong types and out-of-bounds usage: InvalidResponseError naming the field, not retried."""
+    with pytest.raises(InvalidResponseError, match=re.escape(field)) as caught:
+        parse_completion(body)
+    assert caught.value.retryable is False
+
+
+def test_filter_results_nested_past_what_can_be_stored_are_invalid():
+    """content_filter_results nested 300 deep: invalid_response naming the field, not RecursionError/TypeError."""
+    block: dict = {"filtered": False}
+    for _ in range(300):
+        block = {"hate": block}
+    body = json.dumps(_choice("a", content_filter_results=block)).encode()
+    with pytest.raises(InvalidResponseError, match="content_filter_results"):
+        parse_completion_bytes(body)
+
+
+def test_huge_numbers_are_invalid_not_overflow():
+    """2^64 (a float to orjson) and 1e400 (infinity) in usage are invalid responses."""
+    with pytest.raises(InvalidResponseError, match="outside 0"):
+        parse_completion_bytes(b'{"choices": [{"message": {"content": "a"}}], "usage": {"prompt_tokens": 18446744073709551616}}')
+    with pytest.raises(InvalidResponseError, match="not valid JSON"):
+        parse_completion_bytes(b'{"choices": [{"message": {"content": "a"}}], "usage": {"prompt_tokens": 1e400}}')
+
+
+def test_integral_floats_and_null_usage_are_tolerated():
+    """Gateways that send 12.0, or null counts, are read as 12 and null."""
+    c = parse_completion({**_choice("a"), "usage": {"prompt_tokens": 12.0, "completion_tokens": None}})
+    assert (c.usage.prompt_tokens, c.usage.completion_tokens) == (12, None)

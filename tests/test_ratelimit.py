@@ -334,3 +334,71 @@ def test_early_over_estimates_are_not_locked_in_by_workers_queued_at_the_start()
     # Over the whole run, start included: slots booked at the start at the over-estimate would cost ~6%.
     rate = (len(admitted) - 1) / (admitted[-1] - admitted[0]) * 60 * 1420 / 100_000
     assert rate > 0.95
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"x-ratelimit-limit-requests": "inf", "x-ratelimit-remaining-tokens": "1e400"}, (None, None)),
+        ({"x-ratelimit-limit-requests": "nan", "x-ratelimit-remaining-tokens": "-1"}, (None, None)),
+        ({"x-ratelimit-limit-requests": str(2**60), "x-ratelimit-remaining-tokens": "59.0"}, (None, 59)),
+    ],
+)
+def test_rate_limit_headers_that_are_not_counts_are_ignored(headers, expected):
+    """inf, nan, 1e400, negatives and counts past 2^53 are ignored, never an OverflowError."""
+    info = parse_rate_limit_headers(headers)
+    assert (info.limit_requests, info.remaining_tokens) == expected
+
+
+def test_duration_nan_is_unknown_and_inf_is_forever():
+    assert parse_duration_s("nan") is None and parse_duration_s("inf") == float("inf")
+
+
+def test_a_429_asking_for_longer_than_max_wait_raises_at_once():
+    """A 429 with a day's wait raises WaitTooLongError quoting the wait and when to resume (wall clock injected)."""
+    from pipeline.errors import WaitTooLongError
+
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=600, tpm=None, clock=clock, sleep=clock.sleep, max_wait_s=300, wall_clock=lambda: 0.0)
+    with pytest.raises(WaitTooLongError) as caught:
+        limiter.rate_limited(86400.0)
+    message = str(caught.value)
+    assert "86400 s (1 d 0 h)" in message and "after 1970-01-02 00:00 UTC" in message and "max_wait_s (300 s)" in message
+    with pytest.raises(WaitTooLongError, match="forever"):
+        limiter.rate_limited(float("inf"))
+
+
+def test_a_reset_of_a_day_lets_the_answer_through_and_the_next_grant_raises():
+    """remaining 0 with a reset of 24h: observe() does not raise (its answer is kept); the next acquire does."""
+    from pipeline.errors import WaitTooLongError
+
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=600, tpm=None, clock=clock, sleep=clock.sleep, max_wait_s=300)
+    limiter.observe({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "24h0m0s"})
+
+    async def go() -> None:
+        await limiter.acquire(10)
+
+    with pytest.raises(WaitTooLongError, match="x-ratelimit-reset-requests"):
+        anyio.run(go)
+    assert clock.now == 1000.0  # refused without waiting
+
+
+def test_absurd_usage_and_max_tokens_do_not_push_the_schedule_far_ahead():
+    """A usage of 2^63-1 moves the TPM schedule by at most about a minute; max_tokens of 10^9 spaces grants
+    a couple of minutes apart, not 10^6 s."""
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=None, tpm=100_000, clock=clock, sleep=clock.sleep)
+
+    async def go() -> None:
+        grant = await limiter.acquire(1000, 300)
+        limiter.settle(grant, prompt_tokens=2**63 - 1)
+        before = clock.now
+        await limiter.acquire(1000, 300)
+        assert clock.now - before < 200
+        first = clock.now
+        await limiter.acquire(1000, 10**9)
+        await limiter.acquire(1000, 10**9)
+        assert clock.now - first < 300
+
+    anyio.run(go)

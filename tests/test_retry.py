@@ -162,3 +162,40 @@ def test_call_with_retries_backs_off_exponentially_across_attempts_and_respects_
     outcome, attempts = anyio.run(lambda: call_with_retries(always_503, max_attempts=1, sleep=record_sleep,
                                                            rng=random.Random(0)))
     assert attempts == 1 and calls == [1] and slept == [] and outcome.retryable
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after": "inf"}, float("inf")),
+        ({"retry-after": "1e400"}, float("inf")),
+        ({"retry-after-ms": "inf"}, float("inf")),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after-ms": "nan", "retry-after": "3"}, 3.0),
+        ({"retry-after": "-20"}, 0.0),
+        ({"retry-after": "86400"}, 86400.0),
+        ({"retry-after": "Wed, 21 Oct 99999 07:28:00 GMT"}, None),
+    ],
+)
+def test_retry_after_reads_infinite_nan_and_absurd_values_without_raising(headers, seconds):
+    """inf (or 1e400) is the longest wait there is; nan and dates past the calendar are no answer."""
+    assert retry_after_s(headers, now_epoch=0.0) == seconds
+
+
+def test_a_429_message_asking_for_years_keeps_its_wait():
+    """"try again in 99999999s" on a 429 is a wait of 99,999,999 s, left for max_wait_s to refuse."""
+    body = json.dumps({"error": {"message": "Please try again in 99999999s.", "code": "rate_limit_exceeded"}}).encode()
+    failure = classify_http(429, body, {})
+    assert failure.error_type == "rate_limited" and failure.retry_after_s == 99999999.0
+
+
+def test_error_bodies_nested_a_thousand_deep_are_classified_not_raised():
+    """A 400 whose message and content-filter result are nested 1,000 deep: a bad_request / content_filter
+    failure, never RecursionError."""
+    deep = '{"x":' * 1000 + "{}" + "}" * 1000  # within orjson's 1,024 levels, past Python's str()
+    body = ('{"error": {"message": ' + deep + ', "code": "invalid_image"}}').encode()
+    assert classify_http(400, body, {}).error_type == "bad_request"
+    filtered = ('{"error": {"message": "blocked", "code": "content_filter", "innererror": '
+                '{"content_filter_result": {"hate": ' + deep + "}}}}").encode()
+    failure = classify_http(400, filtered, {})
+    assert failure.error_type == "content_filter" and failure.filters is None
