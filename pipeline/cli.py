@@ -308,7 +308,8 @@ def _errors_in_results(journal: Journal) -> bool:
     from .report import reading
 
     def count() -> int:
-        return pl.scan_parquet(journal.results_path).filter(pl.col("status") == "error").select(pl.len()).collect().item()
+        errors = pl.scan_parquet(journal.results_path).filter(pl.col("status") == "error").select(pl.len()).collect()
+        return int(errors.item())
 
     return bool(reading(journal.out_dir, count))
 

@@ -103,7 +103,8 @@ def proxy_for(url: str, environ: Mapping[str, str]) -> str | None:
     if not proxy or host in _LOOPBACK_HOSTS:
         return None
     no_proxy = env("no_proxy")
-    if no_proxy and urllib.request.proxy_bypass_environment(host, {"no": no_proxy}):
+    # proxy_bypass_environment is urllib's own NO_PROXY matcher; typeshed does not list it.
+    if no_proxy and urllib.request.proxy_bypass_environment(host, {"no": no_proxy}):  # type: ignore[attr-defined]
         return None
     return proxy
 

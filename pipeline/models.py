@@ -151,7 +151,7 @@ assert list(RESULT_SCHEMA) == [f.name for f in dataclasses.fields(ResultRow)]
 def conform(frame: pl.DataFrame) -> pl.DataFrame:
     """SPEC's columns in order with their types; columns a file predates are added as nulls."""
     missing = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in RESULT_SCHEMA.items() if name not in frame.columns]
-    return frame.with_columns(missing).select(list(RESULT_SCHEMA)).cast(RESULT_SCHEMA)
+    return frame.with_columns(missing).select(list(RESULT_SCHEMA)).cast(pl.Schema(RESULT_SCHEMA))
 
 
 RESULT_ARROW_SCHEMA: pa.Schema = pl.DataFrame(schema=RESULT_SCHEMA).to_arrow().schema
@@ -176,7 +176,8 @@ def recordable(row: ResultRow) -> ResultRow:
     The last line of the per-row boundary, used when a batch fails to convert: one such
     value must cost that row at most, never the flush that carries a batch of paid answers.
     """
-    texts = {f.name: _text(v) for f in dataclasses.fields(row) if isinstance(v := getattr(row, f.name), str)}
+    texts: dict[str, Any] = {f.name: _text(v) for f in dataclasses.fields(row)
+                             if isinstance(v := getattr(row, f.name), str)}
     row = dataclasses.replace(row, **texts, flagged_categories=[_text(c) for c in row.flagged_categories],
                               captions=None if row.captions is None else [_text(c) for c in row.captions])
     problem = _out_of_range(row)

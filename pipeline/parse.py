@@ -216,7 +216,7 @@ def parse_error_body(body: bytes) -> ErrorBody:
         found = inner.get("content_filter_result", inner.get("content_filter_results"))
         inner_filter = found if isinstance(found, dict) else None
 
-    def text(key: str) -> str | None:
+    def field_text(key: str) -> str | None:
         value = error.get(key)
         if value is None:
             return None
@@ -224,10 +224,10 @@ def parse_error_body(body: bytes) -> ErrorBody:
         return str(value) if isinstance(value, (str, int, float)) else f"({_type_name(value)})"
 
     return ErrorBody(
-        message=text("message") or "(no message)",
-        type=text("type"),
-        code=text("code"),
-        param=text("param"),
+        message=field_text("message") or "(no message)",
+        type=field_text("type"),
+        code=field_text("code"),
+        param=field_text("param"),
         inner_filter=inner_filter,
     )
 

@@ -43,7 +43,7 @@ def check_resume(journal: Journal, config: Config, *, force: bool) -> None:
 def updated_meta(previous: dict[str, Any] | None, *, config: Config, manifest: str, base_dir: Path, status: str,
                  now: datetime, totals: RunTotals, stop_reason: PipelineError | None) -> dict[str, Any]:
     """``run.json`` after a run started (``status="running"``) or ended (``"finished"``, ``"stopped"``)."""
-    meta = dict(previous) if previous else {"created_at": now.isoformat()}
+    meta: dict[str, Any] = dict(previous) if previous else {"created_at": now.isoformat()}
     meta.update(
         fingerprint=config.request_fingerprint(),
         request=config.request_identity(),

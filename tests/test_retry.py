@@ -1,4 +1,4 @@
-"""Retry decisions from a table of real error bodies (shared/reference/providers.md §2), and the tenacity wiring."""
+"""Retry decisions from a table of real error bodies (shared/reference/providers.md §2), and the retry loop."""
 
 from __future__ import annotations
 

@@ -207,7 +207,7 @@ class SimulatorApp:
             return True
         for name, value in scope.get("headers", []):
             if name == b"authorization":
-                return value.decode("latin-1") == f"Bearer {self.config.api_key}"
+                return bool(value.decode("latin-1") == f"Bearer {self.config.api_key}")
         return False
 
     def _pick_fault(self, key: str | None) -> str | None:

@@ -160,7 +160,8 @@ def answer_for(schema: dict[str, Any], seed: bytes) -> Any:
         return {name: answer_for(sub if isinstance(sub, dict) else {}, hashlib.sha256(seed + name.encode()).digest())
                 for name, sub in props.items()}
     if kind == "array":
-        items = schema.get("items") if isinstance(schema.get("items"), dict) else {"type": "string"}
+        found = schema.get("items")
+        items: dict[str, Any] = found if isinstance(found, dict) else {"type": "string"}
         return [answer_for(items, hashlib.sha256(seed + bytes([i])).digest()) for i in range(1 + seed[0] % 3)]
     if kind == "integer":
         return seed[0] % 10
