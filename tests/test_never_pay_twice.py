@@ -129,10 +129,14 @@ def _signal_scenario(tmp_path: Path, signum: int, *, kill_after_s: float | None)
     Returns (exit code, stderr, the images answered 200 before the signal, the simulator log, run args).
     """
     log = tmp_path / "sim.jsonl"
-    rows = remote_rows(60, prefix="sig")
+    # Every fifth answer is held 3 s: requests are still in flight when the signal comes, so a run
+    # that waits for them before flushing is still waiting when the SIGKILL lands.
+    rows = [{**row, "url": row["url"] + ("?sim=slow" if i % 5 == 4 else "")}
+            for i, row in enumerate(remote_rows(60, prefix="sig"))]
     manifest = write_csv(tmp_path / "m.csv", rows)
     config = write_config(tmp_path / "c.toml", SLOW_FLUSH)
-    app = SimulatorApp(SimConfig(latency_median_s=0.15, latency_p99_s=0.6, accept_any_model=True, log_path=str(log)))
+    app = SimulatorApp(SimConfig(latency_median_s=0.15, latency_p99_s=0.6, accept_any_model=True, log_path=str(log),
+                                 stall_s=3.0))
     server = SimulatorServer(app, log_level="critical")
     server.__enter__()
     args = ["run", str(manifest), "--out", str(tmp_path / "out"), "--config", str(config),
