@@ -303,15 +303,9 @@ async def _stop_on_signals(runner: Any) -> None:
 
 
 def _errors_in_results(journal: Journal) -> bool:
-    import polars as pl
-
     from .report import reading
 
-    def count() -> int:
-        errors = pl.scan_parquet(journal.results_path).filter(pl.col("status") == "error").select(pl.len()).collect()
-        return int(errors.item())
-
-    return bool(reading(journal.out_dir, count))
+    return reading(journal.out_dir, lambda: journal.count("error")) > 0
 
 
 def _print_summary(runner: Any, journal: Journal, *, stopped: PipelineError | None) -> None:

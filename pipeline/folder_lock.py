@@ -23,10 +23,14 @@ LOCK_NAME = ".lock"
 
 
 class FolderLock:
-    """Held from ``acquire()`` until ``release()`` or the end of the process."""
+    """Held from ``acquire()`` until ``release()`` or the end of the process.
 
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / LOCK_NAME
+    Each writer of a folder has its own lock (``.lock`` for the default writer,
+    ``.lock-<id>`` for a shard's), so two runs of one writer never overlap.
+    """
+
+    def __init__(self, folder: Path, *, writer_id: str = "") -> None:
+        self.path = folder / (f"{LOCK_NAME}-{writer_id}" if writer_id else LOCK_NAME)
         self._fd: int | None = None
 
     @property

@@ -3,13 +3,23 @@
 Layout of an output folder::
 
     DIR/results.parquet          one row per id, the latest outcome (after a run, or the base of a resumed one)
-    DIR/journal/p<last>-<first>.parquet   parts flushed during a run; each covers part numbers first..last
+    DIR/journal/p<last>-<first>[-<writer>].parquet   parts flushed during a run; each covers part numbers
+                                 first..last of one writer (no suffix: the default writer)
+    DIR/journal/unreadable/      damaged parts moved aside by finalize
+    DIR/.lock[-<writer>]         held by the writer for its whole run (folder_lock.py)
     DIR/run.json                 request fingerprint and the run's totals (never the API key)
 
 Every file is written to a temporary name, fsynced and renamed, so a kill at
 any moment leaves whole files only. The latest row of an id is the one in the
 newest part (``results.parquet`` is oldest), so re-applying a part twice is
 harmless: that is what makes every step crash-safe.
+
+Several writers (the shards of a distributed run) can share a folder: each has
+an id, names its parts with it, holds its own lock and compacts only its own
+parts; one finalize (the default writer's) folds every writer's parts. Part
+numbers continue above every part already in the folder, so a later run's rows
+are newer than an earlier one's whatever wrote them; shards of one run hold
+disjoint ids, so their relative order does not matter.
 
 Parts are compacted as they accumulate (size-tiered, like an LSM tree): when
 ``merge_factor`` parts of the same span exist they merge into one, so a run of
@@ -50,13 +60,15 @@ RESULTS_NAME = "results.parquet"
 RUN_META_NAME = "run.json"
 Extend = Callable[[pl.DataFrame], pl.DataFrame]
 log = logging.getLogger("caption")
-_PART = re.compile(r"^p(\d{10})-(\d{10})\.parquet$")
+_PART = re.compile(r"^p(\d{10})-(\d{10})(?:-([a-z0-9]{1,32}))?\.parquet$")
+_WRITER_ID = re.compile(r"^[a-z0-9]{1,32}$")
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class Part:
     last: int
     first: int
+    writer: str
     path: Path
 
     @property
@@ -115,8 +127,11 @@ class Journal:
     process), and checks every file it will resume from before anything is sent.
     """
 
-    def __init__(self, out_dir: Path, *, merge_factor: int = 16, writer: bool = True) -> None:
+    def __init__(self, out_dir: Path, *, merge_factor: int = 16, writer: bool = True, writer_id: str = "") -> None:
+        if writer_id and not _WRITER_ID.match(writer_id):
+            raise ValueError(f"a writer id is 1-32 lowercase letters and digits, not {writer_id!r}")
         self.out_dir = out_dir
+        self.writer_id = writer_id
         self.parts_dir = out_dir / "journal"
         self.results_path = out_dir / RESULTS_NAME
         self.meta_path = out_dir / RUN_META_NAME
@@ -124,7 +139,7 @@ class Journal:
         self._merge_factor = merge_factor
         self._next_seq = 0
         self.quarantined: list[Path] = []  # damaged parts moved aside by finalize
-        self._lock = FolderLock(out_dir)
+        self._lock = FolderLock(out_dir, writer_id=writer_id)
         if not writer:
             # A reader (a report on a live run) must not tidy: the temp file it would
             # delete may be a part the running writer is about to rename into place.
@@ -169,10 +184,18 @@ class Journal:
     # -- files -------------------------------------------------------------
 
     def _remove_leftovers(self) -> None:
-        """Temp files of a killed writer, and parts a finished merge already covers."""
-        for tmp in list(self.parts_dir.glob(".*.tmp-*")) + list(self.out_dir.glob(".*.tmp-*")):
-            tmp.unlink(missing_ok=True)
-        parts = self._parts()
+        """This writer's temp files from a killed run, and its parts a finished merge already covers.
+
+        Only its own: another writer's temp file may be a part it is about to rename into place.
+        """
+        for tmp in self.parts_dir.glob(".*.tmp-*"):
+            match = _PART.match(tmp.name[1:].split(".tmp-")[0])
+            if match is None or (match.group(3) or "") == self.writer_id:
+                tmp.unlink(missing_ok=True)
+        if not self.writer_id:  # results.parquet and run.json are the default writer's
+            for tmp in self.out_dir.glob(".*.tmp-*"):
+                tmp.unlink(missing_ok=True)
+        parts = self._own_parts()
         for part in parts:
             if any(o is not part and o.first <= part.first and part.last <= o.last and o.span > part.span for o in parts):
                 part.path.unlink(missing_ok=True)
@@ -184,8 +207,16 @@ class Journal:
         for path in self.parts_dir.iterdir():
             match = _PART.match(path.name)
             if match:
-                parts.append(Part(last=int(match.group(1)), first=int(match.group(2)), path=path))
+                parts.append(Part(last=int(match.group(1)), first=int(match.group(2)), writer=match.group(3) or "",
+                                  path=path))
         return sorted(parts)
+
+    def _own_parts(self) -> list[Part]:
+        return [part for part in self._parts() if part.writer == self.writer_id]
+
+    def _part_path(self, last: int, first: int) -> Path:
+        suffix = f"-{self.writer_id}" if self.writer_id else ""
+        return self.parts_dir / f"p{last:010d}-{first:010d}{suffix}.parquet"
 
     def _sources(self) -> list[Path]:
         """Oldest first: results.parquet, then parts by the part number they end at."""
@@ -240,7 +271,7 @@ class Journal:
             return None
         seq = self._next_seq
         self._next_seq += 1
-        path = self.parts_dir / f"p{seq:010d}-{seq:010d}.parquet"
+        path = self._part_path(seq, seq)
         try:
             table = rows_to_table(rows)
         except (pa.ArrowException, OverflowError, UnicodeError, TypeError, ValueError):
@@ -261,7 +292,7 @@ class Journal:
 
     def _compact(self) -> None:
         while True:
-            parts = self._parts()
+            parts = self._own_parts()
             by_span: dict[int, list[Part]] = {}
             for part in parts:
                 by_span.setdefault(part.span, []).append(part)
@@ -272,7 +303,7 @@ class Journal:
 
     def _merge(self, group: list[Part]) -> Part:
         first, last = group[0].first, group[-1].last
-        target = self.parts_dir / f"p{last:010d}-{first:010d}.parquet"
+        target = self._part_path(last, first)
         paths = [p.path for p in group]
         # Within a run every id is written once (manifest ids are unique), so parts usually share
         # no id and merge by plain concatenation, a third of the newest-wins merge's cost. Parts
@@ -283,7 +314,7 @@ class Journal:
             self._write_latest(paths, target)
         for part in group:
             part.path.unlink(missing_ok=True)
-        return Part(last=last, first=first, path=target)
+        return Part(last=last, first=first, writer=self.writer_id, path=target)
 
     def _concat(self, paths: list[Path], target: Path) -> None:
         """Parts whose ids are known to be disjoint, as one file."""
@@ -356,6 +387,25 @@ class Journal:
                     path, target)
 
     # -- reading -----------------------------------------------------------
+
+    def scan(self, columns: list[str] | None = None) -> pl.LazyFrame:
+        """The latest row per id, lazily when only results.parquet holds rows (a finished run: a
+        summary then reads just the columns it needs), else from results plus the parts."""
+        if not self._parts():
+            if not self.results_path.exists():
+                raise JournalError(f"{self.out_dir}: no results here (expected {self.results_path}); "
+                                   "is this a `caption run --out` folder?")
+            frame = pl.scan_parquet(self.results_path)
+            present = set(frame.collect_schema().names())
+            # A file written before a column existed reads it as nulls.
+            frame = frame.with_columns(pl.lit(None, dtype=RESULT_SCHEMA[c]).alias(c)
+                                       for c in RESULT_SCHEMA if c not in present)
+            return frame if columns is None else frame.select(columns)
+        return self.latest_frame().lazy().select(columns or pl.all())
+
+    def count(self, status: str) -> int:
+        """How many ids' latest row has ``status``."""
+        return int(self.scan(["status"]).filter(pl.col("status") == status).select(pl.len()).collect().item())
 
     def latest_frame(self) -> pl.DataFrame:
         """Everything recorded so far, one row per id (results plus unmerged parts), in SPEC's columns."""

@@ -22,10 +22,8 @@ import polars as pl
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
-from .errors import JournalError
 from .images import is_remote
 from .journal import Journal
-from .models import RESULT_SCHEMA
 
 T = TypeVar("T")
 _SUMMARY_COLUMNS = ["id", "status", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "flagged_categories",
@@ -34,18 +32,7 @@ _SUMMARY_COLUMNS = ["id", "status", "prompt_tokens", "completion_tokens", "cost_
 
 def load_results(out_dir: Path, columns: list[str] | None = None) -> pl.LazyFrame:
     """The latest row per id: results.parquet, plus any parts a running or killed run left."""
-    journal_dir = out_dir / "journal"
-    results = out_dir / "results.parquet"
-    has_parts = journal_dir.is_dir() and any(journal_dir.glob("p*.parquet"))
-    if not has_parts:
-        if not results.exists():
-            raise JournalError(f"{out_dir}: no results here (expected {results}); is this a `caption run --out` folder?")
-        frame = pl.scan_parquet(results)
-        present = set(frame.collect_schema().names())
-        # A file written before a column existed reads it as nulls.
-        frame = frame.with_columns(pl.lit(None, dtype=RESULT_SCHEMA[c]).alias(c) for c in RESULT_SCHEMA if c not in present)
-        return frame if columns is None else frame.select(columns)
-    return Journal.reader(out_dir).latest_frame().lazy().select(columns or pl.all())
+    return Journal.reader(out_dir).scan(columns)
 
 
 def summarise(frame: pl.LazyFrame) -> dict[str, Any]:

@@ -6,9 +6,11 @@ import shutil
 from datetime import UTC, datetime
 
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.errors import FolderLockedError
 from pipeline.journal import Journal
 from pipeline.models import RESULT_SCHEMA, ResultRow
 
@@ -135,3 +137,34 @@ def conform_rows(rows: list[ResultRow]) -> pl.DataFrame:
     from pipeline.models import rows_to_frame
 
     return rows_to_frame(rows)
+
+
+def test_writers_share_a_folder_each_compacting_its_own_parts(tmp_path):
+    """Two shard writers in one folder: own locks, parts named by writer, each merges only its own;
+    the default writer's finalize folds both, each id once."""
+    with Journal(tmp_path, merge_factor=2, writer_id="s1") as s1, Journal(tmp_path, merge_factor=2, writer_id="s2") as s2:
+        for k in range(4):  # interleaved, as concurrent shards write
+            s1.write_rows([row(k)])
+            s2.write_rows([row(100 + k)])
+        names = sorted(p.name for p in (tmp_path / "journal").glob("p*.parquet"))
+        assert all(n.endswith(("-s1.parquet", "-s2.parquet")) for n in names), names
+        assert {n.rsplit("-", 1)[1] for n in names} == {"s1.parquet", "s2.parquet"}
+        assert len(names) == 2  # each writer's four parts merged into one of its own
+        with pytest.raises(FolderLockedError):
+            Journal(tmp_path, writer_id="s1")  # one run per writer
+    with Journal(tmp_path) as coordinator:
+        coordinator.finalize()
+    frame = pl.read_parquet(tmp_path / "results.parquet")
+    assert sorted(frame["id"]) == sorted([f"id{k}" for k in range(4)] + [f"id{100 + k}" for k in range(4)])
+
+
+def test_a_writer_leaves_other_writers_temp_files_alone(tmp_path):
+    """Opening a writer tidies its own leftovers only: another's temp file may be about to be renamed."""
+    (tmp_path / "journal").mkdir()
+    mine = tmp_path / "journal" / ".p0000000001-0000000001-s1.parquet.tmp-7"
+    theirs = tmp_path / "journal" / ".p0000000001-0000000001-s2.parquet.tmp-8"
+    for path in (mine, theirs):
+        path.write_bytes(b"partial")
+    with Journal(tmp_path, writer_id="s1"):
+        pass
+    assert not mine.exists() and theirs.exists()
