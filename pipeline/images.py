@@ -63,6 +63,12 @@ def is_remote(url: str) -> bool:
     return url[:8].lower().startswith(("http://", "https://"))
 
 
+def remote_url(url: str) -> str:
+    """A remote URL as sent: its scheme in lower case, since endpoints that fetch it may compare it exactly."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.lower()}{sep}{rest}"
+
+
 def is_data_url(url: str) -> bool:
     return url[:5].lower() == "data:"
 
@@ -72,7 +78,7 @@ def prepare_image(url: str, *, base_dir: Path, limits: ImageLimits) -> PreparedI
     if not url:
         raise ImageUnreadableError("the row has no image (empty url)")
     if is_remote(url):
-        return PreparedImage(url=url)
+        return PreparedImage(url=remote_url(url))
     if is_data_url(url):
         return _from_data_url(url, limits)
     parsed = urlparse(url)

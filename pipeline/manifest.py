@@ -84,23 +84,38 @@ def inspect_manifest(path: Path, *, url_column: str = "url", id_column: str = "i
     if fmt in ("csv", "tsv", "parquet") and path.stat().st_size == 0:
         raise ManifestError(str(path), "the file is empty")
     columns = _columns(path, fmt, url_column=url_column)
-    rows = 0
-    given_hashes, derived_hashes = array("q"), array("q")
+    rows = derived = 0
+    given_hashes = array("q")
     for records in _iter_records(path, fmt, url_column=url_column, chunk_size=65536):
         for record in records:
             rows += 1
             if fmt == "jsonl" and url_column not in record:
                 raise ManifestError(str(path), f"row {rows} has no '{url_column}' field{_suggestion(url_column, record)}")
-            item_id, given = record_id(record, url_column=url_column, id_column=id_column)
-            (given_hashes if given else derived_hashes).append(hash(item_id))
+            given = record.get(id_column)
+            if given in (None, ""):
+                derived += 1
+            else:
+                given_hashes.append(hash(str(given)))
     if rows == 0:
         raise ManifestError(str(path), "the manifest has no rows")
-    # Derived ids repeat legitimately (the same url twice is one image); given ids must not
-    # repeat, nor equal a derived one: either way two rows would share one result.
-    hashes = (given_hashes + _unique(derived_hashes)) if given_hashes else given_hashes
+    hashes = _as_series(given_hashes)
+    if len(hashes) and derived:
+        # Derived ids repeat legitimately (the same url twice is one image), but one equal to a
+        # given id would give two rows one result. Only a manifest mixing both pays this pass.
+        hashes = pl.concat([hashes, _derived_hashes(path, fmt, url_column=url_column, id_column=id_column).unique()])
     if _has_duplicates(hashes):
         _raise_duplicate(path, fmt, url_column=url_column, id_column=id_column, hashes=hashes)
     return ManifestInfo(path=path, format=fmt, rows=rows, columns=columns, has_id_column=bool(given_hashes))
+
+
+def _derived_hashes(path: Path, fmt: Format, *, url_column: str, id_column: str) -> pl.Series:
+    hashes = array("q")
+    for records in _iter_records(path, fmt, url_column=url_column, chunk_size=65536):
+        for record in records:
+            item_id, given = record_id(record, url_column=url_column, id_column=id_column)
+            if not given:
+                hashes.append(hash(item_id))
+    return _as_series(hashes)
 
 
 def record_id(record: dict[str, Any], *, url_column: str, id_column: str) -> tuple[str, bool]:
@@ -160,24 +175,23 @@ def _suggestion(url_column: str, columns: Any) -> str:
             f"(or --url-column {guess})")
 
 
-def _unique(hashes: array) -> array:
-    if len(hashes) < 2:
-        return hashes
-    values = pl.from_arrow(pa.Array.from_buffers(pa.int64(), len(hashes), [None, pa.py_buffer(hashes)]))
-    return array("q", values.unique().to_numpy().tobytes())
+def _as_series(hashes: array) -> pl.Series:
+    """The hashes as an Int64 series, without a copy through Python ints."""
+    if not hashes:
+        return pl.Series([], dtype=pl.Int64)
+    return pl.from_arrow(pa.Array.from_buffers(pa.int64(), len(hashes), [None, pa.py_buffer(hashes)]))
 
 
-def _has_duplicates(hashes: array) -> bool:
+def _has_duplicates(hashes: pl.Series) -> bool:
     if len(hashes) < 2:
         return False
-    values = pl.from_arrow(pa.Array.from_buffers(pa.int64(), len(hashes), [None, pa.py_buffer(hashes)])).sort()
+    values = hashes.sort()
     return bool((values.slice(1) == values.slice(0, len(values) - 1)).any())
 
 
-def _raise_duplicate(path: Path, fmt: Format, *, url_column: str, id_column: str, hashes: array) -> None:
+def _raise_duplicate(path: Path, fmt: Format, *, url_column: str, id_column: str, hashes: pl.Series) -> None:
     """Second pass, only over ids whose hash repeats: name the first id that really repeats, and its rows."""
-    values = pl.Series(hashes, dtype=pl.Int64)
-    suspects = set(values.filter(values.is_duplicated()).unique().to_list())
+    suspects = set(hashes.filter(hashes.is_duplicated()).unique().to_list())
     seen: dict[str, _IdUse] = {}
     row = 0
     for records in _iter_records(path, fmt, url_column=url_column, chunk_size=65536):

@@ -51,7 +51,7 @@ from .errors import (
     QuotaError,
     ResumeMismatchError,
 )
-from .images import ImageLimits, PreparedImage, inline_bytes, is_remote, prepare_image, shorten_data_url
+from .images import ImageLimits, PreparedImage, inline_bytes, is_remote, prepare_image, remote_url, shorten_data_url
 from .journal import DoneIds, Journal
 from .labels import label_extender, label_spec
 from .models import Failure, Item, Outcome, Reply, ResultRow, RunTotals, Usage
@@ -409,7 +409,7 @@ class Runner:
     async def _prepare(self, item: Item) -> PreparedImage:
         if is_remote(item.url):
             if not self.config.images.inline_remote:
-                return PreparedImage(url=item.url)
+                return PreparedImage(url=remote_url(item.url))
             data = await self.deps.client.fetch_image(item.url, max_bytes=self.config.images.max_bytes,
                                                       timeout_s=self.config.images.download_timeout_s)
             return await anyio.to_thread.run_sync(lambda: inline_bytes(data, limits=self._limits, source=item.url))

@@ -150,11 +150,11 @@ def test_max_bytes_counts_the_bytes_read_not_st_size(tmp_path):
 
 
 def test_schemes_are_case_insensitive(tmp_path):
-    """HTTP:// and Https:// are remote URLs sent as given; DATA: is a data URL."""
+    """HTTP:// and Https:// are remote URLs (sent with the scheme in lower case); DATA: is a data URL."""
     from pipeline.images import is_remote
 
     for url in ("HTTP://x/a.jpg", "Https://x/a.jpg"):
-        assert is_remote(url) and prepare_image(url, base_dir=tmp_path, limits=ImageLimits()).url == url
+        assert is_remote(url) and prepare_image(url, base_dir=tmp_path, limits=ImageLimits()).url == url.lower()
     url = "DATA:image/png;BASE64," + base64.b64encode(_png((8, 4))).decode()
     image = prepare_image(url, base_dir=tmp_path, limits=ImageLimits())
     assert image.url == url and (image.width, image.height) == (8, 4)
