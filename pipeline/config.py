@@ -247,17 +247,18 @@ def _number_problem(value: Any, bounds: Range | None) -> str | None:
     return None
 
 
-def _json_problem(value: Any, *, depth: int = 0) -> str | None:
+def _json_problem(value: Any, *, where: str = "", depth: int = 0) -> str | None:
     """A table sent in the body must be plain JSON: no NaN/inf (invalid JSON), no int over 64 bits."""
     if depth > 32:
-        return "is nested too deeply (more than 32 levels)"
+        return f"{where or 'the value'} is nested too deeply (more than 32 levels)"
     if isinstance(value, dict):
-        children: Any = value.values()
+        children: Any = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
     elif isinstance(value, list):
-        children = value
+        children = ((f"{where}[{i}]", v) for i, v in enumerate(value))
     else:
-        return _number_problem(value, None)
-    return next((p for v in children if (p := _json_problem(v, depth=depth + 1))), None)
+        problem = _number_problem(value, None)
+        return f"{where}: {problem}" if problem and where else problem
+    return next((p for w, v in children if (p := _json_problem(v, where=w, depth=depth + 1))), None)
 
 
 def _extra_body_problem(extra: dict[str, Any]) -> str | None:
