@@ -4,6 +4,7 @@ keys, credentials in the URL. Each is refused before anything is sent, blaming t
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import typing
 
@@ -17,6 +18,15 @@ from pipeline.errors import ConfigError
 from tests.conftest import FAST_CONFIG, remote_rows, write_config, write_csv
 
 BEYOND_INT64 = str(2**63)
+
+
+@pytest.fixture(autouse=True)
+def _restore_cli_logging():
+    """main() points the 'caption' logger at this test's captured stderr; later tests get theirs back."""
+    logger = logging.getLogger("caption")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import polars as pl
 import pytest
@@ -16,6 +17,15 @@ from pipeline.manifest import derive_id, inspect_manifest, iter_chunks
 from tests.conftest import FAST_CONFIG, write_config
 
 BOM = "\ufeff"
+
+
+@pytest.fixture(autouse=True)
+def _restore_cli_logging():
+    """main() points the 'caption' logger at this test's captured stderr; later tests get theirs back."""
+    logger = logging.getLogger("caption")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
 
 
 def _all(path, **kw):
