@@ -410,7 +410,7 @@ class Runner:
         if is_remote(item.url):
             if not self.config.images.inline_remote:
                 return PreparedImage(url=remote_url(item.url))
-            data = await self.deps.client.fetch_image(item.url, max_bytes=self.config.images.max_bytes,
+            data = await self.deps.client.fetch_image(remote_url(item.url), max_bytes=self.config.images.max_bytes,
                                                       timeout_s=self.config.images.download_timeout_s)
             return await anyio.to_thread.run_sync(lambda: inline_bytes(data, limits=self._limits, source=item.url))
         return await anyio.to_thread.run_sync(
