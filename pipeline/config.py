@@ -18,6 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
@@ -170,40 +171,161 @@ def _check_value(value: Any, tp: Any) -> bool:
     return isinstance(value, tp)
 
 
-_POSITIVE = {
-    "timeout_s", "max_tokens", "rpm", "tpm", "concurrency", "max_attempts", "max_bytes",
-    "max_pixels", "chunk_size", "flush_interval_s", "max_side", "n", "max_cost_usd", "download_timeout_s",
+# ``section.key`` → where its value came from (the file's path or the command-line flag).
+Origin = typing.Callable[[str], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """The values a numeric key accepts; NaN and inf are refused for every key, bounded or not."""
+
+    low: float
+    high: float
+    low_open: bool = False  # True: the value must be greater than ``low``, not equal to it
+
+    def describe(self) -> str:
+        low = f"greater than {_number(self.low)}" if self.low_open else f"at least {_number(self.low)}"
+        return f"must be {low} and at most {_number(self.high)}"
+
+    def admits(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        return above and value <= self.high
+
+
+def _number(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
+_DAY_S = 86_400.0
+_TIMEOUT = Range(0, _DAY_S, low_open=True)  # a wait longer than a day is a typo, not a plan
+_PRICE = Range(0, 1_000_000)  # USD per 1M tokens; negative prices would give the budget cap false headroom
+
+# Bounds per ``section.key`` (``pricing.<field>`` for every model's prices). A new numeric key
+# gets one line here; tests/test_hostile_config.py fails for a numeric key without one.
+BOUNDS: dict[str, Range] = {
+    "endpoint.timeout_s": _TIMEOUT,
+    # The largest completion any current model allows is well under 1M tokens; more is a typo
+    # that would also space requests hours apart under a TPM limit.
+    "request.max_tokens": Range(0, 1_000_000, low_open=True),
+    "request.temperature": Range(0, 2),
+    "request.top_p": Range(0, 1),
+    "request.n": Range(0, 128, low_open=True),  # OpenAI's own ceiling for n
+    "limits.rpm": Range(0, 100_000_000, low_open=True),
+    "limits.tpm": Range(0, 1_000_000_000_000, low_open=True),
+    "limits.concurrency": Range(0, 10_000, low_open=True),  # each slot holds a connection and a prepared image
+    "limits.max_attempts": Range(0, 100, low_open=True),
+    "limits.max_cost_usd": Range(0, 1_000_000_000),
+    # Caps on what a server can make the run do; NaN or inf would switch them off.
+    "limits.max_wait_s": Range(0, _DAY_S * 365, low_open=True),
+    "endpoint.max_response_bytes": Range(0, 2_000_000_000, low_open=True),
+    "images.download_timeout_s": _TIMEOUT,
+    "images.max_side": Range(0, 65_535, low_open=True),  # the largest side JPEG and WebP can encode
+    "images.max_bytes": Range(0, 2_000_000_000, low_open=True),  # a file is held in memory and base64-encoded
+    "images.max_pixels": Range(0, 65_535 * 65_535, low_open=True),
+    "run.chunk_size": Range(0, 1_000_000, low_open=True),
+    "run.flush_interval_s": _TIMEOUT,
+    "pricing.input": _PRICE,
+    "pricing.cached_input": _PRICE,
+    "pricing.output": _PRICE,
 }
-# Caps on what a server can make the run do: NaN or inf would switch the cap off.
-_FINITE_POSITIVE = {"max_wait_s", "max_response_bytes"}
+
+_INT64 = Range(-(2**63), 2**63 - 1)
+
+# Body keys the pipeline builds itself: an extra_body that replaced them would break every row
+# (model, messages), the parser (stream) or the estimates and label columns (the request.* knobs).
+_OWNED_BODY_KEYS = {
+    "model": "request.model", "messages": "request.prompt and request.system", "stream": None,
+    "stream_options": None, "max_tokens": "request.max_tokens", "temperature": "request.temperature",
+    "top_p": "request.top_p", "n": "request.n", "stop": "request.stop", "response_format": "request.response_format",
+}
 
 
-def _build_section(cls: type, values: dict[str, Any], *, section: str, path: str) -> Any:
+def _number_problem(value: Any, bounds: Range | None) -> str | None:
+    """Why a number cannot be used, or None. Ints are exact: one beyond int64 is refused, not rounded."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
+    if isinstance(value, int) and not _INT64.admits(value):
+        return f"is beyond a 64-bit integer, got {value!r}"
+    if bounds is not None and not bounds.admits(value):
+        return f"{bounds.describe()}, got {value!r}"
+    return None
+
+
+def _json_problem(value: Any, *, where: str = "", depth: int = 0) -> str | None:
+    """A table sent in the body must be plain JSON: no NaN/inf (invalid JSON), no int over 64 bits."""
+    if depth > 32:
+        return f"{where or 'the value'} is nested too deeply (more than 32 levels)"
+    if isinstance(value, dict):
+        children: Any = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        children = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        problem = _number_problem(value, None)
+        return f"{where}: {problem}" if problem and where else problem
+    return next((p for w, v in children if (p := _json_problem(v, where=w, depth=depth + 1))), None)
+
+
+def _extra_body_problem(extra: dict[str, Any]) -> str | None:
+    for key in extra:
+        if key in _OWNED_BODY_KEYS:
+            own = _OWNED_BODY_KEYS[key]
+            instead = f"set {own} instead" if own else "the pipeline does not support it"
+            return f"must not set '{key}': the pipeline builds that part of the request ({instead})"
+    return _json_problem(extra)
+
+
+def _base_url_problem(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    if parts.username is not None or parts.password is not None:
+        return ("must not hold user:pass@ credentials: put the API key in the environment variable "
+                "named by endpoint.api_key_env")
+    if any(ord(ch) < 0x20 or ch in " \x7f" for ch in url):
+        return "must not contain spaces or control characters"
+    return None
+
+
+def _value_problem(dotted: str, bounds_key: str, value: Any) -> str | None:
+    """Everything beyond the declared type that makes one value unusable."""
+    if dotted == "endpoint.base_url":
+        return _base_url_problem(value)
+    if dotted == "request.extra_body":
+        return _extra_body_problem(value)
+    if dotted == "request.response_format" and value is not None:
+        return _json_problem(value)
+    return _number_problem(value, BOUNDS.get(bounds_key))
+
+
+def _build_section(cls: type, values: dict[str, Any], *, section: str, origin: Origin,
+                   bounds_section: str | None = None) -> Any:
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
+        dotted = f"{section}.{key}"
         if key not in hints:
             known = ", ".join(sorted(hints))
-            raise ConfigError(f"unknown key (known keys: {known})", key=f"{section}.{key}", path=path)
+            raise ConfigError(f"unknown key (known keys: {known})", key=dotted, path=origin(dotted))
         if not _check_value(value, hints[key]):
-            raise ConfigError(
-                f"expected {_type_name(hints[key])}, got {value!r}", key=f"{section}.{key}", path=path
-            )
-        if key in _POSITIVE and value is not None and value <= 0:
-            raise ConfigError(f"must be greater than 0, got {value!r}", key=f"{section}.{key}", path=path)
-        if key in _FINITE_POSITIVE and not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"must be a finite number greater than 0, got {value!r}", key=f"{section}.{key}", path=path)
-    if section == "endpoint" and "base_url" in values:
-        if not str(values["base_url"]).startswith(("http://", "https://")):
-            raise ConfigError("must start with http:// or https://", key="endpoint.base_url", path=path)
+            raise ConfigError(f"expected {_type_name(hints[key])}, got {value!r}", key=dotted, path=origin(dotted))
+        problem = _value_problem(dotted, f"{bounds_section or section}.{key}", value)
+        if problem:
+            raise ConfigError(problem, key=dotted, path=origin(dotted))
     return cls(**values)
 
 
-def _build_pricing(table: dict[str, Any], *, path: str) -> dict[str, Price]:
+def _build_pricing(table: dict[str, Any], *, origin: Origin) -> dict[str, Price]:
     prices = {}
     for model, entry in table.items():
         if not isinstance(entry, dict):
-            raise ConfigError("expected a table of prices", key=f"pricing.{model}", path=path)
-        prices[model] = _build_section(Price, entry, section=f"pricing.{model}", path=path)
+            raise ConfigError("expected a table of prices", key=f"pricing.{model}", path=origin(f"pricing.{model}"))
+        prices[model] = _build_section(Price, entry, section=f"pricing.{model}", origin=origin,
+                                       bounds_section="pricing")
     return prices
 
 
@@ -211,7 +333,7 @@ def load_pricing(path: Path = DEFAULT_PRICING_PATH) -> dict[str, Price]:
     """The shipped pricing table. Missing, it is an install fault, not an empty table: every
     cost would silently be null and a budget cap could not run."""
     data = _read_toml(path)
-    return _build_pricing(data.get("pricing", data), path=str(path))
+    return _build_pricing(data.get("pricing", data), origin=lambda _key: str(path))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -232,24 +354,42 @@ def build_config(
     overrides: dict[str, Any] | None = None,
     pricing: dict[str, Price] | None = None,
 ) -> Config:
-    """Validate a parsed TOML document plus ``section.key`` overrides into a Config."""
+    """Validate a parsed TOML document plus ``section.key`` overrides into a Config.
+
+    An error names where the bad value came from: ``path`` for the file's own values, the
+    command-line flag for an override (the file is not to blame for ``--timeout nan``).
+    """
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-    for dotted, value in (overrides or {}).items():
+    overrides = overrides or {}
+    for dotted, value in overrides.items():
         section, key = dotted.split(".", 1)
         data.setdefault(section, {})[key] = value
+    origin = _origin(path, overrides)
     unknown = set(data) - set(SECTIONS) - {"pricing"}
     if unknown:
         raise ConfigError(f"unknown section (known: {', '.join([*SECTIONS, 'pricing'])})",
-                          key=sorted(unknown)[0], path=path)
+                          key=sorted(unknown)[0], path=origin(sorted(unknown)[0]))
     sections = {}
     for name, cls in SECTIONS.items():
         values = data.get(name, {})
         if not isinstance(values, dict):
-            raise ConfigError("expected a table", key=name, path=path)
-        sections[name] = _build_section(cls, values, section=name, path=path)
+            raise ConfigError("expected a table", key=name, path=origin(name))
+        sections[name] = _build_section(cls, values, section=name, origin=origin)
     prices = dict(pricing if pricing is not None else load_pricing())
-    prices.update(_build_pricing(data.get("pricing", {}), path=path))
+    pricing_table = data.get("pricing", {})
+    if not isinstance(pricing_table, dict):
+        raise ConfigError("expected a table", key="pricing", path=origin("pricing"))
+    prices.update(_build_pricing(pricing_table, origin=origin))
     return Config(**sections, pricing=prices, source=path)
+
+
+def _origin(path: str, overrides: dict[str, Any]) -> Origin:
+    """``section.key`` → where its value came from, as an error message names it."""
+    def origin(dotted: str) -> str:
+        if dotted in overrides:
+            return f"command line --{dotted.split('.', 1)[1].replace('_', '-')}"
+        return path
+    return origin
 
 
 def load_config(
@@ -271,10 +411,15 @@ def parse_override(flag: str, raw: str) -> tuple[str, Any]:
     dotted = flags[flag]
     section, key = dotted.split(".", 1)
     tp = typing.get_type_hints(SECTIONS[section])[key]
-    return dotted, _coerce(raw, tp, dotted)
+    value = _coerce(raw, tp, dotted, flag=flag)
+    # Checked here, where the flag as typed is known (``--timeout``, not only ``--timeout-s``).
+    problem = _value_problem(dotted, dotted, value)
+    if problem:
+        raise ConfigError(problem, key=dotted, path=f"command line --{flag}")
+    return dotted, value
 
 
-def _coerce(raw: str, tp: Any, dotted: str) -> Any:
+def _coerce(raw: str, tp: Any, dotted: str, *, flag: str) -> Any:
     candidates = get_args(tp) if get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
     if raw.lower() in ("none", "null") and type(None) in candidates:
         return None
@@ -304,4 +449,4 @@ def _coerce(raw: str, tp: Any, dotted: str) -> Any:
                 return raw
         except ValueError:
             continue
-    raise ConfigError(f"cannot use {raw!r}: expected {_type_name(tp)}", key=dotted, path="command line")
+    raise ConfigError(f"cannot use {raw!r}: expected {_type_name(tp)}", key=dotted, path=f"command line --{flag}")

@@ -1,10 +1,17 @@
 """Turning a manifest's image reference into what goes in ``image_url.url``.
 
 - ``http(s)://`` is sent as is (the endpoint fetches it), unless inlining is asked for.
-- a local path (relative to the manifest's folder) or ``file://`` is read, checked
-  with Pillow (header only, plus ``verify``), optionally resized, and inlined as a
-  base64 data URL.
-- ``data:`` URLs pass through; their header is read for the size.
+- a local path (relative to the manifest's folder) or ``file://`` is read (at most
+  ``max_bytes``, counted on the bytes read), decoded in full with Pillow so a
+  truncated or corrupt file is caught here and never sent, optionally resized, and
+  inlined as a base64 data URL.
+- ``data:`` URLs pass through after the same check.
+
+Schemes are case-insensitive (``HTTP://`` is a remote URL). The decode that proves an
+image whole is made as cheap as the format allows: a JPEG is decoded at the reduced
+size it is sent at (``draft``), or at 1/8 scale when its bytes are sent unchanged.
+The check never relies on ``ImageFile.LOAD_TRUNCATED_IMAGES`` (left at Pillow's
+default, False, which makes a truncated file an error).
 
 Everything else (an empty cell, ``ftp://``, a missing file, not an image, too
 large) raises ``ImageUnreadableError`` with a message that says which.
@@ -15,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,13 +53,24 @@ class ImageLimits:
 
 def shorten_data_url(url: str, *, keep: int = 48) -> str:
     """A data URL as it goes in the output: its head and its length, not megabytes of base64."""
-    if not url.startswith("data:") or len(url) <= keep:
+    if not is_data_url(url) or len(url) <= keep:
         return url
     return f"{url[:keep]}…[{len(url)} chars]"
 
 
 def is_remote(url: str) -> bool:
-    return url.startswith(("http://", "https://"))
+    # Schemes are case-insensitive (RFC 3986): HTTP://x is as remote as http://x.
+    return url[:8].lower().startswith(("http://", "https://"))
+
+
+def remote_url(url: str) -> str:
+    """A remote URL as sent: its scheme in lower case, since endpoints that fetch it may compare it exactly."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.lower()}{sep}{rest}"
+
+
+def is_data_url(url: str) -> bool:
+    return url[:5].lower() == "data:"
 
 
 def prepare_image(url: str, *, base_dir: Path, limits: ImageLimits) -> PreparedImage:
@@ -59,8 +78,8 @@ def prepare_image(url: str, *, base_dir: Path, limits: ImageLimits) -> PreparedI
     if not url:
         raise ImageUnreadableError("the row has no image (empty url)")
     if is_remote(url):
-        return PreparedImage(url=url)
-    if url.startswith("data:"):
+        return PreparedImage(url=remote_url(url))
+    if is_data_url(url):
         return _from_data_url(url, limits)
     parsed = urlparse(url)
     if parsed.scheme == "file":
@@ -77,7 +96,7 @@ def prepare_image(url: str, *, base_dir: Path, limits: ImageLimits) -> PreparedI
 def local_image_size(url: str, *, base_dir: Path) -> tuple[int, int] | None:
     """Width and height from the header alone (local paths, file:// and data: URLs); None when unknown or unreadable."""
     try:
-        if url.startswith("data:"):
+        if is_data_url(url):
             payload = url.partition(",")[2]
             # The header sits in the first bytes; decode a prefix, not megabytes.
             head = base64.b64decode(payload[:65536], validate=False)
@@ -87,6 +106,8 @@ def local_image_size(url: str, *, base_dir: Path) -> tuple[int, int] | None:
             return None
         path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(url)
         path = path if path.is_absolute() else base_dir / path
+        if not path.is_file():  # a pipe would block the open; a device has no header to read
+            return None
         with open(path, "rb") as fh:
             return header_size(fh.read(65536))
     except (OSError, binascii.Error, ValueError):
@@ -112,22 +133,30 @@ def resized_size(width: int, height: int, max_side: int | None) -> tuple[int, in
 
 
 def _read_file(path: Path, limits: ImageLimits) -> bytes:
+    """The file's bytes, at most ``max_bytes``: counted on what is read, since ``st_size`` of a
+    device (/dev/zero) or a growing file says nothing about how much there is to read."""
     try:
-        size = path.stat().st_size
-        if size > limits.max_bytes:
-            raise ImageUnreadableError(f"{path}: {size} bytes is over images.max_bytes ({limits.max_bytes})")
-        return path.read_bytes()
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageUnreadableError(f"{path}: is a directory, not an image")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageUnreadableError(f"{path}: not a regular file (a device, pipe or socket); give an image file")
+        if info.st_size > limits.max_bytes:  # refused without reading it
+            raise ImageUnreadableError(f"{path}: {info.st_size} bytes is over images.max_bytes ({limits.max_bytes})")
+        with path.open("rb") as fh:
+            data = fh.read(limits.max_bytes + 1)
     except FileNotFoundError:
         raise ImageUnreadableError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise ImageUnreadableError(f"{path}: is a directory, not an image") from None
     except OSError as exc:
         raise ImageUnreadableError(f"{path}: cannot be read ({exc.strerror})") from None
+    if len(data) > limits.max_bytes:
+        raise ImageUnreadableError(f"{path}: more than images.max_bytes ({limits.max_bytes}) bytes")
+    return data
 
 
 def _from_data_url(url: str, limits: ImageLimits) -> PreparedImage:
     header, _, payload = url.partition(",")
-    if ";base64" not in header:
+    if ";base64" not in header.lower():
         raise ImageUnreadableError("data URL is not base64-encoded")
     try:
         data = base64.b64decode(payload, validate=True)
@@ -135,66 +164,88 @@ def _from_data_url(url: str, limits: ImageLimits) -> PreparedImage:
         raise ImageUnreadableError("data URL holds invalid base64") from None
     if limits.max_side is not None:
         return inline_bytes(data, limits=limits, source="data URL")
-    width, height, _ = _inspect(data, limits, source="data URL")
-    return PreparedImage(url=url, width=width, height=height, inlined=True)
+    decoded = _inspect(data, limits, source="data URL")
+    decoded.image.close()
+    return PreparedImage(url=url, width=decoded.width, height=decoded.height, inlined=True)
 
 
-def _inspect(data: bytes, limits: ImageLimits, *, source: str) -> tuple[int, int, str]:
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    image: Image.Image  # loaded: resized when max_side applies, else possibly at a reduced draft scale
+    width: int  # the image's own size, before any resizing
+    height: int
+    format: str
+
+
+def _inspect(data: bytes, limits: ImageLimits, *, source: str) -> _Decoded:
+    """Check the limits and decode the image once, in full, so a broken file is refused here."""
     if not data:
         raise ImageUnreadableError(f"{source}: the image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
         raise ImageUnreadableError(f"{source}: {len(data)} bytes is over images.max_bytes ({limits.max_bytes})")
     try:
         with warnings.catch_warnings():
-            # Our own max_pixels check below decides; Pillow's warning would only be noise.
+            # Our own max_pixels check decides; Pillow's warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
-                fmt = im.format or ""
-                if width * height > limits.max_pixels:
-                    raise ImageUnreadableError(
-                        f"{source}: {width}x{height} is over images.max_pixels ({limits.max_pixels}); "
-                        "refused as a possible decompression bomb"
-                    )
-                im.verify()
+            return _decode(data, limits, source=source)
     except ImageUnreadableError:
         raise
     except Image.DecompressionBombError:
         raise ImageUnreadableError(f"{source}: refused as a decompression bomb (too many pixels)") from None
     except UnidentifiedImageError:
         raise ImageUnreadableError(f"{source}: not an image Pillow can read") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageUnreadableError(f"{source}: broken or truncated image ({exc})") from None
-    return width, height, fmt
+
+
+def _decode(data: bytes, limits: ImageLimits, *, source: str) -> _Decoded:
+    with Image.open(io.BytesIO(data)) as probe:
+        width, height = probe.size
+        fmt = probe.format or ""
+        if width * height > limits.max_pixels:
+            raise ImageUnreadableError(
+                f"{source}: {width}x{height} is over images.max_pixels ({limits.max_pixels}); "
+                "refused as a possible decompression bomb"
+            )
+        probe.verify()  # chunk checksums (PNG); decodes no pixels
+    im = Image.open(io.BytesIO(data))  # verify() leaves an image unusable: open it again
+    if limits.max_side is not None and _needs_resize(width, height, limits.max_side):
+        # thumbnail() drafts a JPEG at the nearest scale above the target, then decodes once.
+        im.thumbnail((limits.max_side, limits.max_side), Image.Resampling.LANCZOS)
+    elif fmt in SENDABLE_FORMATS:
+        # Sent as its own bytes: decoded only to prove it whole, which a 1/8-scale JPEG decode does.
+        im.draft(None, (1, 1))
+    im.load()  # raises on a truncated file: LOAD_TRUNCATED_IMAGES is left at False
+    return _Decoded(image=im, width=width, height=height, format=fmt)
+
+
+def _needs_resize(width: int, height: int, max_side: int | None) -> bool:
+    return max_side is not None and max(width, height) > max_side
 
 
 def inline_bytes(data: bytes, *, limits: ImageLimits, source: str) -> PreparedImage:
     """Check, maybe resize or re-encode, and wrap image bytes as a base64 data URL."""
-    width, height, fmt = _inspect(data, limits, source=source)
-    needs_resize = limits.max_side is not None and max(width, height) > limits.max_side
-    if needs_resize or fmt not in SENDABLE_FORMATS:
-        data, width, height, fmt = _reencode(data, max_side=limits.max_side if needs_resize else None, source=source)
+    decoded = _inspect(data, limits, source=source)
+    width, height, fmt = decoded.width, decoded.height, decoded.format
+    with decoded.image as im:
+        if _needs_resize(width, height, limits.max_side) or fmt not in SENDABLE_FORMATS:
+            data, width, height, fmt = _encode(im, source_format=fmt, source=source)
     mime = SENDABLE_FORMATS[fmt]
     encoded = base64.b64encode(data).decode("ascii")
     return PreparedImage(url=f"data:{mime};base64,{encoded}", width=width, height=height, inlined=True)
 
 
-def _reencode(data: bytes, *, max_side: int | None, source: str) -> tuple[bytes, int, int, str]:
+def _encode(im: Image.Image, *, source_format: str, source: str) -> tuple[bytes, int, int, str]:
+    # Transparency survives only in PNG; everything else becomes a smaller JPEG.
+    has_alpha = im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info)
+    out = io.BytesIO()
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            source_format = im.format
-            im.load()
-            if max_side is not None:
-                im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-            # Transparency survives only in PNG; everything else becomes a smaller JPEG.
-            has_alpha = im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info)
-            out = io.BytesIO()
-            if has_alpha or source_format == "PNG":
-                im.save(out, format="PNG", optimize=False)
-                fmt = "PNG"
-            else:
-                im.convert("RGB").save(out, format="JPEG", quality=90)
-                fmt = "JPEG"
-            return out.getvalue(), im.width, im.height, fmt
+        if has_alpha or source_format == "PNG":
+            im.save(out, format="PNG", optimize=False)
+            fmt = "PNG"
+        else:
+            im.convert("RGB").save(out, format="JPEG", quality=90)
+            fmt = "JPEG"
     except (OSError, ValueError) as exc:
-        raise ImageUnreadableError(f"{source}: cannot be decoded for resizing ({exc})") from None
+        raise ImageUnreadableError(f"{source}: cannot be re-encoded for sending ({exc})") from None
+    return out.getvalue(), im.width, im.height, fmt

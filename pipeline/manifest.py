@@ -14,19 +14,23 @@ and the pipeline consumes at request speed.
 
 An id column is optional; a missing or empty id is derived from a stable hash
 of the url, so a re-run derives the same ids. Rows without an id that repeat
-an earlier url are the same image and collapse into one id.
+an earlier url are the same image and collapse into one id; a derived id that
+equals a given one is refused like a repeated given id.
+
+Every text format may start with a UTF-8 byte-order mark (spreadsheets write one).
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import os
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import orjson
 import polars as pl
@@ -84,21 +88,51 @@ def inspect_manifest(path: Path, *, url_column: str = "url", id_column: str = "i
     if fmt in ("csv", "tsv", "parquet") and path.stat().st_size == 0:
         raise ManifestError(str(path), "the file is empty")
     columns = _columns(path, fmt, url_column=url_column)
-    rows = 0
-    id_hashes = array("q")
+    rows = derived = 0
+    given_hashes = array("q")
     for records in _iter_records(path, fmt, url_column=url_column, chunk_size=65536):
         for record in records:
             rows += 1
             if fmt == "jsonl" and url_column not in record:
-                raise ManifestError(str(path), f"row {rows} has no '{url_column}' field")
+                raise ManifestError(str(path), f"row {rows} has no '{url_column}' field{_suggestion(url_column, record)}")
             given = record.get(id_column)
-            if given not in (None, ""):
-                id_hashes.append(hash(str(given)))
+            if given in (None, ""):
+                derived += 1
+            else:
+                given_hashes.append(hash(str(given)))
     if rows == 0:
         raise ManifestError(str(path), "the manifest has no rows")
-    if _has_duplicates(id_hashes):
-        _raise_duplicate(path, fmt, url_column=url_column, id_column=id_column, hashes=id_hashes)
-    return ManifestInfo(path=path, format=fmt, rows=rows, columns=columns, has_id_column=bool(id_hashes))
+    hashes = _as_series(given_hashes)
+    if len(hashes) and derived:
+        # Derived ids repeat legitimately (the same url twice is one image), but one equal to a
+        # given id would give two rows one result. Only a manifest mixing both pays this pass.
+        hashes = pl.concat([hashes, _derived_hashes(path, fmt, url_column=url_column, id_column=id_column).unique()])
+    if _has_duplicates(hashes):
+        _raise_duplicate(path, fmt, url_column=url_column, id_column=id_column, hashes=hashes)
+    return ManifestInfo(path=path, format=fmt, rows=rows, columns=columns, has_id_column=bool(given_hashes))
+
+
+def _derived_hashes(path: Path, fmt: Format, *, url_column: str, id_column: str) -> pl.Series:
+    hashes = array("q")
+    for records in _iter_records(path, fmt, url_column=url_column, chunk_size=65536):
+        for record in records:
+            item_id, given = record_id(record, url_column=url_column, id_column=id_column)
+            if not given:
+                hashes.append(hash(item_id))
+    return _as_series(hashes)
+
+
+def record_id(record: dict[str, Any], *, url_column: str, id_column: str) -> tuple[str, bool]:
+    """The row's id and whether the manifest gave it (else it is derived from the url)."""
+    given = record.get(id_column)
+    if given not in (None, ""):
+        return str(given), True
+    return derive_id(record_url(record, url_column=url_column)), False
+
+
+def record_url(record: dict[str, Any], *, url_column: str) -> str:
+    url = record.get(url_column)
+    return "" if url is None else str(url).strip()
 
 
 def _columns(path: Path, fmt: Format, *, url_column: str) -> tuple[str, ...]:
@@ -114,38 +148,96 @@ def _columns(path: Path, fmt: Format, *, url_column: str) -> tuple[str, ...]:
             raise ManifestError(str(path), f"cannot be read as Parquet ({_first_line(exc)})") from None
     else:
         with _open_text(path) as fh:
+            reader = csv.reader(fh, delimiter=_DELIMITERS[fmt], strict=True)
             try:
-                columns = tuple(next(csv.reader(fh, delimiter=_DELIMITERS[fmt]), []))
-            except (csv.Error, UnicodeDecodeError) as exc:
+                columns = tuple(next(reader, []))
+            except csv.Error as exc:
+                raise ManifestError(str(path), _csv_problem(exc, fmt, start=1, line=reader.line_num)) from None
+            except UnicodeDecodeError as exc:
                 raise ManifestError(str(path), f"cannot be read as {fmt.upper()} ({_first_line(exc)})") from None
     if url_column not in columns:
-        raise ManifestError(str(path), f"no '{url_column}' column (columns: {', '.join(columns) or 'none'})")
+        raise ManifestError(str(path), f"no '{url_column}' column (columns: {', '.join(columns) or 'none'})"
+                                       f"{_suggestion(url_column, columns)}")
     return columns
 
 
-def _has_duplicates(hashes: array) -> bool:
+# Names people give an image column; the first one present is suggested when 'url' is missing.
+_LIKELY_URL_COLUMNS = ("image_url", "img_url", "image", "img", "url", "uri", "link", "src", "image_path",
+                       "img_path", "path", "filepath", "file_path", "file", "filename", "file_name")
+
+
+def _suggestion(url_column: str, columns: Any) -> str:
+    """'; did you mean ...' naming the likeliest image column, or '' when none looks like one."""
+    names = [str(c) for c in columns]
+    by_lower = {n.lower(): n for n in names}
+    likely = next((by_lower[n] for n in _LIKELY_URL_COLUMNS if n in by_lower), None)
+    close = difflib.get_close_matches(url_column, names, n=1, cutoff=0.6)
+    guess = close[0] if close else likely
+    if guess is None:
+        return ""
+    return (f"; did you mean '{guess}'? Set manifest.url_column = \"{guess}\" in the config "
+            f"(or --url-column {guess})")
+
+
+def _as_series(hashes: array[int]) -> pl.Series:
+    """The hashes as an Int64 series, without a copy through Python ints."""
+    if not hashes:
+        return pl.Series([], dtype=pl.Int64)
+    series = pl.from_arrow(pa.Array.from_buffers(pa.int64(), len(hashes), [None, pa.py_buffer(hashes)]))
+    assert isinstance(series, pl.Series)  # an Arrow array (not a table) comes back as a Series
+    return series
+
+
+def _has_duplicates(hashes: pl.Series) -> bool:
     if len(hashes) < 2:
         return False
-    values = pl.from_arrow(pa.Array.from_buffers(pa.int64(), len(hashes), [None, pa.py_buffer(hashes)])).sort()
+    values = hashes.sort()
     return bool((values.slice(1) == values.slice(0, len(values) - 1)).any())
 
 
-def _raise_duplicate(path: Path, fmt: Format, *, url_column: str, id_column: str, hashes: array) -> None:
-    """Second pass, only over ids whose hash repeats: name the first id that really repeats."""
-    values = pl.Series(hashes, dtype=pl.Int64)
-    suspects = set(values.filter(values.is_duplicated()).unique().to_list())
-    seen: dict[str, int] = {}
+def _raise_duplicate(path: Path, fmt: Format, *, url_column: str, id_column: str, hashes: pl.Series) -> None:
+    """Second pass, only over ids whose hash repeats: name the first id that really repeats, and its rows."""
+    suspects = set(hashes.filter(hashes.is_duplicated()).unique().to_list())
+    seen: dict[str, _IdUse] = {}
+    row = 0
     for records in _iter_records(path, fmt, url_column=url_column, chunk_size=65536):
         for record in records:
-            given = record.get(id_column)
-            if given in (None, "") or hash(str(given)) not in suspects:
-                continue
-            key = str(given)
-            seen[key] = seen.get(key, 0) + 1
-    repeated = [(k, n) for k, n in seen.items() if n > 1]
+            row += 1
+            item_id, given = record_id(record, url_column=url_column, id_column=id_column)
+            if hash(item_id) in suspects:
+                _note_id_use(seen, item_id, _IdUse(row=row, given=given, url=record_url(record, url_column=url_column)))
+    repeated = [(k, use) for k, use in seen.items() if use.given_count > 1 or use.clash is not None]
     if repeated:
-        key, n = repeated[0]
-        raise ManifestError(str(path), f"id '{key}' appears {n} times (ids must be unique)")
+        key, use = repeated[0]
+        raise ManifestError(str(path), use.problem(key))
+
+
+@dataclass(slots=True)
+class _IdUse:
+    """Where an id was first seen, how often it was given, and the first given/derived clash."""
+
+    row: int
+    given: bool
+    url: str
+    given_count: int = 0
+    clash: tuple[int, int, str] | None = None  # (row with the given id, row whose url derives it, that url)
+
+    def problem(self, key: str) -> str:
+        if self.clash is None:
+            return f"id '{key}' appears {self.given_count} times (ids must be unique)"
+        given_row, derived_row, url = self.clash
+        shown = url if len(url) <= 80 else f"{url[:77]}..."
+        return (f"id '{key}' of row {given_row} is also the id derived from the url of row {derived_row} "
+                f"({shown}); give row {derived_row} an id of its own or change row {given_row}'s (ids must be unique)")
+
+
+def _note_id_use(seen: dict[str, _IdUse], item_id: str, use: _IdUse) -> None:
+    first = seen.setdefault(item_id, use)
+    if use.given:
+        first.given_count += 1
+    if first.clash is None and first.given != use.given:
+        given, derived = (first, use) if first.given else (use, first)
+        first.clash = (given.row, derived.row, derived.url)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -154,9 +246,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 _DELIMITERS = {"csv": ",", "tsv": "\t"}
+_BOM = "\ufeff".encode()
 
 
-def _open_text(path: Path):  # noqa: ANN202 - a text file object
+def _open_text(path: Path) -> TextIO:
     try:
         return path.open("r", encoding="utf-8-sig", newline="")
     except OSError as exc:
@@ -191,32 +284,47 @@ def _iter_delimited(path: Path, fmt: Format, *, chunk_size: int) -> Iterator[lis
     # Inlined data: URLs in a cell can exceed the csv module's 128 KiB default.
     csv.field_size_limit(2**31 - 1)
     with _open_text(path) as fh:
-        reader = csv.reader(fh, delimiter=_DELIMITERS[fmt])
+        # strict: an unclosed quote is an error at the end of the file, not one huge last cell
+        # that silently swallows every row after it.
+        reader = csv.reader(fh, delimiter=_DELIMITERS[fmt], strict=True)
+        start = 1  # the line the next record starts on: where an unclosed quote opened
         try:
             header = next(reader, None)
             if header is None:
                 return
             width = len(header)
             batch: list[dict[str, Any]] = []
+            start = reader.line_num + 1
             for values in reader:
-                if not values:
-                    continue
-                if len(values) != width:
+                if values and len(values) != width:
                     raise ManifestError(str(path), f"line {reader.line_num} has {len(values)} fields, the header has {width}")
-                batch.append(dict(zip(header, values)))
+                if values:
+                    batch.append(dict(zip(header, values)))
                 if len(batch) >= chunk_size:
                     yield batch
                     batch = []
+                start = reader.line_num + 1
             if batch:
                 yield batch
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except csv.Error as exc:
+            raise ManifestError(str(path), _csv_problem(exc, fmt, start=start, line=reader.line_num)) from None
+        except UnicodeDecodeError as exc:
             raise ManifestError(str(path), f"cannot be read as {fmt.upper()} ({_first_line(exc)})") from None
+
+
+def _csv_problem(exc: csv.Error, fmt: Format, *, start: int, line: int) -> str:
+    if "unexpected end of data" in str(exc):
+        return (f"line {start} opens a quoted field that is never closed (a stray \" swallows every "
+                "row after it); close or remove the quote")
+    return f"line {line} cannot be read as {fmt.upper()} ({_first_line(exc)})"
 
 
 def _iter_jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
         with path.open("rb") as fh:
             for lineno, line in enumerate(fh, start=1):
+                if lineno == 1:
+                    line = line.removeprefix(_BOM)
                 if not line.strip():
                     continue
                 try:
@@ -238,7 +346,7 @@ def _iter_raw_lines(path: Path, fmt: Format, *, chunk_size: int) -> Iterator[lis
         return
     chunk: list[str] = []
     try:
-        with path.open("r", encoding="utf-8") as fh:
+        with path.open("r", encoding="utf-8-sig") as fh:
             for line in fh:
                 line = line.strip()
                 if not line or line.startswith("#"):
@@ -260,13 +368,9 @@ def _items_from_records(
 ) -> list[Item]:
     items = []
     for record in records:
-        url = record.get(url_column)
-        url = "" if url is None else str(url).strip()
-        given = record.get(id_column)
-        if given not in (None, ""):
-            item_id = str(given)
-        else:
-            item_id = derive_id(url)
+        url = record_url(record, url_column=url_column)
+        item_id, given = record_id(record, url_column=url_column, id_column=id_column)
+        if not given:
             if item_id in seen_derived:
                 continue
             seen_derived.add(item_id)

@@ -22,7 +22,7 @@ import polars as pl
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
-from .images import is_remote
+from .images import is_data_url, is_remote
 from .journal import Journal
 
 T = TypeVar("T")
@@ -126,7 +126,7 @@ def format_table(summary: dict[str, Any]) -> str:
 
 def thumbnail_data_url(url: str, *, base_dir: Path | None, side: int = 160) -> str | None:
     """A small inline JPEG of a local image, or None (remote, shortened data URL, unreadable)."""
-    if is_remote(url) or url.startswith("data:") or not url:
+    if is_remote(url) or is_data_url(url) or not url:
         return None
     path = Path(url.removeprefix("file://"))
     if not path.is_absolute():

@@ -39,7 +39,7 @@ from .dispatch import OnlineExecutor
 from .errors import ImageUnreadableError, JournalError, PipelineError, UnreadableFileError
 from .executor import Executor, PreparedRequest, StopDispatch
 from .feed import ChunkSource, ManifestFeed, next_item
-from .images import ImageLimits, PreparedImage, inline_bytes, is_remote, prepare_image
+from .images import ImageLimits, PreparedImage, inline_bytes, is_remote, prepare_image, remote_url
 from .journal import Journal
 from .labels import label_extender, label_spec
 from .models import Item, ResultRow, RunTotals
@@ -266,8 +266,8 @@ class Runner:
     async def _prepare(self, item: Item) -> PreparedImage:
         if is_remote(item.url):
             if not self.config.images.inline_remote:
-                return PreparedImage(url=item.url)
-            data = await self.deps.client.fetch_image(item.url, max_bytes=self.config.images.max_bytes,
+                return PreparedImage(url=remote_url(item.url))
+            data = await self.deps.client.fetch_image(remote_url(item.url), max_bytes=self.config.images.max_bytes,
                                                       timeout_s=self.config.images.download_timeout_s)
             return await anyio.to_thread.run_sync(lambda: inline_bytes(data, limits=self._limits, source=item.url))
         return await anyio.to_thread.run_sync(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 
 import pytest
 from PIL import Image
@@ -95,3 +96,65 @@ def test_resizing_keeps_transparency_as_png_and_makes_opaque_images_jpeg(tmp_pat
     with Image.open(io.BytesIO(base64.b64decode(transparent.url.split(",", 1)[1]))) as im:
         assert im.mode == "RGBA" and im.size == (100, 50)
     assert prepare_image("o.webp", base_dir=tmp_path, limits=limits).url.startswith("data:image/jpeg;base64,")
+
+
+def _jpeg(size=(640, 480)) -> bytes:
+    out = io.BytesIO()
+    Image.effect_noise(size, 60).convert("RGB").save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("max_side", [None, 200])
+def test_a_truncated_jpeg_is_unreadable_and_a_whole_one_is_sent_unchanged(tmp_path, max_side):
+    """The first half of a valid JPEG is refused (file and data URL), with or without resizing; the whole
+    JPEG is still accepted, and without resizing its own bytes are sent."""
+    import pipeline.cli  # noqa: F401 - every module imported: none may have switched truncation tolerance on
+    from PIL import ImageFile
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    whole = _jpeg()
+    (tmp_path / "whole.jpg").write_bytes(whole)
+    (tmp_path / "half.jpg").write_bytes(whole[: len(whole) // 2])
+    limits = ImageLimits(max_side=max_side)
+    with pytest.raises(ImageUnreadableError, match="broken or truncated"):
+        prepare_image("half.jpg", base_dir=tmp_path, limits=limits)
+    half_url = "data:image/jpeg;base64," + base64.b64encode(whole[: len(whole) // 2]).decode()
+    with pytest.raises(ImageUnreadableError, match="broken or truncated"):
+        prepare_image(half_url, base_dir=tmp_path, limits=limits)
+    image = prepare_image("whole.jpg", base_dir=tmp_path, limits=limits)
+    if max_side is None:
+        assert base64.b64decode(image.url.split(",", 1)[1]) == whole and (image.width, image.height) == (640, 480)
+    else:
+        assert image.url.startswith("data:image/jpeg;base64,") and (image.width, image.height) == (200, 150)
+
+
+def test_special_files_are_refused_without_reading_them_whole(tmp_path):
+    """/dev/zero and a named pipe are refused at once (no endless read, no blocking open)."""
+    limits = ImageLimits()
+    with pytest.raises(ImageUnreadableError, match="not a regular file"):
+        prepare_image("/dev/zero", base_dir=tmp_path, limits=limits)
+    with pytest.raises(ImageUnreadableError, match="not a regular file"):
+        prepare_image("file:///dev/zero", base_dir=tmp_path, limits=limits)
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageUnreadableError, match="not a regular file"):
+        prepare_image("pipe.jpg", base_dir=tmp_path, limits=limits)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux /proc")
+def test_max_bytes_counts_the_bytes_read_not_st_size(tmp_path):
+    """A file whose st_size says 0 but holds more than max_bytes (a /proc file) is refused by what was read."""
+    assert os.stat("/proc/self/maps").st_size == 0
+    with pytest.raises(ImageUnreadableError, match="more than images.max_bytes"):
+        prepare_image("/proc/self/maps", base_dir=tmp_path, limits=ImageLimits(max_bytes=64))
+
+
+def test_schemes_are_case_insensitive(tmp_path):
+    """HTTP:// and Https:// are remote URLs (sent with the scheme in lower case); DATA: is a data URL."""
+    from pipeline.images import is_remote
+
+    for url in ("HTTP://x/a.jpg", "Https://x/a.jpg"):
+        assert is_remote(url) and prepare_image(url, base_dir=tmp_path, limits=ImageLimits()).url == url.lower()
+    url = "DATA:image/png;BASE64," + base64.b64encode(_png((8, 4))).decode()
+    image = prepare_image(url, base_dir=tmp_path, limits=ImageLimits())
+    assert image.url == url and (image.width, image.height) == (8, 4)
