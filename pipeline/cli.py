@@ -214,7 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with Journal(args.out) as journal:
         check_resume(journal, config, force=args.force)
         with _endpoint(config, simulate=args.simulate) as config:
-            return anyio.run(_run_async, config, args, info.rows, journal, api_key)
+            return anyio.run(_run_async, config, args, info.ids, journal, api_key)
 
 
 def _check_label_schema(config: Config) -> None:

@@ -76,6 +76,8 @@ class ManifestInfo:
     rows: int
     columns: tuple[str, ...]
     has_id_column: bool
+    # Rows with distinct ids: what a run works through (rows repeating a url without an id are one).
+    ids: int = 0
 
 
 def inspect_manifest(path: Path, *, url_column: str = "url", id_column: str = "id") -> ManifestInfo:
@@ -90,6 +92,7 @@ def inspect_manifest(path: Path, *, url_column: str = "url", id_column: str = "i
     columns = _columns(path, fmt, url_column=url_column)
     rows = derived = 0
     given_hashes = array("q")
+    url_hashes = array("q")  # of rows without an id: a repeated url collapses into one derived id
     for records in _iter_records(path, fmt, url_column=url_column, chunk_size=65536):
         for record in records:
             rows += 1
@@ -98,6 +101,7 @@ def inspect_manifest(path: Path, *, url_column: str = "url", id_column: str = "i
             given = record.get(id_column)
             if given in (None, ""):
                 derived += 1
+                url_hashes.append(hash(record_url(record, url_column=url_column)))
             else:
                 given_hashes.append(hash(str(given)))
     if rows == 0:
@@ -109,7 +113,8 @@ def inspect_manifest(path: Path, *, url_column: str = "url", id_column: str = "i
         hashes = pl.concat([hashes, _derived_hashes(path, fmt, url_column=url_column, id_column=id_column).unique()])
     if _has_duplicates(hashes):
         _raise_duplicate(path, fmt, url_column=url_column, id_column=id_column, hashes=hashes)
-    return ManifestInfo(path=path, format=fmt, rows=rows, columns=columns, has_id_column=bool(given_hashes))
+    ids = len(given_hashes) + (_as_series(url_hashes).n_unique() if url_hashes else 0)
+    return ManifestInfo(path=path, format=fmt, rows=rows, columns=columns, has_id_column=bool(given_hashes), ids=ids)
 
 
 def _derived_hashes(path: Path, fmt: Format, *, url_column: str, id_column: str) -> pl.Series:

@@ -303,3 +303,13 @@ def test_deleting_run_json_does_not_skip_the_parameter_check(simulator, tmp_path
     refused = run_cli([*args, "--model", "gpt-4o-mini"])
     assert refused.returncode == 2 and "no run.json" in refused.stderr, refused.stderr
     assert run_cli([*args, "--force"]).returncode == 0
+
+
+def test_the_left_count_is_right_when_rows_collapse(simulator, tmp_path):
+    """30 rows naming 3 urls with no id column are 3 ids: a finished run says 0 left, not 27."""
+    rows = [{"url": f"https://img.example.com/c/{i % 3}.jpg"} for i in range(30)]
+    config = write_config(tmp_path / "c.toml", FAST_CONFIG)
+    result = run_cli(["run", str(write_csv(tmp_path / "m.csv", rows)), "--out", str(tmp_path / "out"), "--config",
+                      str(config), "--base-url", simulator.base_url, "--no-progress"])
+    assert result.returncode == 0, result.stderr
+    assert "3 rows this run" in result.stderr and ", 0 left;" in result.stderr, result.stderr
