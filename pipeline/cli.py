@@ -265,9 +265,10 @@ async def _run_until_stopped(runner: Any) -> PipelineError | None:
 async def _run_async(config: Config, args: argparse.Namespace, total_rows: int, journal: Journal, api_key: str | None) -> int:
     from .client import open_http
     from .compose import build_runner
+    from .feed import MANIFEST_CHUNK_ROWS
     from .manifest import base_dir, chunk_source
 
-    chunks = chunk_source(args.manifest, chunk_size=config.run.chunk_size, url_column=config.manifest.url_column,
+    chunks = chunk_source(args.manifest, chunk_size=MANIFEST_CHUNK_ROWS, url_column=config.manifest.url_column,
                           id_column=config.manifest.id_column)
     # Said before anything is sent: where the key is about to go, and which folder this run holds.
     log.info("run: %d rows, model %s at %s; results in %s (locked by pid %d)", total_rows, config.request.model,
@@ -350,9 +351,10 @@ async def _estimate_async(config: Config, args: argparse.Namespace, journal: Jou
     from .client import open_http, probe_image_size
     from .compose import build_runner
     from .estimate import Reservoir, formula_pass, sample_summary, summarise
+    from .feed import MANIFEST_CHUNK_ROWS
     from .manifest import base_dir, chunk_source
 
-    chunks = chunk_source(args.manifest, chunk_size=config.run.chunk_size, url_column=config.manifest.url_column,
+    chunks = chunk_source(args.manifest, chunk_size=MANIFEST_CHUNK_ROWS, url_column=config.manifest.url_column,
                           id_column=config.manifest.id_column)
     reservoir = Reservoir(k=args.sample, rng=random.Random(args.seed)) if args.sample else None
     async with open_http(concurrency=max(32, config.limits.concurrency), timeout_s=config.endpoint.timeout_s,

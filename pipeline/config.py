@@ -74,7 +74,9 @@ class ImagesConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    chunk_size: int = 256
+    # Rows per journal part: a flush happens when this many have finished (or every
+    # flush_interval_s). Called chunk_size before; that name is still read (KEY_ALIASES).
+    part_rows: int = 256
     flush_interval_s: float = 5.0
 
 
@@ -127,7 +129,10 @@ SECTIONS: dict[str, type] = {
 }
 
 # Flags whose name is not simply the key's: the rest are derived from the keys.
-FLAG_ALIASES: dict[str, str] = {"max-cost": "limits.max_cost_usd", "timeout": "endpoint.timeout_s"}
+FLAG_ALIASES: dict[str, str] = {"max-cost": "limits.max_cost_usd", "timeout": "endpoint.timeout_s",
+                                 "chunk-size": "run.part_rows"}
+# Old key names still read from files and the command line: ``old`` → ``new``.
+KEY_ALIASES: dict[str, str] = {"run.chunk_size": "run.part_rows"}
 
 
 def override_flags() -> dict[str, str]:
@@ -222,7 +227,7 @@ BOUNDS: dict[str, Range] = {
     "images.max_side": Range(0, 65_535, low_open=True),  # the largest side JPEG and WebP can encode
     "images.max_bytes": Range(0, 2_000_000_000, low_open=True),  # a file is held in memory and base64-encoded
     "images.max_pixels": Range(0, 65_535 * 65_535, low_open=True),
-    "run.chunk_size": Range(0, 1_000_000, low_open=True),
+    "run.part_rows": Range(0, 1_000_000, low_open=True),
     "run.flush_interval_s": _TIMEOUT,
     "pricing.input": _PRICE,
     "pricing.cached_input": _PRICE,
@@ -360,7 +365,8 @@ def build_config(
     command-line flag for an override (the file is not to blame for ``--timeout nan``).
     """
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-    overrides = overrides or {}
+    overrides = {KEY_ALIASES.get(k, k): v for k, v in (overrides or {}).items()}
+    _apply_key_aliases(data, path=path)
     for dotted, value in overrides.items():
         section, key = dotted.split(".", 1)
         data.setdefault(section, {})[key] = value
@@ -381,6 +387,19 @@ def build_config(
         raise ConfigError("expected a table", key="pricing", path=origin("pricing"))
     prices.update(_build_pricing(pricing_table, origin=origin))
     return Config(**sections, pricing=prices, source=path)
+
+
+def _apply_key_aliases(data: dict[str, Any], *, path: str) -> None:
+    """Move values given under an old key name to the new one; both at once is ambiguous."""
+    for old, new in KEY_ALIASES.items():
+        old_section, old_key = old.split(".", 1)
+        new_section, new_key = new.split(".", 1)
+        section = data.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        if new_key in data.get(new_section, {}):
+            raise ConfigError(f"is the old name of {new}; give one of them, not both", key=old, path=path)
+        data.setdefault(new_section, {})[new_key] = section.pop(old_key)
 
 
 def _origin(path: str, overrides: dict[str, Any]) -> Origin:

@@ -17,6 +17,7 @@ from .journal import DoneIds
 from .models import Item, RunTotals
 
 ChunkSource = Callable[[], Iterator[list[Item]]]
+MANIFEST_CHUNK_ROWS = 256  # rows per manifest chunk (not the journal's part_rows)
 _CHUNKS_PER_READ = 8  # manifest chunks read per trip to a thread
 _READS_AHEAD = 2  # such reads kept ahead of the workers
 

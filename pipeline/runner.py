@@ -3,7 +3,7 @@
 The feed (``feed.py``) reads the manifest ahead and drops ids the journal already
 holds; ``concurrency`` workers each prepare a row (image, body, dedup) and hand it
 to the executor (``executor.py``; ``dispatch.OnlineExecutor`` paces, sends and
-retries); a flusher writes finished rows as Parquet parts every ``chunk_size``
+retries); a flusher writes finished rows as Parquet parts every ``part_rows``
 rows and every ``flush_interval_s``.
 
 What touches the outside (client, clock, sleep, journal, limiter, progress) is
@@ -218,7 +218,7 @@ class Runner:
         self.totals.requests = self._executor.requests
         self._buffer.append(row)
         # While stopping, every answer that still arrives is written at once: a SIGKILL may follow.
-        if len(self._buffer) >= self.config.run.chunk_size or self._stopping.is_set():
+        if len(self._buffer) >= self.config.run.part_rows or self._stopping.is_set():
             self._buffer_full.set()
         self.deps.progress.update(self.totals)
 

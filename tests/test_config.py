@@ -107,3 +107,14 @@ def test_caps_have_defaults_and_flags():
     config = load_config(None)
     assert config.limits.max_wait_s == 300 and config.endpoint.max_response_bytes == 8_000_000
     assert parse_override("max-wait-s", "60") == ("limits.max_wait_s", 60.0)
+
+
+def test_chunk_size_is_read_as_the_old_name_of_part_rows(tmp_path):
+    """run.part_rows is rows per journal part; files and flags that say chunk_size keep working."""
+    path = tmp_path / "c.toml"
+    path.write_text("[run]\nchunk_size = 32\n")
+    assert load_config(path).run.part_rows == 32
+    assert load_config(None, overrides={"run.chunk_size": 7}).run.part_rows == 7
+    path.write_text("[run]\nchunk_size = 32\npart_rows = 64\n")
+    with pytest.raises(ConfigError, match="old name of run.part_rows"):
+        load_config(path)

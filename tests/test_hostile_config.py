@@ -50,7 +50,7 @@ def _restore_cli_logging():
         ("[images]\nmax_side = 10000000\n", "images.max_side", "at most 65,535"),
         (f"[images]\nmax_bytes = {BEYOND_INT64}\n", "images.max_bytes", "64-bit"),
         ("[images]\nmax_pixels = 100000000000\n", "images.max_pixels", "at most"),
-        ("[run]\nchunk_size = 1000000000\n", "run.chunk_size", "at most 1,000,000"),
+        ("[run]\nchunk_size = 1000000000\n", "run.part_rows", "at most 1,000,000"),
         ("[pricing.my-vlm]\ninput = -1.0\noutput = 1.0\n", "pricing.my-vlm.input", "at least 0"),
         ("[pricing.my-vlm]\ninput = 1.0\noutput = nan\n", "pricing.my-vlm.output", "finite"),
         ("[request.extra_body]\nmodel = 5\n", "request.extra_body", "must not set 'model'"),

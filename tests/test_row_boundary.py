@@ -62,7 +62,7 @@ class Endpoint:
 def run(config, items_or_manifest, out: Path, endpoint: Endpoint, *, journal=None, base_dir: Path | None = None):
     """One run over the mock transport; returns (totals or the stop error, the rows recorded)."""
     if isinstance(items_or_manifest, Path):
-        chunks = chunk_source(items_or_manifest, chunk_size=config.run.chunk_size, url_column="url", id_column="id")
+        chunks = chunk_source(items_or_manifest, chunk_size=config.run.part_rows, url_column="url", id_column="id")
         total, base = 0, items_or_manifest if items_or_manifest.is_dir() else items_or_manifest.parent
     else:
         items = list(items_or_manifest)

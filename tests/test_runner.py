@@ -44,7 +44,7 @@ def run_once(config: Config, manifest: Path, out: Path, *, retry_errors=False, b
     async def go():
         async with open_http(concurrency=config.limits.concurrency, timeout_s=config.endpoint.timeout_s,
                              endpoint_url=config.endpoint.base_url, environ={}) as http:
-            source = chunks or chunk_source(manifest, chunk_size=config.run.chunk_size, url_column="url", id_column="id")
+            source = chunks or chunk_source(manifest, chunk_size=config.run.part_rows, url_column="url", id_column="id")
             runner = build_runner(config, http=http, journal=journal, api_key=api_key, chunks=source,
                                   base_dir=manifest.parent, total_rows=inspect_manifest(manifest).rows,
                                   retry_errors=retry_errors, grace_s=5.0, sleep=_no_sleep, breaker=breaker,
