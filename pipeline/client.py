@@ -31,7 +31,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import anyio
@@ -70,9 +70,9 @@ class RawResponse:
 class SendError(Exception):
     """The request got no HTTP answer: ``error_type`` is "timeout" or "connection"."""
 
-    def __init__(self, error_type: str, message: str) -> None:
+    def __init__(self, error_type: Literal["timeout", "connection"], message: str) -> None:
         super().__init__(message)
-        self.error_type = error_type
+        self.error_type: Literal["timeout", "connection"] = error_type
 
 
 class Poster(Protocol):
@@ -185,7 +185,7 @@ class HttpxPoster:
         except TimeoutError:
             raise SendError("timeout", f"no complete response within {self._timeout_s:g}s") from None
         except httpx.TransportError as exc:
-            kind = "timeout" if _is_timeout(exc) else "connection"
+            kind: Literal["timeout", "connection"] = "timeout" if _is_timeout(exc) else "connection"
             raise SendError(kind, f"{type(exc).__name__}: {exc or ('timed out' if kind == 'timeout' else 'connection failed')}") from None
         return RawResponse(response.status_code, response.headers, b"".join(parts))
 

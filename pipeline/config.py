@@ -2,7 +2,7 @@
 
 Every section is a keyword-only frozen dataclass; a file only needs the keys it
 changes. Validation names the key and the file. Command-line overrides use the
-key's own name (``--max-tokens`` → ``request.max_tokens``), see ``OVERRIDES``.
+key's own name (``--max-tokens`` → ``request.max_tokens``), see ``override_flags``.
 The API key itself is never part of a config: only the *name* of the variable.
 """
 

@@ -13,7 +13,8 @@ the total is extrapolated with a ratio estimator (measured cost / formula cost,
 times the formula cost of the whole manifest), which stays accurate when rows
 differ in size, and a bootstrap gives the 95% interval.
 
-The pure functions here are unit-tested; ``run_estimate`` does the I/O.
+The pure functions here are unit-tested; ``formula_pass`` reads the manifest (and
+probes images), and the sample itself goes through the runner (``cli._estimate_async``).
 """
 
 from __future__ import annotations

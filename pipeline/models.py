@@ -91,7 +91,7 @@ class ResultRow:
     flagged_categories: list[str] = field(default_factory=list)
     max_severity: str | None = None
     filter_results: str | None = None
-    error_type: str | None = None
+    error_type: ErrorType | None = None
     error_message: str | None = None
     http_status: int | None = None
     retryable: bool = False
@@ -238,7 +238,7 @@ class Reply:
 class Failure:
     """One attempt that did not: what happened, and what to do about it."""
 
-    error_type: str
+    error_type: ErrorType
     message: str
     retryable: bool
     http_status: int | None = None

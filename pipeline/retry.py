@@ -16,7 +16,7 @@ import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
 
-from .models import Failure, FatalKind, FilterVerdict, Outcome
+from .models import ErrorType, Failure, FatalKind, FilterVerdict, Outcome
 from .parse import ErrorBody, InvalidResponseError, filter_verdict, parse_error_body
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
@@ -86,7 +86,7 @@ def classify_http(status: int, body: bytes, headers: Mapping[str, str], *, now_e
     if wait is None:
         wait = retry_after_from_message(err.message)
 
-    def failure(error_type: str, *, retryable: bool, fatal: FatalKind | None = None,
+    def failure(error_type: ErrorType, *, retryable: bool, fatal: FatalKind | None = None,
                 filters: FilterVerdict | None = None) -> Failure:
         return Failure(
             error_type=error_type, message=detail, retryable=retryable, http_status=status,
