@@ -225,7 +225,7 @@ def test_a_fatal_stop_records_the_answers_still_in_flight(tmp_path, fatal, error
     app = SimulatorApp(SimConfig(latency_median_s=0.002, latency_p99_s=0.005, accept_any_model=True, stall_s=0.5))
     out = tmp_path / "out"
     with SimulatorServer(app, log_level="critical") as sim:
-        config = make_config(sim.base_url, limits={"concurrency": 8}, run={"chunk_size": 1000, "flush_interval_s": 60})
+        config = make_config(sim.base_url, limits={"concurrency": 8}, run={"part_rows": 1000, "flush_interval_s": 60})
         stopped, frame = run_once(config, manifest, out)
         assert isinstance(stopped, error), stopped
         ok = set(frame.filter(pl.col("status") == "ok")["id"])

@@ -2,67 +2,11 @@
 
 from __future__ import annotations
 
-import heapq
-
 import anyio
 import pytest
 
+from pipeline.fakes import FakeClock, VirtualClock
 from pipeline.ratelimit import RateLimiter, parse_duration_s, parse_rate_limit_headers
-
-
-class FakeClock:
-    """Time that moves only when someone sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-        await anyio.sleep(0)  # a real sleep lets other tasks run; so must this one
-
-
-class VirtualClock:
-    """Virtual time for many concurrent sleepers: when every task is blocked, jump to the earliest wake-up."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self._sleepers: list[tuple[float, int, anyio.Event]] = []
-        self._seq = 0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            await anyio.sleep(0)
-            return
-        event = anyio.Event()
-        self._seq += 1
-        heapq.heappush(self._sleepers, (self.now + seconds, self._seq, event))
-        await event.wait()
-
-    def run(self, main) -> None:  # noqa: ANN001 - an async callable
-        async def drive() -> None:
-            done = anyio.Event()
-
-            async def wrapped() -> None:
-                await main()
-                done.set()
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(wrapped)
-                while not done.is_set():
-                    await anyio.wait_all_tasks_blocked()
-                    if done.is_set() or not self._sleepers:
-                        continue
-                    wake, _, event = heapq.heappop(self._sleepers)
-                    self.now = max(self.now, wake)
-                    event.set()
-
-        anyio.run(drive)
 
 
 def _grant_times(limiter: RateLimiter, clock: FakeClock, n: int, tokens: int = 1) -> list[float]:

@@ -233,7 +233,7 @@ def test_a_flush_that_fails_keeps_its_rows(tmp_path):
     out = tmp_path / "out"
     items = [Item(id=f"f{i}", url=f"https://img.test/f{i}.png") for i in range(30)]
     endpoint = Endpoint()
-    result, frame = run(_config(run={"chunk_size": 10}), items, out, endpoint, journal=_FlakyJournal(out))
+    result, frame = run(_config(run={"part_rows": 10}), items, out, endpoint, journal=_FlakyJournal(out))
     assert isinstance(result, JournalError) and "hiccuped" in str(result)
     answered = len(endpoint.posts)
     assert frame.height == answered, f"{answered} answers paid for, {frame.height} recorded"

@@ -32,7 +32,7 @@ async def _no_sleep(_: float) -> None:
 def make_config(base_url: str, **sections) -> Config:
     data = {"endpoint": {"base_url": base_url, "timeout_s": 5.0},
             "limits": {"rpm": None, "tpm": None, "concurrency": 8, "max_attempts": 4},
-            "run": {"chunk_size": 10, "flush_interval_s": 0.2}}
+            "run": {"part_rows": 10, "flush_interval_s": 0.2}}
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return build_config(data)
