@@ -4,6 +4,10 @@
 HTTP or transport problem: it returns ``Reply`` or ``Failure``. Retrying,
 pacing and the run-level consequences are other modules' jobs.
 
+Transport only: the URL, the auth headers, what an answer or an error answer
+means and which headers are kept all come from the provider ``Dialect`` it is
+given (``dialects/``), looked up once in ``__init__``, not per request.
+
 Hostile answers stop here: a body is read up to ``max_response_bytes`` and no
 further (the connection is dropped, the answer is ``invalid_response``), and an
 error body is masked by the ``Scrubber`` before it is parsed or cut, so no
@@ -40,17 +44,14 @@ import orjson
 import yarl
 from httpx_aiohttp import AiohttpTransport
 
+from .dialects import Dialect
 from .errors import ImageUnreadableError
 from .models import Failure, Outcome, Reply
-from .parse import InvalidResponseError, parse_completion_bytes
-from .retry import classify_http
+from .parse import InvalidResponseError
 from .secrets import Scrubber
 
 Clock = Callable[[], float]
 DEFAULT_MAX_RESPONSE_BYTES = 8_000_000
-
-# Headers worth keeping from a response: the rate-limit family and the waits.
-_KEPT_HEADER_PREFIXES = ("x-ratelimit-", "x-rate-limit-", "retry-after", "x-ms-retry-after")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -223,15 +224,6 @@ def make_http_client(*, concurrency: int, timeout_s: float, transport: httpx.Asy
     return httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits, max_redirects=5)
 
 
-def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    kept = {}
-    for name, value in headers.items():
-        name = name.lower()
-        if name.startswith(_KEPT_HEADER_PREFIXES):
-            kept[name] = value
-    return kept
-
-
 def _is_timeout(exc: httpx.TransportError) -> bool:
     # httpx-aiohttp maps every aiohttp connection error (a reset, a refused
     # connection) to ConnectTimeout; the cause tells the two apart.
@@ -263,16 +255,21 @@ async def probe_image_size(http: httpx.AsyncClient, url: str, *, max_bytes: int 
 
 
 class VisionClient:
-    """POSTs chat-completions bodies to one OpenAI-compatible endpoint."""
+    """POSTs request bodies to one endpoint, in its provider's ``dialect``.
+
+    ``query``: parameters every request's URL carries (Azure's ``api-version``), as the dialect places them.
+    """
 
     def __init__(
         self,
         http: httpx.AsyncClient,
         *,
         poster: Poster | None = None,
+        dialect: Dialect,
         base_url: str,
         api_key: str | None,
         timeout_s: float,
+        query: Mapping[str, str] | None = None,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
@@ -280,10 +277,13 @@ class VisionClient:
     ) -> None:
         self._http = http
         self._poster = poster or HttpxPoster(http, timeout_s=timeout_s)
-        self._url = base_url.rstrip("/") + "/chat/completions"
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
+        # Worked out once: the hot path only looks these up.
+        self._url = dialect.request_url(base_url, query or {})
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json",
+                         **dialect.auth_headers(api_key)}
+        self._kept_headers = dialect.kept_headers
+        self._classify = dialect.classify_error
+        self._parse = dialect.parse_completion
         # Servers echo the key (an error quoting the Authorization header): masked at the source.
         self._scrub = scrubber if scrubber is not None else Scrubber([api_key])
         self._timeout_s = timeout_s
@@ -327,7 +327,7 @@ class VisionClient:
         except SendError as exc:
             return Failure(exc.error_type, self._scrub(str(exc)), retryable=True, latency_s=self._clock() - started)
         latency = self._clock() - started
-        headers = _kept_headers(response.headers)
+        headers = self._kept_headers(response.headers)
         if not response.complete:
             # Not retried: the same server answers the same way, and each try is paid for.
             return Failure("invalid_response", f"HTTP {response.status} with a body over endpoint.max_response_bytes "
@@ -335,12 +335,12 @@ class VisionClient:
                            "and re-run with --retry-errors if such answers are expected",
                            retryable=False, http_status=response.status, latency_s=latency, headers=headers)
         if response.status != 200:
-            # Masked before classify_http parses and cuts it: a key straddling the cut would leak its head.
+            # Masked before the dialect parses and cuts it: a key straddling the cut would leak its head.
             content = self._scrub.scrub_bytes(response.content)
-            failure = classify_http(response.status, content, response.headers, now_epoch=self._wall_clock())
+            failure = self._classify(response.status, content, response.headers, now_epoch=self._wall_clock())
             return dataclasses.replace(failure, message=self._scrub(failure.message), latency_s=latency, headers=headers)
         try:
-            completion = parse_completion_bytes(response.content)
+            completion = self._parse(response.content)
         except InvalidResponseError as exc:
             return Failure("invalid_response", self._scrub(str(exc)), retryable=exc.retryable, http_status=200,
                            latency_s=latency, headers=headers)

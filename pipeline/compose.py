@@ -18,6 +18,7 @@ import anyio
 from .breaker import CircuitBreaker
 from .client import Http, VisionClient
 from .config import Config
+from .dialects import DEFAULT_DIALECT, Dialect, dialect_for
 from .executor import Executor
 from .feed import ChunkSource
 from .journal import Journal
@@ -34,16 +35,23 @@ def build_runner(config: Config, *, http: Http, journal: Journal, chunks: ChunkS
                  now: Callable[[], datetime] = utc_now, rng: random.Random | None = None,
                  wall_clock: Callable[[], float] = time.time, limiter: RateLimiter | None = None,
                  breaker: CircuitBreaker | None = None, executor: Executor | None = None,
-                 scrubber: Scrubber | None = None) -> Runner:
-    """``scrubber`` masks the key in every message and row (built from ``api_key`` when not given)."""
+                 scrubber: Scrubber | None = None, dialect: Dialect | None = None) -> Runner:
+    """``scrubber`` masks the key in every message and row (built from ``api_key`` when not given).
+
+    ``dialect``: the provider's wire format, for the client, the bodies and the limiter's
+    headers alike; OpenAI's unless given (no config key selects one yet). A ``limiter``
+    passed in reads headers as it was built to (``read_headers``).
+    """
     scrubber = scrubber or Scrubber([api_key])
-    client = VisionClient(http.client, poster=http.poster, base_url=config.endpoint.base_url, api_key=api_key,
-                          timeout_s=config.endpoint.timeout_s, max_response_bytes=config.endpoint.max_response_bytes,
-                          scrubber=scrubber)
+    dialect = dialect or dialect_for(DEFAULT_DIALECT)
+    client = VisionClient(http.client, poster=http.poster, dialect=dialect, base_url=config.endpoint.base_url,
+                          api_key=api_key, timeout_s=config.endpoint.timeout_s,
+                          max_response_bytes=config.endpoint.max_response_bytes, scrubber=scrubber)
     limiter = limiter or RateLimiter(rpm=config.limits.rpm, tpm=config.limits.tpm, clock=clock, sleep=sleep,
+                                     read_headers=dialect.rate_limit_headers,
                                      max_wait_s=config.limits.max_wait_s, wall_clock=wall_clock)
     deps = RunnerDeps(
-        client=client, journal=journal, limiter=limiter, sleep=sleep, now=now, progress=progress or NoProgress(),
+        client=client, dialect=dialect, journal=journal, limiter=limiter, sleep=sleep, now=now, progress=progress or NoProgress(),
         rng=rng or random.Random(0), breaker=breaker or CircuitBreaker(), executor=executor,
         scrub=scrubber.row if scrubber.active else None,
     )

@@ -16,8 +16,10 @@ is not waited for: ``rate_limited`` and the next ``acquire`` raise
 moves the schedule far ahead: a request's token charge is clamped to the TPM
 limit and a usage correction to one minute's worth.
 
-``parse_duration_s`` reads the reset formats seen in the wild: OpenAI's Go
-durations (``20ms``, ``1s``, ``6m0s``), Azure's integer seconds, ``-1`` = unknown.
+Which headers say what is the provider dialect's business (``read_headers``,
+``Dialect.rate_limit_headers``); this module reads values: ``parse_duration_s``
+the reset formats seen in the wild (OpenAI's Go durations ``20ms``, ``1s``,
+``6m0s``, Azure's integer seconds, ``-1`` = unknown), ``header_count`` the counts.
 Header numbers that are not finite (``nan``) or not plausible counts are ignored.
 """
 
@@ -61,6 +63,11 @@ def parse_duration_s(raw: str | None) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class RateLimitHeaders:
+    """What a response said about the limits, whatever the provider named the headers.
+
+    Defined here, the consumer's side: each dialect reads its own header names into it.
+    """
+
     limit_requests: int | None = None
     limit_tokens: int | None = None
     remaining_requests: int | None = None
@@ -69,7 +76,8 @@ class RateLimitHeaders:
     reset_tokens_s: float | None = None
 
 
-def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+def header_count(headers: Mapping[str, str], name: str) -> int | None:
+    """A limit/remaining count from header ``name``: None when absent or not a plausible count."""
     raw = headers.get(name)
     if raw is None:
         return None
@@ -82,17 +90,7 @@ def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     return int(value)
 
 
-def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitHeaders:
-    """OpenAI's ``x-ratelimit-*`` family (and Azure's hyphenated ``x-rate-limit-reset-tokens``)."""
-    reset_tokens = headers.get("x-ratelimit-reset-tokens", headers.get("x-rate-limit-reset-tokens"))
-    return RateLimitHeaders(
-        limit_requests=_int_header(headers, "x-ratelimit-limit-requests"),
-        limit_tokens=_int_header(headers, "x-ratelimit-limit-tokens"),
-        remaining_requests=_int_header(headers, "x-ratelimit-remaining-requests"),
-        remaining_tokens=_int_header(headers, "x-ratelimit-remaining-tokens"),
-        reset_requests_s=parse_duration_s(headers.get("x-ratelimit-reset-requests")),
-        reset_tokens_s=parse_duration_s(reset_tokens),
-    )
+HeaderReader = Callable[[Mapping[str, str]], RateLimitHeaders]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +105,7 @@ class Grant:
 class RateLimiter:
     """Grants dispatch slots no faster than rpm / tpm allow; all waits go through ``sleep``.
 
-    - Limits: as configured; else learned from ``x-ratelimit-limit-*`` headers
+    - Limits: as configured; else learned from the limit headers (``read_headers``)
       (only when their reset is within a minute: a day-scale reset means the
       header describes a daily limit); else, after a 429, the rate observed in
       the last ``window_s`` seconds.
@@ -125,6 +123,7 @@ class RateLimiter:
         tpm: int | None,
         clock: Clock,
         sleep: Sleep,
+        read_headers: HeaderReader,
         burst_s: float = 0.0,
         default_pause_s: float = 1.0,
         decrease: float = 0.7,
@@ -140,6 +139,7 @@ class RateLimiter:
         self._learned: list[int | None] = [None, None]
         self._clock = clock
         self._sleep = sleep
+        self._read_headers = read_headers
         self._burst_s = burst_s
         self._default_pause_s = default_pause_s
         self._decrease, self._increase, self._min_factor = decrease, increase, min_factor
@@ -305,7 +305,7 @@ class RateLimiter:
         self._answered = True
         if not headers:
             return
-        info = parse_rate_limit_headers(headers)
+        info = self._read_headers(headers)
         if info.limit_requests and (info.reset_requests_s is None or info.reset_requests_s <= 60):
             self._learned[0] = info.limit_requests
         if info.limit_tokens and (info.reset_tokens_s is None or info.reset_tokens_s <= 60):

@@ -1,9 +1,11 @@
-"""Retry decisions as small pure functions, and the retry loop.
+"""The retry loop, and the generic decisions it needs as small pure functions.
 
-- ``classify_http``: an HTTP status + error body → a ``Failure`` (error type,
-  retryable, fatal for the whole run). Tested from a table of real bodies.
+What an answer means (retryable? fatal?) is the provider dialect's call
+(``dialects/``); this module only decides how long to wait and when to give up.
+
 - ``retry_after_s``: the server's wait, from ``retry-after-ms``, ``retry-after``
-  (seconds or an HTTP date) or the "try again in 1.5s" text OpenAI puts in messages.
+  (seconds or an HTTP date); ``retry_after_from_message``: from the "try again in
+  1.5s" / "retry after 33 seconds" text providers put in messages. Dialects use both.
 - ``backoff_s``: capped exponential backoff with jitter, for when the server is silent.
 - ``call_with_retries``: the retry loop; ``sleep`` injectable.
 """
@@ -16,11 +18,8 @@ import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
 
-from .models import ErrorType, Failure, FatalKind, FilterVerdict, Outcome
-from .parse import ErrorBody, InvalidResponseError, filter_verdict, parse_error_body
+from .models import Failure, Outcome
 
-RETRYABLE_STATUSES = frozenset({408, 409, 429})
-QUOTA_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted", "billing_hard_limit_reached"})
 MAX_SERVER_WAIT_S = 300.0
 
 _TRY_AGAIN = re.compile(r"(?:try again|retry after)\s+(?:in\s+)?(\d+(?:\.\d+)?)\s*(ms|s|sec|seconds?)\b", re.I)
@@ -68,52 +67,6 @@ def retry_after_from_message(message: str) -> float | None:
     if not match:
         return None
     return _seconds(match.group(1), 1e-3 if match.group(2).lower() == "ms" else 1.0)
-
-
-def _is_quota(err: ErrorBody) -> bool:
-    return err.type in QUOTA_CODES or err.code in QUOTA_CODES
-
-
-def _is_content_filter(err: ErrorBody) -> bool:
-    return err.code == "content_filter" or err.inner_filter is not None
-
-
-def classify_http(status: int, body: bytes, headers: Mapping[str, str], *, now_epoch: float | None = None) -> Failure:
-    """What a non-200 answer means for this row and for the run."""
-    err = parse_error_body(body)
-    detail = " ".join(x for x in (f"HTTP {status}", f"[{err.code or err.type}]" if (err.code or err.type) else "", err.message) if x)
-    wait = retry_after_s(headers, now_epoch=now_epoch)
-    if wait is None:
-        wait = retry_after_from_message(err.message)
-
-    def failure(error_type: ErrorType, *, retryable: bool, fatal: FatalKind | None = None,
-                filters: FilterVerdict | None = None) -> Failure:
-        return Failure(
-            error_type=error_type, message=detail, retryable=retryable, http_status=status,
-            retry_after_s=wait if retryable else None, fatal=fatal, filters=filters,
-        )
-
-    if status in (401, 403):
-        return failure("auth", retryable=False, fatal="auth")
-    if _is_quota(err):
-        return failure("quota", retryable=False, fatal="quota")
-    if status == 404 or err.code == "model_not_found":
-        return failure("model_not_found", retryable=False, fatal="model_not_found")
-    if _is_content_filter(err):
-        try:
-            filters = filter_verdict(err.inner_filter or {}, [])
-        except InvalidResponseError:  # categories nested past what can be stored: blocked, categories unknown
-            filters = None
-        return failure("content_filter", retryable=False, filters=filters)
-    if status == 429:
-        if err.message.startswith("Request too large"):
-            return failure("bad_request", retryable=False)
-        return failure("rate_limited", retryable=True)
-    if status in RETRYABLE_STATUSES:
-        return failure("timeout" if status == 408 else "server_error", retryable=True)
-    if status >= 500:
-        return failure("server_error", retryable=True)
-    return failure("bad_request", retryable=False)
 
 
 def backoff_s(attempt: int, *, rng: random.Random, initial_s: float = 0.5, max_s: float = 30.0) -> float:

@@ -35,6 +35,7 @@ from .budget import Budget
 from .client import VisionClient
 from .config import Config
 from .dedup import DEDUP_WINDOW, RequestDedup, SharedRequest, request_key
+from .dialects import Dialect
 from .dispatch import OnlineExecutor
 from .errors import ImageUnreadableError, JournalError, PipelineError, UnreadableFileError
 from .executor import Executor, PreparedRequest, StopDispatch
@@ -45,7 +46,6 @@ from .labels import label_extender, label_spec
 from .models import Item, ResultRow, RunTotals
 from .progress import NoProgress, Progress
 from .ratelimit import RateLimiter
-from .request import build_body
 from .rows import dedup_copy, result_row, unexpected_error_row
 from .run_meta import updated_meta
 from .tokens import TextCounter
@@ -63,9 +63,11 @@ class RunnerDeps:
 
     ``executor``: leave None for the online executor built from client, limiter and breaker;
     another executor (a Batch-API one) is built beside it and shares ``budget``.
+    ``dialect``: the provider's wire format, the client's too (the runner builds bodies in it).
     """
 
     client: VisionClient
+    dialect: Dialect
     journal: Journal
     limiter: RateLimiter
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep
@@ -99,6 +101,7 @@ class Runner:
         self._hurry = anyio.Event()
         self._stop_reason: PipelineError | None = None
         self._labels = label_spec(config.request.response_format)
+        self._build_body = deps.dialect.build_body
         self.budget = deps.budget or Budget(max_cost_usd=config.limits.max_cost_usd)
         self._executor: Executor = deps.executor or OnlineExecutor(
             config, client=deps.client, limiter=deps.limiter, breaker=deps.breaker, budget=self.budget,
@@ -230,7 +233,7 @@ class Runner:
         prior = self._prior_paid.get(item.id)
         try:
             image = await self._prepare(item)
-            body = build_body(self.config.request, image_url=image.url, fields=item.fields)
+            body = self._build_body(self.config.request, image_url=image.url, fields=item.fields)
         except ImageUnreadableError as exc:
             return result_row(item, finished_at=self.deps.now(), prior_cost_usd=prior, status="error",
                               error_type="image_unreadable", error_message=str(exc))

@@ -88,6 +88,7 @@ def run_pipeline(base_url: str, manifest: Path, *, concurrency: int, rpm: int | 
     from pipeline.client import Http, HttpxPoster, make_http_client, open_http
     from pipeline.compose import build_runner
     from pipeline.config import build_config
+    from pipeline.dialects import DEFAULT_DIALECT, dialect_for
     from pipeline.journal import Journal
     from pipeline.manifest import chunk_source, inspect_manifest
     from pipeline.ratelimit import RateLimiter
@@ -112,7 +113,8 @@ def run_pipeline(base_url: str, manifest: Path, *, concurrency: int, rpm: int | 
                 http_client = http.client
                 # "httpx-aiohttp": the POST through httpx's API over the same aiohttp session (the old path).
                 poster = HttpxPoster(http.client, timeout_s=60) if transport == "httpx-aiohttp" else http.poster
-            limiter = RateLimiter(rpm=rpm, tpm=tpm, clock=time.monotonic, sleep=anyio.sleep)
+            limiter = RateLimiter(rpm=rpm, tpm=tpm, clock=time.monotonic, sleep=anyio.sleep,
+                                  read_headers=dialect_for(DEFAULT_DIALECT).rate_limit_headers)
             chunks = chunk_source(manifest, chunk_size=256, url_column="url", id_column="id")
             with Journal(out) as journal:
                 runner = build_runner(config, http=Http(client=http_client, poster=poster), journal=journal,

@@ -12,17 +12,19 @@ import httpx
 import pytest
 
 from pipeline.client import VisionClient, open_http, proxy_for
+from pipeline.dialects import dialect_for
 from pipeline.models import Failure, Reply
 from pipeline.simulator import SimConfig, SimulatorApp, SimulatorServer
 
 SEED000 = (Path(__file__).parent / "fixtures" / "seed000_azure_filter_response.json").read_bytes()
 KEY = "sk-test-SECRET-0123456789"
+OPENAI = dialect_for("openai")
 
 
 def complete_with(handler, *, api_key=KEY, timeout_s=5.0):
     async def go():
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-            client = VisionClient(http, base_url="http://sim.test/v1/", api_key=api_key, timeout_s=timeout_s)
+            client = VisionClient(http, dialect=OPENAI, base_url="http://sim.test/v1/", api_key=api_key, timeout_s=timeout_s)
             return await client.complete({"model": "gpt-4o", "messages": []})
 
     return anyio.run(go)
@@ -107,7 +109,8 @@ def complete_over_aiohttp(base_url: str, urls: list[str], *, timeout_s: float = 
     """The production path: ``open_http``'s aiohttp poster, against a real server."""
     async def go():
         async with open_http(concurrency=4, timeout_s=timeout_s, endpoint_url=base_url, environ=environ or {}) as http:
-            client = VisionClient(http.client, poster=http.poster, base_url=base_url, api_key=api_key, timeout_s=timeout_s)
+            client = VisionClient(http.client, poster=http.poster, dialect=OPENAI, base_url=base_url, api_key=api_key,
+                                  timeout_s=timeout_s)
             return [await client.complete(_image_body(url)) for url in urls]
 
     return anyio.run(go)
@@ -189,7 +192,8 @@ def test_a_body_over_max_response_bytes_is_invalid_response_and_not_retried():
             return httpx.Response(200, content=b'{"choices": [{"message": {"content": "' + b"a" * 5000 + b'"}}]}')
 
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-            client = VisionClient(http, base_url="http://sim.test/v1", api_key=KEY, timeout_s=5.0, max_response_bytes=4096)
+            client = VisionClient(http, dialect=OPENAI, base_url="http://sim.test/v1", api_key=KEY, timeout_s=5.0,
+                                  max_response_bytes=4096)
             return await client.complete({"model": "gpt-4o", "messages": []})
 
     outcome = anyio.run(go)

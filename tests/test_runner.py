@@ -13,6 +13,7 @@ import pytest
 from pipeline.breaker import CircuitBreaker
 from pipeline.client import open_http
 from pipeline.config import Config, build_config
+from pipeline.dialects import dialect_for
 from pipeline.errors import (AuthError, CircuitOpenError, InterruptedRunError, JournalError, ManifestError, ModelNotFoundError,
                              QuotaError, ResumeMismatchError)
 from pipeline.journal import Journal
@@ -23,6 +24,8 @@ from pipeline.run_meta import check_resume
 from pipeline.runner import Runner, RunnerDeps
 from pipeline.simulator import caption_for
 from tests.conftest import remote_rows, write_csv
+
+OPENAI = dialect_for("openai")
 
 
 async def _no_sleep(_: float) -> None:
@@ -48,7 +51,8 @@ def run_once(config: Config, manifest: Path, out: Path, *, retry_errors=False, b
             runner = build_runner(config, http=http, journal=journal, api_key=api_key, chunks=source,
                                   base_dir=manifest.parent, total_rows=inspect_manifest(manifest).rows,
                                   retry_errors=retry_errors, grace_s=5.0, sleep=_no_sleep, breaker=breaker,
-                                  limiter=RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep))
+                                  limiter=RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep,
+                                                      read_headers=OPENAI.rate_limit_headers))
             if on_runner:
                 on_runner(runner)
             try:
@@ -285,8 +289,9 @@ def test_rows_taken_for_a_flush_are_written_even_if_the_flush_is_cancelled(tmp_p
 
     journal = Journal(tmp_path)
     config = make_config("http://127.0.0.1:9/v1")
-    deps = RunnerDeps(client=None, journal=journal,  # type: ignore[arg-type]
-                      limiter=RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep))
+    deps = RunnerDeps(client=None, dialect=OPENAI, journal=journal,  # type: ignore[arg-type]
+                      limiter=RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep,
+                                          read_headers=OPENAI.rate_limit_headers))
     runner = Runner(config, deps, chunks=lambda: iter([]), base_dir=tmp_path, total_rows=1)
     runner._buffer.append(ResultRow(id="last", url="u", status="ok", finished_at=datetime.now(UTC)))
 
