@@ -14,11 +14,11 @@ import argparse
 import contextlib
 import json
 import logging
-import random
-import tempfile
 import os
+import random
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any

@@ -111,7 +111,7 @@ class OnlineExecutor:
             # Stopped between a paid answer (refused by the label check) and its retry: keep it.
             stop.row = self._row(request, state.last, state.attempts, state)
             raise
-        except Exception as exc:  # noqa: BLE001 - the per-row boundary: a bug must not kill the run
+        except Exception as exc:
             log.exception("unexpected error on row %s", item.id)
             return unexpected_error_row(item, exc, stage="sending", finished_at=self._now(),
                                         prior_cost_usd=request.prior_cost_usd, paid_usd=state.paid_usd)
@@ -192,7 +192,7 @@ class OnlineExecutor:
         self._in_flight += 1
         try:
             return await self._client.complete(body)
-        except Exception as exc:  # noqa: BLE001 - the per-row boundary, at the answer
+        except Exception as exc:
             # A number past what Python holds, a shape the parser did not expect: the server
             # answered, so this is that answer's problem, recorded (and settled) like any bad answer.
             log.debug("unreadable answer", exc_info=True)

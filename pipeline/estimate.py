@@ -209,8 +209,8 @@ async def formula_pass(
     """
     import anyio
 
-    from .images import is_remote, local_image_size
     from .dedup import DEDUP_WINDOW
+    from .images import is_remote, local_image_size
 
     totals = FormulaTotals()
     counter = TextCounter()
@@ -225,9 +225,9 @@ async def formula_pass(
 
         sizes.update(await anyio.to_thread.run_sync(read_local))
         if probe is not None:
-            async def probe_one(i: int, url: str) -> None:
+            async def probe_one(i: int, url: str, found: dict[int, tuple[int, int] | None] = sizes) -> None:
                 async with limiter:
-                    sizes[i] = await probe(url)
+                    found[i] = await probe(url)
 
             async with anyio.create_task_group() as tg:
                 for i, item in enumerate(chunk):

@@ -31,7 +31,7 @@ class PreparedRequest:
     prior_cost_usd: float | None  # what earlier runs paid for this id
 
 
-class StopDispatch(Exception):  # noqa: N818 - a signal between executor and runner, not an error
+class StopDispatch(Exception):
     """The run is stopping: no more requests go out.
 
     ``reason`` is set when this request is why (a fatal answer, the budget, an open

@@ -32,9 +32,9 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import polars as pl
@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 
 from .errors import JournalError, UnreadableFileError
 from .folder_lock import FolderLock
+from .models import RESULT_ARROW_SCHEMA, RESULT_SCHEMA, ResultRow, conform, recordable, rows_to_table
 from .parquet_files import (
     BATCH_ROWS,
     PART_COMPRESSION,
@@ -54,7 +55,6 @@ from .parquet_files import (
     fsync_dir,
     write_in_row_groups,
 )
-from .models import RESULT_ARROW_SCHEMA, RESULT_SCHEMA, ResultRow, conform, recordable, rows_to_table
 
 RESULTS_NAME = "results.parquet"
 RUN_META_NAME = "run.json"

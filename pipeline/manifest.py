@@ -304,7 +304,7 @@ def _iter_delimited(path: Path, fmt: Format, *, chunk_size: int) -> Iterator[lis
                 if values and len(values) != width:
                     raise ManifestError(str(path), f"line {reader.line_num} has {len(values)} fields, the header has {width}")
                 if values:
-                    batch.append(dict(zip(header, values)))
+                    batch.append(dict(zip(header, values, strict=True)))
                 if len(batch) >= chunk_size:
                     yield batch
                     batch = []

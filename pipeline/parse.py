@@ -21,7 +21,6 @@ import orjson
 
 from .models import SEVERITY_ORDER, Completion, FilterVerdict, Usage
 
-
 # No model has a context window within a factor of 100 of this: a count above it is a
 # broken or hostile server, and believing it would price one row at thousands of dollars
 # (and overflow the Int64 columns past 2^63).

@@ -300,7 +300,7 @@ class Runner:
                 except JournalError:
                     self._buffer[:0] = rows  # kept for the next try: they are paid for
                     raise
-                except Exception as exc:  # noqa: BLE001 - whatever failed, the rows must not be dropped
+                except Exception as exc:
                     self._buffer[:0] = rows
                     raise JournalError(f"{self.deps.journal.out_dir}: cannot write results "
                                        f"({type(exc).__name__}: {exc})") from exc

@@ -20,8 +20,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from typing import Any
 from collections.abc import Iterable
+from typing import Any
 
 from .models import ResultRow
 

@@ -204,8 +204,8 @@ def overhead(args: argparse.Namespace) -> None:
                         "cpu_ms": ours["cpu_ms_per_request"], "loop_cpu_ms": plain["cpu_ms_per_request"], "ok": ours["ok"],
                     })
 
-                def median(key: str) -> float:
-                    return statistics.median(t[key] for t in trials)
+                def median(key: str, runs: list[dict] = trials) -> float:
+                    return statistics.median(t[key] for t in runs)
 
                 print(json.dumps({
                     "mode": "overhead", "transport": args.transport, "rows": args.rows, "concurrency": concurrency,

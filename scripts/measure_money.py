@@ -37,7 +37,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.simulator import SimConfig, SimulatorApp, SimulatorServer
+from pipeline.simulator import SimConfig, SimulatorApp, SimulatorServer  # noqa: E402 - after the path is set
 
 TIMEOUT_S = 120
 LIMITS = "[limits]\nrpm = 60000\ntpm = 100000000\nconcurrency = {c}\nmax_attempts = 4\n"

@@ -22,12 +22,12 @@ from tests.hostile_server import (
     WAIT_A_DAY,
     WRONG_SHAPES,
     HostileServer,
+    completion,
     echo_key_in_200_error,
     echo_key_in_401,
     echo_key_in_text_500,
     huge_body,
     json_answer,
-    completion,
     usage_of,
 )
 

@@ -158,7 +158,7 @@ def test_a_truncated_jpeg_in_a_folder_is_image_unreadable_and_not_sent(simulator
     (folder / "half.jpg").write_bytes(out.getvalue()[: len(out.getvalue()) // 2])
     assert _run(folder, tmp_path, simulator.base_url) == 1
     frame = pl.read_parquet(tmp_path / "out" / "results.parquet")
-    by_name = {url.rsplit("/", 1)[-1]: row for url, row in zip(frame["url"], frame.iter_rows(named=True))}
+    by_name = {url.rsplit("/", 1)[-1]: row for url, row in zip(frame["url"], frame.iter_rows(named=True), strict=True)}
     assert by_name["half.jpg"]["error_type"] == "image_unreadable" and by_name["half.jpg"]["attempts"] == 0
     assert by_name["whole.jpg"]["status"] == "ok"
     assert simulator.app.stats()["requests"] == 1

@@ -108,8 +108,9 @@ def _jpeg(size=(640, 480)) -> bytes:
 def test_a_truncated_jpeg_is_unreadable_and_a_whole_one_is_sent_unchanged(tmp_path, max_side):
     """The first half of a valid JPEG is refused (file and data URL), with or without resizing; the whole
     JPEG is still accepted, and without resizing its own bytes are sent."""
-    import pipeline.cli  # noqa: F401 - every module imported: none may have switched truncation tolerance on
     from PIL import ImageFile
+
+    import pipeline.cli  # noqa: F401 - every module imported: none may have switched truncation tolerance on
 
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
     whole = _jpeg()

@@ -133,15 +133,15 @@ def test_inline_remote_downloads_and_inlines_images(simulator, tmp_path):
     host = simulator.base_url.removesuffix("/v1")
     rows = [{"id": "big", "url": f"{host}/images/big.png?size=2000x1000"},
             {"id": "text", "url": f"{host}/images/page.png?type=text"},
-            {"id": "slow", "url": f"{host}/images/slow.png?delay=3"},
+            {"id": "slow", "url": f"{host}/images/slow.png?delay=6"},
             {"id": "huge", "url": f"{host}/images/huge.png?size=4000x4000"}]
-    config = FAST_CONFIG + '\n[request]\ndetail = "high"\n[images]\ninline_remote = true\ndownload_timeout_s = 1.0\nmax_bytes = 60000\n'
+    config = FAST_CONFIG + '\n[request]\ndetail = "high"\n[images]\ninline_remote = true\ndownload_timeout_s = 3.0\nmax_bytes = 60000\n'
     result, frame = _run(simulator, write_csv(tmp_path / "m.csv", rows), tmp_path / "out", config)
     by_id = {r["id"]: r for r in frame.to_dicts()}
     assert by_id["big"]["status"] == "ok"
     text_tokens = by_id["big"]["prompt_tokens"] - image_tokens("gpt-4o", detail="high", width=2000, height=1000)
     assert 5 < text_tokens < 30  # the simulator measured the inlined 2000x1000 image
-    for rid, words in [("text", "not an image"), ("slow", "took longer than 1s"), ("huge", "larger than images.max_bytes")]:
+    for rid, words in [("text", "not an image"), ("slow", "took longer than 3s"), ("huge", "larger than images.max_bytes")]:
         assert by_id[rid]["error_type"] == "image_unreadable" and words in by_id[rid]["error_message"], by_id[rid]
     assert simulator.app.stats()["requests"] == 1
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.errors import QuotaError, AuthError
+from pipeline.errors import AuthError, QuotaError
 from pipeline.journal import Journal
 from pipeline.simulator import SimConfig, SimulatorApp, SimulatorServer, image_key
 from tests.conftest import FAST_CONFIG, remote_rows, run_cli, start_cli, write_config, write_csv

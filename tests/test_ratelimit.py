@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import anyio
 import pytest
 
@@ -27,7 +29,7 @@ def test_rpm_is_spread_evenly_from_the_first_request():
     clock = FakeClock()
     limiter = RateLimiter(rpm=600, tpm=None, clock=clock, sleep=clock.sleep, read_headers=openai_headers)
     times = _grant_times(limiter, clock, 1200)
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(g == pytest.approx(60 / 599 * 1.001, rel=1e-6) for g in gaps)
     window_counts = [sum(1 for t in times if start - 60 < t <= start) for start in times[::50]]
     assert max(window_counts) <= 600

@@ -12,14 +12,22 @@ import pytest
 
 from pipeline.breaker import CircuitBreaker
 from pipeline.client import open_http
+from pipeline.compose import build_runner
 from pipeline.config import Config, build_config
 from pipeline.dialects import dialect_for
-from pipeline.errors import (AuthError, CircuitOpenError, InterruptedRunError, JournalError, ManifestError, ModelNotFoundError,
-                             QuotaError, ResumeMismatchError)
+from pipeline.errors import (
+    AuthError,
+    CircuitOpenError,
+    InterruptedRunError,
+    JournalError,
+    ManifestError,
+    ModelNotFoundError,
+    QuotaError,
+    ResumeMismatchError,
+)
 from pipeline.journal import Journal
 from pipeline.manifest import chunk_source, inspect_manifest
 from pipeline.ratelimit import RateLimiter
-from pipeline.compose import build_runner
 from pipeline.run_meta import check_resume
 from pipeline.runner import Runner, RunnerDeps
 from pipeline.simulator import caption_for
