@@ -50,32 +50,53 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="caption", description="Batch image captioning against OpenAI-compatible vision endpoints.")
+    parser = argparse.ArgumentParser(
+        prog="caption", description="Batch image captioning against OpenAI-compatible vision endpoints."
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="debug log output (each flush, each stop)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="caption a manifest (resumable)", epilog=RUN_EPILOG, parents=[common],
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = sub.add_parser(
+        "run",
+        help="caption a manifest (resumable)",
+        epilog=RUN_EPILOG,
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("manifest", type=Path, help="CSV, TSV, JSONL, Parquet, a text list of images, or a folder")
     run.add_argument("--out", type=Path, required=True, help="output folder (results.parquet, journal/, run.json)")
     run.add_argument("--config", type=Path, help="TOML config (defaults fill what it leaves out)")
-    run.add_argument("--simulate", action="store_true", help="start the local simulator and run against it (no key, no network)")
-    run.add_argument("--retry-errors", action="store_true", help="also retry rows whose earlier error was not retryable")
+    run.add_argument(
+        "--simulate", action="store_true", help="start the local simulator and run against it (no key, no network)"
+    )
+    run.add_argument(
+        "--retry-errors", action="store_true", help="also retry rows whose earlier error was not retryable"
+    )
     run.add_argument("--force", action="store_true", help="resume even though the request parameters changed")
     run.add_argument("--no-progress", action="store_true", help="no progress bar; a periodic log line instead")
     _add_overrides(run)
 
-    est = sub.add_parser("estimate", help="tokens, cost and duration before a run", parents=[common],
-                         epilog="examples:\n  caption estimate images.csv --config configs/default.toml\n"
-                                "  caption estimate images.csv --sample 50 --out runs/night1   # the sampled rows are not paid for again\n"
-                                "  caption estimate urls.txt --probe --json",
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    est = sub.add_parser(
+        "estimate",
+        help="tokens, cost and duration before a run",
+        parents=[common],
+        epilog="examples:\n  caption estimate images.csv --config configs/default.toml\n"
+        "  caption estimate images.csv --sample 50 --out runs/night1   # the sampled rows are not paid for again\n"
+        "  caption estimate urls.txt --probe --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     est.add_argument("manifest", type=Path)
     est.add_argument("--config", type=Path)
-    est.add_argument("--sample", type=int, default=0, metavar="N", help="send N random rows and extrapolate with a 95%% interval")
-    est.add_argument("--out", type=Path, help="keep the sampled results in this run folder (the full run then skips them)")
-    est.add_argument("--probe", action="store_true", help="read the first bytes of remote images for their size (bounded)")
+    est.add_argument(
+        "--sample", type=int, default=0, metavar="N", help="send N random rows and extrapolate with a 95%% interval"
+    )
+    est.add_argument(
+        "--out", type=Path, help="keep the sampled results in this run folder (the full run then skips them)"
+    )
+    est.add_argument(
+        "--probe", action="store_true", help="read the first bytes of remote images for their size (bounded)"
+    )
     est.add_argument("--output-tokens", type=int, metavar="N", help="expected completion tokens per answer")
     est.add_argument("--seed", type=int, default=0, help="seed of the random sample")
     est.add_argument("--json", action="store_true", help="print one JSON object")
@@ -83,17 +104,25 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--force", action="store_true", help="use --out even though its request parameters differ")
     _add_overrides(est)
 
-    rep = sub.add_parser("report", help="what a run did: counts, tokens, cost, latency, flags, errors; an HTML page",
-                         parents=[common], epilog="examples:\n  caption report runs/night1\n"
-                                                  "  caption report runs/night1 --html night1.html\n  caption report runs/night1 --json",
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    rep = sub.add_parser(
+        "report",
+        help="what a run did: counts, tokens, cost, latency, flags, errors; an HTML page",
+        parents=[common],
+        epilog="examples:\n  caption report runs/night1\n"
+        "  caption report runs/night1 --html night1.html\n  caption report runs/night1 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     rep.add_argument("out", type=Path, metavar="DIR", help="a `caption run --out` folder (finished or not)")
     rep.add_argument("--json", action="store_true", help="print one JSON object")
     rep.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML page with a gallery")
     rep.add_argument("--gallery", type=int, default=1000, metavar="N", help="at most N cards in the HTML gallery")
 
-    sim = sub.add_parser("simulate", help="serve a local OpenAI-compatible vision endpoint", parents=[common],
-                         epilog="example: caption simulate --port 8000 --rpm 600 --latency-median 1.5 --fault 503=0.02")
+    sim = sub.add_parser(
+        "simulate",
+        help="serve a local OpenAI-compatible vision endpoint",
+        parents=[common],
+        epilog="example: caption simulate --port 8000 --rpm 600 --latency-median 1.5 --fault 503=0.02",
+    )
     sim.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on start)")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--latency-median", type=float, default=0.5, help="seconds")
@@ -102,9 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--tpm", type=int)
     sim.add_argument("--burst-window", type=float, default=1.0, help="seconds of the short-window burst cap")
     sim.add_argument("--burst-factor", type=float, default=2.0)
-    sim.add_argument("--fault", action="append", default=[], metavar="KIND=RATE",
-                     help="inject a fault at a rate, e.g. 503=0.02 (kinds: 500 502 503 429 reset stall truncated "
-                          "nonjson nochoices invalid_image_url filter_completion filter_prompt quota auth)")
+    sim.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND=RATE",
+        help="inject a fault at a rate, e.g. 503=0.02 (kinds: 500 502 503 429 reset stall truncated "
+        "nonjson nochoices invalid_image_url filter_completion filter_prompt quota auth)",
+    )
     sim.add_argument("--stall", type=float, default=30.0, help="seconds a 'stall' fault holds the response")
     sim.add_argument("--api-key-env", help="require the key held in this environment variable")
     sim.add_argument("--header-style", choices=["openai", "azure"], default="openai")
@@ -137,13 +171,19 @@ def _api_key(config: Config, *, simulate: bool) -> tuple[str | None, Scrubber]:
     raw = os.environ.get(config.endpoint.api_key_env) or ""
     key = raw.strip() or None
     if key is not None and any(c in key for c in "\r\n\0"):
-        raise ConfigError(f"the API key in ${config.endpoint.api_key_env} contains a line break or NUL: "
-                          "it cannot be sent in a header; set the variable to the key alone",
-                          key="endpoint.api_key_env", path=config.source)
+        raise ConfigError(
+            f"the API key in ${config.endpoint.api_key_env} contains a line break or NUL: "
+            "it cannot be sent in a header; set the variable to the key alone",
+            key="endpoint.api_key_env",
+            path=config.source,
+        )
     if key is None and not simulate and not _is_loopback(config.endpoint.base_url):
-        raise ConfigError(f"no API key: set the environment variable {config.endpoint.api_key_env} "
-                          "(or point endpoint.api_key_env at the variable that holds it)", key="endpoint.api_key_env",
-                          path=config.source)
+        raise ConfigError(
+            f"no API key: set the environment variable {config.endpoint.api_key_env} "
+            "(or point endpoint.api_key_env at the variable that holds it)",
+            key="endpoint.api_key_env",
+            path=config.source,
+        )
     return key, Scrubber([raw])
 
 
@@ -185,8 +225,10 @@ def _load_inputs(args: argparse.Namespace) -> tuple[Config, Any]:
     for template, key in ((config.request.prompt, "request.prompt"), (config.request.system or "", "request.system")):
         missing = missing_columns(template, [*info.columns, config.manifest.url_column, config.manifest.id_column])
         if missing:
-            raise ManifestError(str(args.manifest), f"{key} uses {{{missing[0]}}} but the manifest has no such column "
-                                                    f"(columns: {', '.join(info.columns)})")
+            raise ManifestError(
+                str(args.manifest),
+                f"{key} uses {{{missing[0]}}} but the manifest has no such column (columns: {', '.join(info.columns)})",
+            )
     return config, info
 
 
@@ -225,8 +267,9 @@ def _check_label_schema(config: Config) -> None:
     try:
         label_spec(config.request.response_format)
     except jsonschema.SchemaError as exc:
-        raise ConfigError(f"not a valid JSON schema: {exc.message}", key="request.response_format",
-                          path=config.source) from None
+        raise ConfigError(
+            f"not a valid JSON schema: {exc.message}", key="request.response_format", path=config.source
+        ) from None
 
 
 def _check_budget_is_priced(config: Config) -> None:
@@ -236,9 +279,18 @@ def _check_budget_is_priced(config: Config) -> None:
     if config.limits.max_cost_usd is None:
         return
     model = config.request.model
-    if row_cost_usd(model, Usage(prompt_tokens=1), config.pricing, ocr_model=config.request.extra_body.get("ocr_model")) is None:
-        raise ConfigError(f"limits.max_cost_usd needs a price for model '{model}': add [pricing.\"{model}\"] "
-                          "with input and output (USD per 1M tokens)", key="limits.max_cost_usd", path=config.source)
+    if (
+        row_cost_usd(
+            model, Usage(prompt_tokens=1), config.pricing, ocr_model=config.request.extra_body.get("ocr_model")
+        )
+        is None
+    ):
+        raise ConfigError(
+            f"limits.max_cost_usd needs a price for model '{model}': add [pricing.\"{model}\"] "
+            "with input and output (USD per 1M tokens)",
+            key="limits.max_cost_usd",
+            path=config.source,
+        )
 
 
 def _with_base_url(config: Config, base_url: str) -> Config:
@@ -262,23 +314,47 @@ async def _run_until_stopped(runner: Any) -> PipelineError | None:
     return stopped
 
 
-async def _run_async(config: Config, args: argparse.Namespace, total_rows: int, journal: Journal, api_key: str | None) -> int:
+async def _run_async(
+    config: Config, args: argparse.Namespace, total_rows: int, journal: Journal, api_key: str | None
+) -> int:
     from .client import open_http
     from .compose import build_runner
     from .feed import MANIFEST_CHUNK_ROWS
     from .manifest import base_dir, chunk_source
 
-    chunks = chunk_source(args.manifest, chunk_size=MANIFEST_CHUNK_ROWS, url_column=config.manifest.url_column,
-                          id_column=config.manifest.id_column)
+    chunks = chunk_source(
+        args.manifest,
+        chunk_size=MANIFEST_CHUNK_ROWS,
+        url_column=config.manifest.url_column,
+        id_column=config.manifest.id_column,
+    )
     # Said before anything is sent: where the key is about to go, and which folder this run holds.
-    log.info("run: %d rows, model %s at %s; results in %s (locked by pid %d)", total_rows, config.request.model,
-             _host(config.endpoint.base_url), journal.out_dir, os.getpid())
-    async with open_http(concurrency=config.limits.concurrency, timeout_s=config.endpoint.timeout_s,
-                         endpoint_url=config.endpoint.base_url) as http:
-        runner = build_runner(config, http=http, journal=journal, api_key=api_key, chunks=chunks,
-                              base_dir=base_dir(args.manifest), total_rows=total_rows, manifest_label=str(args.manifest),
-                              retry_errors=args.retry_errors, scrubber=args.scrubber,
-                              progress=_progress(total_rows, no_progress=args.no_progress))
+    log.info(
+        "run: %d rows, model %s at %s; results in %s (locked by pid %d)",
+        total_rows,
+        config.request.model,
+        _host(config.endpoint.base_url),
+        journal.out_dir,
+        os.getpid(),
+    )
+    async with open_http(
+        concurrency=config.limits.concurrency,
+        timeout_s=config.endpoint.timeout_s,
+        endpoint_url=config.endpoint.base_url,
+    ) as http:
+        runner = build_runner(
+            config,
+            http=http,
+            journal=journal,
+            api_key=api_key,
+            chunks=chunks,
+            base_dir=base_dir(args.manifest),
+            total_rows=total_rows,
+            manifest_label=str(args.manifest),
+            retry_errors=args.retry_errors,
+            scrubber=args.scrubber,
+            progress=_progress(total_rows, no_progress=args.no_progress),
+        )
         stopped = await _run_until_stopped(runner)
     _print_summary(runner, journal, stopped=stopped)
     if stopped is not None:
@@ -347,31 +423,56 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _estimate_async(config: Config, args: argparse.Namespace, journal: Journal | None, api_key: str | None) -> dict[str, Any]:
+async def _estimate_async(
+    config: Config, args: argparse.Namespace, journal: Journal | None, api_key: str | None
+) -> dict[str, Any]:
     from .client import open_http, probe_image_size
     from .compose import build_runner
     from .estimate import Reservoir, formula_pass, sample_summary, summarise
     from .feed import MANIFEST_CHUNK_ROWS
     from .manifest import base_dir, chunk_source
 
-    chunks = chunk_source(args.manifest, chunk_size=MANIFEST_CHUNK_ROWS, url_column=config.manifest.url_column,
-                          id_column=config.manifest.id_column)
+    chunks = chunk_source(
+        args.manifest,
+        chunk_size=MANIFEST_CHUNK_ROWS,
+        url_column=config.manifest.url_column,
+        id_column=config.manifest.id_column,
+    )
     reservoir = Reservoir(k=args.sample, rng=random.Random(args.seed)) if args.sample else None
-    async with open_http(concurrency=max(32, config.limits.concurrency), timeout_s=config.endpoint.timeout_s,
-                         endpoint_url=config.endpoint.base_url) as http:
+    async with open_http(
+        concurrency=max(32, config.limits.concurrency),
+        timeout_s=config.endpoint.timeout_s,
+        endpoint_url=config.endpoint.base_url,
+    ) as http:
+
         async def probe(url: str) -> tuple[int, int] | None:
             return await probe_image_size(http.client, url)
 
-        totals = await formula_pass(chunks, config=config, base_dir=base_dir(args.manifest),
-                                    probe=probe if args.probe else None, reservoir=reservoir)
+        totals = await formula_pass(
+            chunks,
+            config=config,
+            base_dir=base_dir(args.manifest),
+            probe=probe if args.probe else None,
+            reservoir=reservoir,
+        )
         if reservoir is None:
             return summarise(config, totals, average_output=args.output_tokens)
         with contextlib.ExitStack() as stack:
-            sample_journal = journal or Journal(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="caption-sample-"))))
+            sample_journal = journal or Journal(
+                Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="caption-sample-")))
+            )
             items = [item for item, _ in reservoir.items]
-            runner = build_runner(config, http=http, journal=sample_journal, api_key=api_key,
-                                  chunks=lambda: iter([items]), base_dir=base_dir(args.manifest), total_rows=len(items),
-                                  manifest_label=str(args.manifest), scrubber=getattr(args, "scrubber", None))
+            runner = build_runner(
+                config,
+                http=http,
+                journal=sample_journal,
+                api_key=api_key,
+                chunks=lambda: iter([items]),
+                base_dir=base_dir(args.manifest),
+                total_rows=len(items),
+                manifest_label=str(args.manifest),
+                scrubber=getattr(args, "scrubber", None),
+            )
             stopped = await _run_until_stopped(runner)
             if stopped is not None:
                 raise stopped
@@ -411,13 +512,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.api_key_env and not api_key:
         raise ConfigError(f"the environment variable {args.api_key_env} is not set", key="--api-key-env")
     sim_config = SimConfig(
-        latency_median_s=args.latency_median, latency_p99_s=args.latency_p99, rpm=args.rpm, tpm=args.tpm,
-        burst_window_s=args.burst_window, burst_factor=args.burst_factor, api_key=api_key, fault_rates=rates,
-        stall_s=args.stall, header_style=args.header_style, accept_any_model=args.any_model, seed=args.seed,
+        latency_median_s=args.latency_median,
+        latency_p99_s=args.latency_p99,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        burst_window_s=args.burst_window,
+        burst_factor=args.burst_factor,
+        api_key=api_key,
+        fault_rates=rates,
+        stall_s=args.stall,
+        header_style=args.header_style,
+        accept_any_model=args.any_model,
+        seed=args.seed,
         log_path=args.log,
     )
-    server = SimulatorServer(SimulatorApp(sim_config), host=args.host, port=args.port,
-                             log_level="debug" if args.verbose else "warning")
+    server = SimulatorServer(
+        SimulatorApp(sim_config), host=args.host, port=args.port, log_level="debug" if args.verbose else "warning"
+    )
     # The actual port (--port 0 picks a free one) on a line scripts can read.
     print(f"caption simulate: listening on {server.base_url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     server.serve_forever()

@@ -95,6 +95,7 @@ def proxy_for(url: str, environ: Mapping[str, str]) -> str | None:
 
     Looked up once per run: aiohttp's own per-request lookup (``trust_env``) costs ~85 us.
     """
+
     def env(name: str) -> str | None:
         return environ.get(name) or environ.get(name.upper())
 
@@ -129,14 +130,21 @@ class AiohttpPoster:
                 self._proxy_auth = {"Proxy-Authorization": f"Basic {token}"}
             self._proxy = str(url.with_user(None))
 
-    async def post(self, url: str, content: bytes, headers: Mapping[str, str], *,
-                   max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> RawResponse:
+    async def post(
+        self, url: str, content: bytes, headers: Mapping[str, str], *, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    ) -> RawResponse:
         if self._proxy_auth is not None and url.startswith("http:"):
             headers = {**headers, **self._proxy_auth}
         try:
-            async with self._session.post(url, data=content, headers=headers, timeout=self._timeout,
-                                          allow_redirects=False, proxy=self._proxy,
-                                          proxy_headers=self._proxy_auth) as response:
+            async with self._session.post(
+                url,
+                data=content,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                proxy=self._proxy,
+                proxy_headers=self._proxy_auth,
+            ) as response:
                 body = await self._read_capped(response, max_bytes)
                 if body is None:
                     response.close()  # drop the connection: the rest of the body is never read
@@ -146,7 +154,6 @@ class AiohttpPoster:
             raise SendError("timeout", f"no complete response within {self._timeout_s:g}s") from None
         except aiohttp.ClientError as exc:
             raise SendError("connection", f"{type(exc).__name__}: {exc or 'connection failed'}") from None
-
 
     @staticmethod
     async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes | None:
@@ -170,8 +177,9 @@ class HttpxPoster:
         self._http = http
         self._timeout_s = timeout_s
 
-    async def post(self, url: str, content: bytes, headers: Mapping[str, str], *,
-                   max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> RawResponse:
+    async def post(
+        self, url: str, content: bytes, headers: Mapping[str, str], *, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    ) -> RawResponse:
         try:
             with anyio.fail_after(self._timeout_s):
                 # Streamed so a huge body is cut off; leaving the block unread closes the connection.
@@ -187,7 +195,9 @@ class HttpxPoster:
             raise SendError("timeout", f"no complete response within {self._timeout_s:g}s") from None
         except httpx.TransportError as exc:
             kind: Literal["timeout", "connection"] = "timeout" if _is_timeout(exc) else "connection"
-            raise SendError(kind, f"{type(exc).__name__}: {exc or ('timed out' if kind == 'timeout' else 'connection failed')}") from None
+            raise SendError(
+                kind, f"{type(exc).__name__}: {exc or ('timed out' if kind == 'timeout' else 'connection failed')}"
+            ) from None
         return RawResponse(response.status_code, response.headers, b"".join(parts))
 
 
@@ -200,8 +210,9 @@ class Http:
 
 
 @contextlib.asynccontextmanager
-async def open_http(*, concurrency: int, timeout_s: float, endpoint_url: str,
-                    environ: Mapping[str, str] = os.environ) -> AsyncIterator[Http]:
+async def open_http(
+    *, concurrency: int, timeout_s: float, endpoint_url: str, environ: Mapping[str, str] = os.environ
+) -> AsyncIterator[Http]:
     """The production HTTP stack: one connection per concurrent request, no pool waits.
 
     Proxies come from the environment, as curl and openai-python take them: the
@@ -233,8 +244,9 @@ def _is_timeout(exc: httpx.TransportError) -> bool:
     return isinstance(exc, httpx.TimeoutException)
 
 
-async def probe_image_size(http: httpx.AsyncClient, url: str, *, max_bytes: int = 65536,
-                           timeout_s: float = 5.0) -> tuple[int, int] | None:
+async def probe_image_size(
+    http: httpx.AsyncClient, url: str, *, max_bytes: int = 65536, timeout_s: float = 5.0
+) -> tuple[int, int] | None:
     """Read only enough of a remote image to learn its size: bounded in bytes and in time."""
     from .images import header_size
 
@@ -279,8 +291,11 @@ class VisionClient:
         self._poster = poster or HttpxPoster(http, timeout_s=timeout_s)
         # Worked out once: the hot path only looks these up.
         self._url = dialect.request_url(base_url, query or {})
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json",
-                         **dialect.auth_headers(api_key)}
+        self._headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            **dialect.auth_headers(api_key),
+        }
         self._kept_headers = dialect.kept_headers
         self._classify = dialect.classify_error
         self._parse = dialect.parse_completion
@@ -330,18 +345,32 @@ class VisionClient:
         headers = self._kept_headers(response.headers)
         if not response.complete:
             # Not retried: the same server answers the same way, and each try is paid for.
-            return Failure("invalid_response", f"HTTP {response.status} with a body over endpoint.max_response_bytes "
-                           f"({self._max_response_bytes} bytes); the rest was not read. Raise endpoint.max_response_bytes "
-                           "and re-run with --retry-errors if such answers are expected",
-                           retryable=False, http_status=response.status, latency_s=latency, headers=headers)
+            return Failure(
+                "invalid_response",
+                f"HTTP {response.status} with a body over endpoint.max_response_bytes "
+                f"({self._max_response_bytes} bytes); the rest was not read. Raise endpoint.max_response_bytes "
+                "and re-run with --retry-errors if such answers are expected",
+                retryable=False,
+                http_status=response.status,
+                latency_s=latency,
+                headers=headers,
+            )
         if response.status != 200:
             # Masked before the dialect parses and cuts it: a key straddling the cut would leak its head.
             content = self._scrub.scrub_bytes(response.content)
             failure = self._classify(response.status, content, response.headers, now_epoch=self._wall_clock())
-            return dataclasses.replace(failure, message=self._scrub(failure.message), latency_s=latency, headers=headers)
+            return dataclasses.replace(
+                failure, message=self._scrub(failure.message), latency_s=latency, headers=headers
+            )
         try:
             completion = self._parse(response.content)
         except InvalidResponseError as exc:
-            return Failure("invalid_response", self._scrub(str(exc)), retryable=exc.retryable, http_status=200,
-                           latency_s=latency, headers=headers)
+            return Failure(
+                "invalid_response",
+                self._scrub(str(exc)),
+                retryable=exc.retryable,
+                http_status=200,
+                latency_s=latency,
+                headers=headers,
+            )
         return Reply(completion=completion, http_status=200, latency_s=latency, headers=headers)

@@ -28,14 +28,30 @@ from .runner import Runner, RunnerDeps, utc_now
 from .secrets import Scrubber
 
 
-def build_runner(config: Config, *, http: Http, journal: Journal, chunks: ChunkSource, base_dir: Path,
-                 total_rows: int, api_key: str | None = None, manifest_label: str = "", retry_errors: bool = False,
-                 progress: Progress | None = None, grace_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
-                 now: Callable[[], datetime] = utc_now, rng: random.Random | None = None,
-                 wall_clock: Callable[[], float] = time.time, limiter: RateLimiter | None = None,
-                 breaker: CircuitBreaker | None = None, executor: Executor | None = None,
-                 scrubber: Scrubber | None = None, dialect: Dialect | None = None) -> Runner:
+def build_runner(
+    config: Config,
+    *,
+    http: Http,
+    journal: Journal,
+    chunks: ChunkSource,
+    base_dir: Path,
+    total_rows: int,
+    api_key: str | None = None,
+    manifest_label: str = "",
+    retry_errors: bool = False,
+    progress: Progress | None = None,
+    grace_s: float = 10.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    now: Callable[[], datetime] = utc_now,
+    rng: random.Random | None = None,
+    wall_clock: Callable[[], float] = time.time,
+    limiter: RateLimiter | None = None,
+    breaker: CircuitBreaker | None = None,
+    executor: Executor | None = None,
+    scrubber: Scrubber | None = None,
+    dialect: Dialect | None = None,
+) -> Runner:
     """``scrubber`` masks the key in every message and row (built from ``api_key`` when not given).
 
     ``dialect``: the provider's wire format, for the client, the bodies and the limiter's
@@ -44,16 +60,45 @@ def build_runner(config: Config, *, http: Http, journal: Journal, chunks: ChunkS
     """
     scrubber = scrubber or Scrubber([api_key])
     dialect = dialect or dialect_for(DEFAULT_DIALECT)
-    client = VisionClient(http.client, poster=http.poster, dialect=dialect, base_url=config.endpoint.base_url,
-                          api_key=api_key, timeout_s=config.endpoint.timeout_s,
-                          max_response_bytes=config.endpoint.max_response_bytes, scrubber=scrubber)
-    limiter = limiter or RateLimiter(rpm=config.limits.rpm, tpm=config.limits.tpm, clock=clock, sleep=sleep,
-                                     read_headers=dialect.rate_limit_headers,
-                                     max_wait_s=config.limits.max_wait_s, wall_clock=wall_clock)
+    client = VisionClient(
+        http.client,
+        poster=http.poster,
+        dialect=dialect,
+        base_url=config.endpoint.base_url,
+        api_key=api_key,
+        timeout_s=config.endpoint.timeout_s,
+        max_response_bytes=config.endpoint.max_response_bytes,
+        scrubber=scrubber,
+    )
+    limiter = limiter or RateLimiter(
+        rpm=config.limits.rpm,
+        tpm=config.limits.tpm,
+        clock=clock,
+        sleep=sleep,
+        read_headers=dialect.rate_limit_headers,
+        max_wait_s=config.limits.max_wait_s,
+        wall_clock=wall_clock,
+    )
     deps = RunnerDeps(
-        client=client, dialect=dialect, journal=journal, limiter=limiter, sleep=sleep, now=now, progress=progress or NoProgress(),
-        rng=rng or random.Random(0), breaker=breaker or CircuitBreaker(), executor=executor,
+        client=client,
+        dialect=dialect,
+        journal=journal,
+        limiter=limiter,
+        sleep=sleep,
+        now=now,
+        progress=progress or NoProgress(),
+        rng=rng or random.Random(0),
+        breaker=breaker or CircuitBreaker(),
+        executor=executor,
         scrub=scrubber.row if scrubber.active else None,
     )
-    return Runner(config, deps, chunks=chunks, base_dir=base_dir, total_rows=total_rows, manifest_label=manifest_label,
-                  retry_errors=retry_errors, grace_s=grace_s)
+    return Runner(
+        config,
+        deps,
+        chunks=chunks,
+        base_dir=base_dir,
+        total_rows=total_rows,
+        manifest_label=manifest_label,
+        retry_errors=retry_errors,
+        grace_s=grace_s,
+    )

@@ -129,8 +129,11 @@ SECTIONS: dict[str, type] = {
 }
 
 # Flags whose name is not simply the key's: the rest are derived from the keys.
-FLAG_ALIASES: dict[str, str] = {"max-cost": "limits.max_cost_usd", "timeout": "endpoint.timeout_s",
-                                 "chunk-size": "run.part_rows"}
+FLAG_ALIASES: dict[str, str] = {
+    "max-cost": "limits.max_cost_usd",
+    "timeout": "endpoint.timeout_s",
+    "chunk-size": "run.part_rows",
+}
 # Old key names still read from files and the command line: ``old`` → ``new``.
 KEY_ALIASES: dict[str, str] = {"run.chunk_size": "run.part_rows"}
 
@@ -239,9 +242,16 @@ _INT64 = Range(-(2**63), 2**63 - 1)
 # Body keys the pipeline builds itself: an extra_body that replaced them would break every row
 # (model, messages), the parser (stream) or the estimates and label columns (the request.* knobs).
 _OWNED_BODY_KEYS = {
-    "model": "request.model", "messages": "request.prompt and request.system", "stream": None,
-    "stream_options": None, "max_tokens": "request.max_tokens", "temperature": "request.temperature",
-    "top_p": "request.top_p", "n": "request.n", "stop": "request.stop", "response_format": "request.response_format",
+    "model": "request.model",
+    "messages": "request.prompt and request.system",
+    "stream": None,
+    "stream_options": None,
+    "max_tokens": "request.max_tokens",
+    "temperature": "request.temperature",
+    "top_p": "request.top_p",
+    "n": "request.n",
+    "stop": "request.stop",
+    "response_format": "request.response_format",
 }
 
 
@@ -290,8 +300,10 @@ def _base_url_problem(url: str) -> str | None:
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         return "must be an http:// or https:// URL with a host"
     if parts.username is not None or parts.password is not None:
-        return ("must not hold user:pass@ credentials: put the API key in the environment variable "
-                "named by endpoint.api_key_env")
+        return (
+            "must not hold user:pass@ credentials: put the API key in the environment variable "
+            "named by endpoint.api_key_env"
+        )
     if any(ord(ch) < 0x20 or ch in " \x7f" for ch in url):
         return "must not contain spaces or control characters"
     return None
@@ -308,8 +320,9 @@ def _value_problem(dotted: str, bounds_key: str, value: Any) -> str | None:
     return _number_problem(value, BOUNDS.get(bounds_key))
 
 
-def _build_section(cls: type, values: dict[str, Any], *, section: str, origin: Origin,
-                   bounds_section: str | None = None) -> Any:
+def _build_section(
+    cls: type, values: dict[str, Any], *, section: str, origin: Origin, bounds_section: str | None = None
+) -> Any:
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
         dotted = f"{section}.{key}"
@@ -329,8 +342,9 @@ def _build_pricing(table: dict[str, Any], *, origin: Origin) -> dict[str, Price]
     for model, entry in table.items():
         if not isinstance(entry, dict):
             raise ConfigError("expected a table of prices", key=f"pricing.{model}", path=origin(f"pricing.{model}"))
-        prices[model] = _build_section(Price, entry, section=f"pricing.{model}", origin=origin,
-                                       bounds_section="pricing")
+        prices[model] = _build_section(
+            Price, entry, section=f"pricing.{model}", origin=origin, bounds_section="pricing"
+        )
     return prices
 
 
@@ -373,8 +387,11 @@ def build_config(
     origin = _origin(path, overrides)
     unknown = set(data) - set(SECTIONS) - {"pricing"}
     if unknown:
-        raise ConfigError(f"unknown section (known: {', '.join([*SECTIONS, 'pricing'])})",
-                          key=sorted(unknown)[0], path=origin(sorted(unknown)[0]))
+        raise ConfigError(
+            f"unknown section (known: {', '.join([*SECTIONS, 'pricing'])})",
+            key=sorted(unknown)[0],
+            path=origin(sorted(unknown)[0]),
+        )
     sections = {}
     for name, cls in SECTIONS.items():
         values = data.get(name, {})
@@ -404,10 +421,12 @@ def _apply_key_aliases(data: dict[str, Any], *, path: str) -> None:
 
 def _origin(path: str, overrides: dict[str, Any]) -> Origin:
     """``section.key`` → where its value came from, as an error message names it."""
+
     def origin(dotted: str) -> str:
         if dotted in overrides:
             return f"command line --{dotted.split('.', 1)[1].replace('_', '-')}"
         return path
+
     return origin
 
 

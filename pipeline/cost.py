@@ -35,10 +35,14 @@ def usage_cost_usd(usage: Usage, price: Price) -> float:
     prompt = usage.prompt_tokens or 0
     cached = min(usage.cached_tokens or 0, prompt)
     cached_price = price.cached_input if price.cached_input is not None else price.input
-    return ((prompt - cached) * price.input + cached * cached_price + (usage.completion_tokens or 0) * price.output) / 1e6
+    return (
+        (prompt - cached) * price.input + cached * cached_price + (usage.completion_tokens or 0) * price.output
+    ) / 1e6
 
 
-def row_cost_usd(model: str | None, usage: Usage, table: dict[str, Price], *, ocr_model: str | None = None) -> float | None:
+def row_cost_usd(
+    model: str | None, usage: Usage, table: dict[str, Price], *, ocr_model: str | None = None
+) -> float | None:
     """Cost of one answered request, or None for a model the table does not price.
 
     For ``-ocr`` models the gateway reports one usage; the OCR pass is priced on

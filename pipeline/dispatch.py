@@ -44,7 +44,10 @@ log = logging.getLogger("caption")
 _FATAL_ERRORS: dict[str, tuple[type[PipelineError], str]] = {
     "auth": (AuthError, "the endpoint refused the API key (401/403); check the key in ${env}"),
     "quota": (QuotaError, "the account has no quota or credit left; top it up, then re-run to resume"),
-    "model_not_found": (ModelNotFoundError, "the endpoint does not serve model '{model}'; check request.model and endpoint.base_url"),
+    "model_not_found": (
+        ModelNotFoundError,
+        "the endpoint does not serve model '{model}'; check request.model and endpoint.base_url",
+    ),
 }
 LABEL_ATTEMPTS = 2  # an answer that does not match the schema is asked for once more
 _ESTIMATES_KEPT = 4096  # (prompt, image size) estimates remembered; templated prompts vary per row
@@ -71,10 +74,21 @@ class _RowState:
 
 
 class OnlineExecutor:
-    def __init__(self, config: Config, *, client: VisionClient, limiter: RateLimiter, breaker: CircuitBreaker,
-                 budget: Budget, text: TextCounter, labels: LabelSpec | None,
-                 stopping: Callable[[], bool], sleep: Callable[[float], Awaitable[None]], rng: random.Random,
-                 now: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        client: VisionClient,
+        limiter: RateLimiter,
+        breaker: CircuitBreaker,
+        budget: Budget,
+        text: TextCounter,
+        labels: LabelSpec | None,
+        stopping: Callable[[], bool],
+        sleep: Callable[[float], Awaitable[None]],
+        rng: random.Random,
+        now: Callable[[], datetime],
+    ) -> None:
         self.config = config
         self._client = client
         self._limiter = limiter
@@ -102,8 +116,10 @@ class OnlineExecutor:
         try:
             est = self._estimate(request)
             outcome, attempts = await call_with_retries(
-                lambda attempt: self._attempt(request.body, est, state), max_attempts=self.config.limits.max_attempts,
-                sleep=self._sleep, rng=self._rng,
+                lambda attempt: self._attempt(request.body, est, state),
+                max_attempts=self.config.limits.max_attempts,
+                sleep=self._sleep,
+                rng=self._rng,
             )
         except StopDispatch as stop:
             if state.paid_usd is None or state.last is None:
@@ -113,14 +129,27 @@ class OnlineExecutor:
             raise
         except Exception as exc:
             log.exception("unexpected error on row %s", item.id)
-            return unexpected_error_row(item, exc, stage="sending", finished_at=self._now(),
-                                        prior_cost_usd=request.prior_cost_usd, paid_usd=state.paid_usd)
+            return unexpected_error_row(
+                item,
+                exc,
+                stage="sending",
+                finished_at=self._now(),
+                prior_cost_usd=request.prior_cost_usd,
+                paid_usd=state.paid_usd,
+            )
         return self._row(request, outcome, attempts, state)
 
     def _row(self, request: PreparedRequest, outcome: Outcome, attempts: int, state: _RowState) -> ResultRow:
-        return row_from_outcome(request.item, outcome, attempts=attempts, finished_at=self._now(),
-                                paid_usd=state.paid_usd, labels=state.labels, request_key=request.key,
-                                prior_cost_usd=request.prior_cost_usd)
+        return row_from_outcome(
+            request.item,
+            outcome,
+            attempts=attempts,
+            finished_at=self._now(),
+            paid_usd=state.paid_usd,
+            labels=state.labels,
+            request_key=request.key,
+            prior_cost_usd=request.prior_cost_usd,
+        )
 
     def _estimate(self, request: PreparedRequest) -> RequestEstimate:
         # Most rows share one prompt and an unknown (or the same) image size: the estimate is
@@ -139,8 +168,11 @@ class OnlineExecutor:
         max_completion = config.max_tokens * (config.n or 1)
         prompt = request_tokens(text_tokens=text_tokens, image_tokens_=worst_image, max_tokens=0)
         worst = Usage(prompt_tokens=prompt, completion_tokens=max_completion)
-        est = RequestEstimate(prompt_tokens=prompt, completion_tokens=max_completion,
-                              max_cost_usd=self.cost(config.model, worst, warn=False) or 0.0)
+        est = RequestEstimate(
+            prompt_tokens=prompt,
+            completion_tokens=max_completion,
+            max_cost_usd=self.cost(config.model, worst, warn=False) or 0.0,
+        )
         if len(self._estimates) >= _ESTIMATES_KEPT:
             self._estimates.clear()
         self._estimates[key] = est
@@ -156,9 +188,12 @@ class OnlineExecutor:
         if self._stopping():
             raise StopDispatch
         if not self._budget.try_reserve(est.max_cost_usd):
-            raise StopDispatch(BudgetExceededError(
-                f"the budget is reached: {self._budget.describe()} with requests in flight; "
-                "raise --max-cost (limits.max_cost_usd) and re-run to continue"))
+            raise StopDispatch(
+                BudgetExceededError(
+                    f"the budget is reached: {self._budget.describe()} with requests in flight; "
+                    "raise --max-cost (limits.max_cost_usd) and re-run to continue"
+                )
+            )
         outcome = await self._send_once(body, est)
         paid = self.cost(outcome.completion.model, outcome.completion.usage) if isinstance(outcome, Reply) else None
         self._budget.settle(est.max_cost_usd, paid or 0.0)
@@ -183,8 +218,11 @@ class OnlineExecutor:
             hint = hint.replace("{env}", self.config.endpoint.api_key_env).replace("{model}", self.config.request.model)
             raise StopDispatch(cls(f"{hint} ({outcome.message})"))
         if breaker.is_open:
-            raise StopDispatch(CircuitOpenError(
-                f"the endpoint looks down: {breaker.describe()} (last: {outcome.message}). Re-run to resume once it is back."))
+            raise StopDispatch(
+                CircuitOpenError(
+                    f"the endpoint looks down: {breaker.describe()} (last: {outcome.message}). Re-run to resume once it is back."
+                )
+            )
         return outcome
 
     async def _send_once(self, body: dict[str, Any], est: RequestEstimate) -> Outcome:
@@ -196,8 +234,9 @@ class OnlineExecutor:
             # A number past what Python holds, a shape the parser did not expect: the server
             # answered, so this is that answer's problem, recorded (and settled) like any bad answer.
             log.debug("unreadable answer", exc_info=True)
-            return Failure("invalid_response", f"the answer could not be read ({type(exc).__name__}: {exc})",
-                           retryable=False)
+            return Failure(
+                "invalid_response", f"the answer could not be read ({type(exc).__name__}: {exc})", retryable=False
+            )
         except BaseException:
             self._budget.settle(est.max_cost_usd, 0.0)  # cancelled mid-request: nothing is known to be billed
             raise
@@ -213,13 +252,22 @@ class OnlineExecutor:
             state.labels = labels
             return reply
         state.invalid_replies += 1
-        return Failure("invalid_response", why, retryable=state.invalid_replies < LABEL_ATTEMPTS,
-                       http_status=reply.http_status, latency_s=reply.latency_s)
+        return Failure(
+            "invalid_response",
+            why,
+            retryable=state.invalid_replies < LABEL_ATTEMPTS,
+            http_status=reply.http_status,
+            latency_s=reply.latency_s,
+        )
 
     def cost(self, model: str | None, usage: Usage, *, warn: bool = True) -> float | None:
         model = model or self.config.request.model
-        cost = row_cost_usd(model, usage, self.config.pricing, ocr_model=self.config.request.extra_body.get("ocr_model"))
+        cost = row_cost_usd(
+            model, usage, self.config.pricing, ocr_model=self.config.request.extra_body.get("ocr_model")
+        )
         if cost is None and warn and model not in self._unpriced_warned:
             self._unpriced_warned.add(model)
-            log.warning("no price for model '%s': cost_usd stays null (add [pricing.\"%s\"] to the config)", model, model)
+            log.warning(
+                "no price for model '%s': cost_usd stays null (add [pricing.\"%s\"] to the config)", model, model
+            )
         return cost

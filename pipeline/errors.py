@@ -116,7 +116,8 @@ class WaitTooLongError(RunStoppedError):
         when = f"after {resume_after}" if resume_after else "later"
         super().__init__(
             f"the server asked to wait {describe_wait(wait_s)} ({source}), longer than limits.max_wait_s "
-            f"({max_wait_s:g} s); re-run the same command {when} to resume, or raise --max-wait-s")
+            f"({max_wait_s:g} s); re-run the same command {when} to resume, or raise --max-wait-s"
+        )
 
 
 def describe_wait(wait_s: float) -> str:

@@ -90,7 +90,9 @@ def row_formula(item: Item, *, config: Config, counter: TextCounter, size: tuple
         saving = image_tokens(model, detail=detail, width=size[0], height=size[1]) - tokens
         return RowFormula(text + tokens, text + tokens, text + tokens, True, saving)
     low = image_tokens(model, detail=detail, width=UNKNOWN_LOW_SIZE[0], height=UNKNOWN_LOW_SIZE[1])
-    return RowFormula(text + low, text + image_tokens(model, detail=detail), text + max_image_tokens(model, detail=detail), False)
+    return RowFormula(
+        text + low, text + image_tokens(model, detail=detail), text + max_image_tokens(model, detail=detail), False
+    )
 
 
 def output_tokens(config: Config, average: int | None) -> int:
@@ -100,8 +102,12 @@ def output_tokens(config: Config, average: int | None) -> int:
 
 
 def tokens_cost_usd(config: Config, *, prompt: int, completion: int) -> float | None:
-    return row_cost_usd(config.request.model, Usage(prompt_tokens=prompt, completion_tokens=completion), config.pricing,
-                        ocr_model=config.request.extra_body.get("ocr_model"))
+    return row_cost_usd(
+        config.request.model,
+        Usage(prompt_tokens=prompt, completion_tokens=completion),
+        config.pricing,
+        ocr_model=config.request.extra_body.get("ocr_model"),
+    )
 
 
 def duration_s(*, rows: int, tpm_tokens: int, config: Config, latency_s: float) -> float:
@@ -162,8 +168,10 @@ def extrapolate(strata: list[Stratum], *, rng: random.Random, resamples: int = 2
         return total
 
     point = estimate([s.sampled for s in sampled])
-    draws = sorted(estimate([[s.sampled[rng.randrange(len(s.sampled))] for _ in s.sampled] for s in sampled])
-                   for _ in range(resamples))
+    draws = sorted(
+        estimate([[s.sampled[rng.randrange(len(s.sampled))] for _ in s.sampled] for s in sampled])
+        for _ in range(resamples)
+    )
     low = draws[int(0.025 * (len(draws) - 1))]
     high = draws[int(math.ceil(0.975 * (len(draws) - 1)))]
     return point, low, high
@@ -225,6 +233,7 @@ async def formula_pass(
 
         sizes.update(await anyio.to_thread.run_sync(read_local))
         if probe is not None:
+
             async def probe_one(i: int, url: str, found: dict[int, tuple[int, int] | None] = sizes) -> None:
                 async with limiter:
                     found[i] = await probe(url)
@@ -257,8 +266,9 @@ def _is_repeat(seen: OrderedDict[bytes, None], item: Item, config: Config, *, wi
     return False
 
 
-def summarise(config: Config, totals: FormulaTotals, *, average_output: int | None,
-              sample: dict[str, Any] | None = None) -> dict[str, Any]:
+def summarise(
+    config: Config, totals: FormulaTotals, *, average_output: int | None, sample: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """PURE: the estimate as the JSON object `caption estimate --json` prints."""
     per_row_out = output_tokens(config, average_output)
     max_out = config.request.max_tokens * (config.request.n or 1)
@@ -271,20 +281,29 @@ def summarise(config: Config, totals: FormulaTotals, *, average_output: int | No
         value = tokens_cost_usd(config, prompt=prompt, completion=completion)
         return None if value is None else round(value, 6)
 
-    formula_cost = {"low": cost(totals.input_low, out_low), "expected": cost(totals.input_expected, out_expected),
-                    "high": cost(totals.input_high, out_high)}
+    formula_cost = {
+        "low": cost(totals.input_low, out_low),
+        "expected": cost(totals.input_expected, out_expected),
+        "high": cost(totals.input_high, out_high),
+    }
     latency = sample["mean_latency_s"] if sample else ASSUMED_LATENCY_S
     tpm_tokens = totals.input_expected + out_high  # providers count max_tokens against TPM
     assumptions = []
     if totals.duplicates:
-        assumptions.append(f"{totals.duplicates} rows repeat an earlier request (same image, same prompt) and are "
-                           "answered by it at no cost (images.dedup)")
+        assumptions.append(
+            f"{totals.duplicates} rows repeat an earlier request (same image, same prompt) and are "
+            "answered by it at no cost (images.dedup)"
+        )
     if totals.known_sizes < totals.requests:
-        assumptions.append(f"{totals.requests - totals.known_sizes} images of unknown size (remote, not probed or unreadable) "
-                           "assumed 1024x1024, bounded by 512x512 and the largest tiling")
+        assumptions.append(
+            f"{totals.requests - totals.known_sizes} images of unknown size (remote, not probed or unreadable) "
+            "assumed 1024x1024, bounded by 512x512 and the largest tiling"
+        )
     if average_output is None and not sample:
-        assumptions.append(f"{per_row_out // (config.request.n or 1)} output tokens per answer (a one-sentence caption); "
-                           "pass --output-tokens or --sample to measure")
+        assumptions.append(
+            f"{per_row_out // (config.request.n or 1)} output tokens per answer (a one-sentence caption); "
+            "pass --output-tokens or --sample to measure"
+        )
     if not sample:
         assumptions.append(f"{ASSUMED_LATENCY_S:g} s per request for the concurrency bound on duration")
     result: dict[str, Any] = {
@@ -309,14 +328,23 @@ def summarise(config: Config, totals: FormulaTotals, *, average_output: int | No
     if sample:
         result["sample"] = {k: v for k, v in sample.items() if k != "interval_95"}
         result["interval_95"] = sample["interval_95"]
-        result["cost_usd"] = {"low": sample["interval_95"][0], "expected": sample["point_usd"],
-                              "high": sample["interval_95"][1]}
+        result["cost_usd"] = {
+            "low": sample["interval_95"][0],
+            "expected": sample["point_usd"],
+            "high": sample["interval_95"][1],
+        }
         result["output_tokens"] = round(sample["mean_completion_tokens"] * requests)
     return result
 
 
-def sample_summary(config: Config, totals: FormulaTotals, sampled_items: list[tuple[Item, RowFormula]],
-                   results: dict[str, dict[str, Any]], *, seed: int) -> dict[str, Any]:
+def sample_summary(
+    config: Config,
+    totals: FormulaTotals,
+    sampled_items: list[tuple[Item, RowFormula]],
+    results: dict[str, dict[str, Any]],
+    *,
+    seed: int,
+) -> dict[str, Any]:
     """PURE: what the sampled rows measured, and the manifest's cost extrapolated from them."""
 
     def usd(prompt: int, completion: int) -> float:
@@ -326,8 +354,11 @@ def sample_summary(config: Config, totals: FormulaTotals, sampled_items: list[tu
     costs = [r["cost_usd"] or 0.0 for r, _ in sampled]
     strata = []
     for known in (True, False):
-        rows = [SampledRow(usd(f.prompt_expected, 0), usd(r["prompt_tokens"] or 0, 0), usd(0, r["completion_tokens"] or 0))
-                for r, f in sampled if f.size_known == known]
+        rows = [
+            SampledRow(usd(f.prompt_expected, 0), usd(r["prompt_tokens"] or 0, 0), usd(0, r["completion_tokens"] or 0))
+            for r, f in sampled
+            if f.size_known == known
+        ]
         requests = totals.known_sizes if known else totals.requests - totals.known_sizes
         formula_input = totals.known_input_expected if known else totals.input_expected - totals.known_input_expected
         strata.append(Stratum(rows, usd(formula_input, 0), requests))
@@ -365,13 +396,17 @@ def format_estimate(result: dict[str, Any], config: Config) -> str:
     if "sample" in result:
         s = result["sample"]
         lo, hi = result["interval_95"]
-        lines.append(f"sample             {s['rows']} rows sent, {_money(s['measured_cost_usd'])} measured, "
-                     f"{s['mean_latency_s']:.2f} s mean latency; 95% interval {_money(lo)} - {_money(hi)}")
+        lines.append(
+            f"sample             {s['rows']} rows sent, {_money(s['measured_cost_usd'])} measured, "
+            f"{s['mean_latency_s']:.2f} s mean latency; 95% interval {_money(lo)} - {_money(hi)}"
+        )
         if s["kept_in"]:
             lines.append(f"                   kept in {s['kept_in']}: the full run will not send them again")
     if "max_side_saving_tokens" in result:
-        lines.append(f"max_side {result['max_side']}       saves {result['max_side_saving_tokens']:,} input tokens "
-                     f"({_money(result['max_side_saving_usd'])})")
+        lines.append(
+            f"max_side {result['max_side']}       saves {result['max_side_saving_tokens']:,} input tokens "
+            f"({_money(result['max_side_saving_usd'])})"
+        )
     lines += [f"assumption         {a}" for a in result["assumptions"]]
     return "\n".join(lines)
 

@@ -68,6 +68,7 @@ class VirtualClock:
 
     def run(self, main: Callable[[], Awaitable[object]]) -> None:
         """Run ``main`` to completion on virtual time (inside a fresh event loop)."""
+
         async def drive() -> None:
             done = anyio.Event()
 

@@ -39,8 +39,9 @@ def take_rows(chunks: Iterator[list[Item]], n: int, source: str) -> tuple[list[I
 
 
 class ManifestFeed:
-    def __init__(self, chunks: ChunkSource, *, skip: DoneIds, stopping: anyio.Event, totals: RunTotals,
-                 source: str) -> None:
+    def __init__(
+        self, chunks: ChunkSource, *, skip: DoneIds, stopping: anyio.Event, totals: RunTotals, source: str
+    ) -> None:
         self._chunks = chunks
         self._skip = skip
         self._stopping = stopping
@@ -74,8 +75,10 @@ class ManifestFeed:
                 if error is not None:
                     # Not a stop: the rows already read still go out; the run ends with this error.
                     self.error = ManifestError(
-                        error.path, f"{error.problem}; the rows before it were sent. "
-                        "Fix the manifest and re-run the same command to resume")
+                        error.path,
+                        f"{error.problem}; the rows before it were sent. "
+                        "Fix the manifest and re-run the same command to resume",
+                    )
                     return
                 if not block:
                     return

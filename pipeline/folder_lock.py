@@ -52,7 +52,8 @@ class FolderLock:
             who = f"pid {holder}" if holder else "another process"
             raise FolderLockedError(
                 f"{self.path.parent} is in use by another caption run ({who}); wait for it to finish "
-                "or stop it, or choose another --out folder") from None
+                "or stop it, or choose another --out folder"
+            ) from None
         except OSError as exc:
             os.close(fd)
             raise JournalError(f"{self.path}: cannot lock the output folder ({exc.strerror})") from None

@@ -96,10 +96,11 @@ QUARANTINE_NAME = "unreadable"
 def unreadable_message(path: Path, problem: str) -> str:
     problem = " ".join(problem.split())  # Arrow's and thrift's messages span lines; this is one
     if path.name == RESULTS_NAME:
-        return (f"{path}: {problem}. Restore it from a backup, or move it aside to start the folder "
-                "afresh (every row in it would be sent again)")
-    return (f"{path}: {problem}. Move it aside (out of {path.parent}) and re-run: the rows in it "
-            "will be sent again")
+        return (
+            f"{path}: {problem}. Restore it from a backup, or move it aside to start the folder "
+            "afresh (every row in it would be sent again)"
+        )
+    return f"{path}: {problem}. Move it aside (out of {path.parent}) and re-run: the rows in it will be sent again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +198,9 @@ class Journal:
                 tmp.unlink(missing_ok=True)
         parts = self._own_parts()
         for part in parts:
-            if any(o is not part and o.first <= part.first and part.last <= o.last and o.span > part.span for o in parts):
+            if any(
+                o is not part and o.first <= part.first and part.last <= o.last and o.span > part.span for o in parts
+            ):
                 part.path.unlink(missing_ok=True)
 
     def _parts(self) -> list[Part]:
@@ -207,8 +210,9 @@ class Journal:
         for path in self.parts_dir.iterdir():
             match = _PART.match(path.name)
             if match:
-                parts.append(Part(last=int(match.group(1)), first=int(match.group(2)), writer=match.group(3) or "",
-                                  path=path))
+                parts.append(
+                    Part(last=int(match.group(1)), first=int(match.group(2)), writer=match.group(3) or "", path=path)
+                )
         return sorted(parts)
 
     def _own_parts(self) -> list[Part]:
@@ -241,8 +245,9 @@ class Journal:
                     frame = pl.from_arrow(batch)
                     assert isinstance(frame, pl.DataFrame)
                     if present is not None and columns is not None and len(present) < len(columns):
-                        frame = frame.with_columns(pl.lit(None, dtype=RESULT_SCHEMA[c]).alias(c)
-                                                   for c in columns if c not in present)
+                        frame = frame.with_columns(
+                            pl.lit(None, dtype=RESULT_SCHEMA[c]).alias(c) for c in columns if c not in present
+                        )
                     frame = frame.filter(~_is_member(frame["id"], seen))
                     if frame.height:
                         fresh.append(frame["id"])
@@ -252,9 +257,17 @@ class Journal:
             if fresh:
                 seen = pl.concat([seen, *fresh]).sort()
 
-    def _write_latest(self, paths: list[Path], target: Path, *, extend: Extend | None = None,
-                      compression: str = PART_COMPRESSION, statistics: bool = False) -> None:
+    def _write_latest(
+        self,
+        paths: list[Path],
+        target: Path,
+        *,
+        extend: Extend | None = None,
+        compression: str = PART_COMPRESSION,
+        statistics: bool = False,
+    ) -> None:
         """Write the latest rows to ``target`` atomically; ``extend`` may add derived columns (typed labels)."""
+
         def shaped(frame: pl.DataFrame) -> pl.DataFrame:
             frame = conform(frame)
             return extend(frame) if extend is not None else frame
@@ -318,6 +331,7 @@ class Journal:
 
     def _concat(self, paths: list[Path], target: Path) -> None:
         """Parts whose ids are known to be disjoint, as one file."""
+
         def as_table(batch: pa.RecordBatch) -> pa.Table:
             table = pa.Table.from_batches([batch])
             if table.schema == RESULT_ARROW_SCHEMA:
@@ -328,7 +342,9 @@ class Journal:
             assert isinstance(frame, pl.DataFrame)
             return conform(frame).to_arrow().cast(RESULT_ARROW_SCHEMA)
 
-        tables = (as_table(batch) for path in paths for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS))
+        tables = (
+            as_table(batch) for path in paths for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS)
+        )
         write_in_row_groups(target, RESULT_ARROW_SCHEMA, tables, compression=PART_COMPRESSION)
 
     def finalize(self, *, extend: Extend | None = None) -> Path:
@@ -355,8 +371,9 @@ class Journal:
                 raise UnreadableFileError(unreadable_message(self.results_path, problem), path=str(self.results_path))
             return self.results_path
         try:
-            self._write_latest(self._sources(), self.results_path, extend=extend, compression=RESULTS_COMPRESSION,
-                               statistics=True)
+            self._write_latest(
+                self._sources(), self.results_path, extend=extend, compression=RESULTS_COMPRESSION, statistics=True
+            )
             for part in parts:
                 part.path.unlink(missing_ok=True)
         except UnreadableFileError:
@@ -383,8 +400,7 @@ class Journal:
             raise JournalError(f"{why}; moving it aside also failed ({exc.strerror})") from None
         fsync_dir(self.parts_dir)
         self.quarantined.append(target)
-        log.warning("%s was damaged and is moved to %s; its rows will be sent again by the next run",
-                    path, target)
+        log.warning("%s was damaged and is moved to %s; its rows will be sent again by the next run", path, target)
 
     # -- reading -----------------------------------------------------------
 
@@ -393,13 +409,16 @@ class Journal:
         summary then reads just the columns it needs), else from results plus the parts."""
         if not self._parts():
             if not self.results_path.exists():
-                raise JournalError(f"{self.out_dir}: no results here (expected {self.results_path}); "
-                                   "is this a `caption run --out` folder?")
+                raise JournalError(
+                    f"{self.out_dir}: no results here (expected {self.results_path}); "
+                    "is this a `caption run --out` folder?"
+                )
             frame = pl.scan_parquet(self.results_path)
             present = set(frame.collect_schema().names())
             # A file written before a column existed reads it as nulls.
-            frame = frame.with_columns(pl.lit(None, dtype=RESULT_SCHEMA[c]).alias(c)
-                                       for c in RESULT_SCHEMA if c not in present)
+            frame = frame.with_columns(
+                pl.lit(None, dtype=RESULT_SCHEMA[c]).alias(c) for c in RESULT_SCHEMA if c not in present
+            )
             return frame if columns is None else frame.select(columns)
         return self.latest_frame().lazy().select(columns or pl.all())
 
@@ -471,11 +490,14 @@ class Journal:
         try:
             meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:  # ValueError: bad JSON and bad UTF-8 alike
-            raise JournalError(f"{self.meta_path}: cannot be read ({exc}); restore it, or move it aside "
-                               "and re-run with --force") from None
+            raise JournalError(
+                f"{self.meta_path}: cannot be read ({exc}); restore it, or move it aside and re-run with --force"
+            ) from None
         if not isinstance(meta, dict):
-            raise JournalError(f"{self.meta_path}: holds a JSON {type(meta).__name__}, not an object; restore it, "
-                               "or move it aside and re-run with --force")
+            raise JournalError(
+                f"{self.meta_path}: holds a JSON {type(meta).__name__}, not an object; restore it, "
+                "or move it aside and re-run with --force"
+            )
         return meta
 
     def has_rows(self) -> bool:

@@ -60,8 +60,12 @@ def label_spec(response_format: dict[str, Any] | None) -> LabelSpec | None:
     return None
 
 
-_SCALARS: dict[str, pl.DataType] = {"string": pl.String(), "integer": pl.Int64(), "number": pl.Float64(),
-                                    "boolean": pl.Boolean()}
+_SCALARS: dict[str, pl.DataType] = {
+    "string": pl.String(),
+    "integer": pl.Int64(),
+    "number": pl.Float64(),
+    "boolean": pl.Boolean(),
+}
 
 
 def _dtype(prop: dict[str, Any]) -> pl.DataType:
@@ -119,5 +123,9 @@ def label_extender(spec: LabelSpec | None) -> Callable[[pl.DataFrame], pl.DataFr
 
 
 def _is_nested(prop: Any) -> bool:
-    return not isinstance(prop, dict) or prop.get("type") in ("object", "array") or isinstance(prop.get("type"), list) and \
-        any(k in ("object", "array") for k in prop["type"])
+    return (
+        not isinstance(prop, dict)
+        or prop.get("type") in ("object", "array")
+        or isinstance(prop.get("type"), list)
+        and any(k in ("object", "array") for k in prop["type"])
+    )

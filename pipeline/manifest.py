@@ -97,7 +97,9 @@ def inspect_manifest(path: Path, *, url_column: str = "url", id_column: str = "i
         for record in records:
             rows += 1
             if fmt == "jsonl" and url_column not in record:
-                raise ManifestError(str(path), f"row {rows} has no '{url_column}' field{_suggestion(url_column, record)}")
+                raise ManifestError(
+                    str(path), f"row {rows} has no '{url_column}' field{_suggestion(url_column, record)}"
+                )
             given = record.get(id_column)
             if given in (None, ""):
                 derived += 1
@@ -161,14 +163,32 @@ def _columns(path: Path, fmt: Format, *, url_column: str) -> tuple[str, ...]:
             except UnicodeDecodeError as exc:
                 raise ManifestError(str(path), f"cannot be read as {fmt.upper()} ({_first_line(exc)})") from None
     if url_column not in columns:
-        raise ManifestError(str(path), f"no '{url_column}' column (columns: {', '.join(columns) or 'none'})"
-                                       f"{_suggestion(url_column, columns)}")
+        raise ManifestError(
+            str(path),
+            f"no '{url_column}' column (columns: {', '.join(columns) or 'none'}){_suggestion(url_column, columns)}",
+        )
     return columns
 
 
 # Names people give an image column; the first one present is suggested when 'url' is missing.
-_LIKELY_URL_COLUMNS = ("image_url", "img_url", "image", "img", "url", "uri", "link", "src", "image_path",
-                       "img_path", "path", "filepath", "file_path", "file", "filename", "file_name")
+_LIKELY_URL_COLUMNS = (
+    "image_url",
+    "img_url",
+    "image",
+    "img",
+    "url",
+    "uri",
+    "link",
+    "src",
+    "image_path",
+    "img_path",
+    "path",
+    "filepath",
+    "file_path",
+    "file",
+    "filename",
+    "file_name",
+)
 
 
 def _suggestion(url_column: str, columns: Any) -> str:
@@ -180,8 +200,7 @@ def _suggestion(url_column: str, columns: Any) -> str:
     guess = close[0] if close else likely
     if guess is None:
         return ""
-    return (f"; did you mean '{guess}'? Set manifest.url_column = \"{guess}\" in the config "
-            f"(or --url-column {guess})")
+    return f"; did you mean '{guess}'? Set manifest.url_column = \"{guess}\" in the config (or --url-column {guess})"
 
 
 def _as_series(hashes: array[int]) -> pl.Series:
@@ -232,8 +251,10 @@ class _IdUse:
             return f"id '{key}' appears {self.given_count} times (ids must be unique)"
         given_row, derived_row, url = self.clash
         shown = url if len(url) <= 80 else f"{url[:77]}..."
-        return (f"id '{key}' of row {given_row} is also the id derived from the url of row {derived_row} "
-                f"({shown}); give row {derived_row} an id of its own or change row {given_row}'s (ids must be unique)")
+        return (
+            f"id '{key}' of row {given_row} is also the id derived from the url of row {derived_row} "
+            f"({shown}); give row {derived_row} an id of its own or change row {given_row}'s (ids must be unique)"
+        )
 
 
 def _note_id_use(seen: dict[str, _IdUse], item_id: str, use: _IdUse) -> None:
@@ -302,7 +323,9 @@ def _iter_delimited(path: Path, fmt: Format, *, chunk_size: int) -> Iterator[lis
             start = reader.line_num + 1
             for values in reader:
                 if values and len(values) != width:
-                    raise ManifestError(str(path), f"line {reader.line_num} has {len(values)} fields, the header has {width}")
+                    raise ManifestError(
+                        str(path), f"line {reader.line_num} has {len(values)} fields, the header has {width}"
+                    )
                 if values:
                     batch.append(dict(zip(header, values, strict=True)))
                 if len(batch) >= chunk_size:
@@ -319,8 +342,10 @@ def _iter_delimited(path: Path, fmt: Format, *, chunk_size: int) -> Iterator[lis
 
 def _csv_problem(exc: csv.Error, fmt: Format, *, start: int, line: int) -> str:
     if "unexpected end of data" in str(exc):
-        return (f"line {start} opens a quoted field that is never closed (a stray \" swallows every "
-                "row after it); close or remove the quote")
+        return (
+            f'line {start} opens a quoted field that is never closed (a stray " swallows every '
+            "row after it); close or remove the quote"
+        )
     return f"line {line} cannot be read as {fmt.upper()} ({_first_line(exc)})"
 
 

@@ -150,7 +150,9 @@ assert list(RESULT_SCHEMA) == [f.name for f in dataclasses.fields(ResultRow)]
 
 def conform(frame: pl.DataFrame) -> pl.DataFrame:
     """SPEC's columns in order with their types; columns a file predates are added as nulls."""
-    missing = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in RESULT_SCHEMA.items() if name not in frame.columns]
+    missing = [
+        pl.lit(None, dtype=dtype).alias(name) for name, dtype in RESULT_SCHEMA.items() if name not in frame.columns
+    ]
     return frame.with_columns(missing).select(list(RESULT_SCHEMA)).cast(pl.Schema(RESULT_SCHEMA))
 
 
@@ -176,19 +178,35 @@ def recordable(row: ResultRow) -> ResultRow:
     The last line of the per-row boundary, used when a batch fails to convert: one such
     value must cost that row at most, never the flush that carries a batch of paid answers.
     """
-    texts: dict[str, Any] = {f.name: _text(v) for f in dataclasses.fields(row)
-                             if isinstance(v := getattr(row, f.name), str)}
-    row = dataclasses.replace(row, **texts, flagged_categories=[_text(c) for c in row.flagged_categories],
-                              captions=None if row.captions is None else [_text(c) for c in row.captions])
+    texts: dict[str, Any] = {
+        f.name: _text(v) for f in dataclasses.fields(row) if isinstance(v := getattr(row, f.name), str)
+    }
+    row = dataclasses.replace(
+        row,
+        **texts,
+        flagged_categories=[_text(c) for c in row.flagged_categories],
+        captions=None if row.captions is None else [_text(c) for c in row.captions],
+    )
     problem = _out_of_range(row)
     if problem is None:
         return row
     return dataclasses.replace(
-        row, status="error", caption=None, captions=None, labels=None, prompt_tokens=None, completion_tokens=None,
-        total_tokens=None, cached_tokens=None, reasoning_tokens=None, error_type="invalid_response",
-        error_message=f"the answer could not be recorded: {problem}", retryable=False,
+        row,
+        status="error",
+        caption=None,
+        captions=None,
+        labels=None,
+        prompt_tokens=None,
+        completion_tokens=None,
+        total_tokens=None,
+        cached_tokens=None,
+        reasoning_tokens=None,
+        error_type="invalid_response",
+        error_message=f"the answer could not be recorded: {problem}",
+        retryable=False,
         http_status=row.http_status if row.http_status is None or 0 <= row.http_status <= _INT32_MAX else None,
-        attempts=min(max(row.attempts, 0), _INT32_MAX))
+        attempts=min(max(row.attempts, 0), _INT32_MAX),
+    )
 
 
 def _out_of_range(row: ResultRow) -> str | None:

@@ -60,8 +60,9 @@ def atomic_write_table(path: Path, table: pa.Table) -> None:
     _fsync_and_rename(tmp, path)
 
 
-def write_in_row_groups(target: Path, schema: pa.Schema, tables: Iterable[pa.Table], *, compression: str,
-                         statistics: bool = False) -> None:
+def write_in_row_groups(
+    target: Path, schema: pa.Schema, tables: Iterable[pa.Table], *, compression: str, statistics: bool = False
+) -> None:
     """Write ``tables`` to ``target`` atomically, in row groups of up to BATCH_ROWS rows: one row
     group per 256-row source part made a merge spend most of its time setting up compression."""
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
@@ -94,8 +95,11 @@ def footer_problem(path: Path) -> str | None:
         index = schema.get_field_index(name)
         if index < 0:
             return f"has no '{name}' column"
-        if not (pa.types.is_string(schema.field(index).type) or pa.types.is_large_string(schema.field(index).type)
-                or pa.types.is_string_view(schema.field(index).type)):
+        if not (
+            pa.types.is_string(schema.field(index).type)
+            or pa.types.is_large_string(schema.field(index).type)
+            or pa.types.is_string_view(schema.field(index).type)
+        ):
             return f"column '{name}' is {schema.field(index).type}, not {kind}"
     return None
 

@@ -92,7 +92,9 @@ def filter_verdict(prompt_results: Any, choice_results: list[Any]) -> FilterVerd
     if isinstance(prompt_results, list):
         for entry in prompt_results:
             if isinstance(entry, dict):
-                blocks.append(_category_results(entry.get("content_filter_results", entry.get("content_filter_result"))))
+                blocks.append(
+                    _category_results(entry.get("content_filter_results", entry.get("content_filter_result")))
+                )
     elif isinstance(prompt_results, dict):
         blocks.append(prompt_results)
     blocks.extend(_category_results(b) for b in choice_results)
@@ -160,8 +162,15 @@ def parse_completion(data: Any) -> Completion:
     prompt_filters = data.get("prompt_filter_results")
     has_filters = prompt_filters is not None or any(b is not None for b in choice_filters)
     verdict = filter_verdict(prompt_filters, choice_filters) if has_filters else FilterVerdict()
-    texts = (caption,) if len(choices) == 1 else tuple(
-        _message_text(c.get("message"), f"choices[{i}].message")[0] for i, c in enumerate(choices) if isinstance(c, dict))
+    texts = (
+        (caption,)
+        if len(choices) == 1
+        else tuple(
+            _message_text(c.get("message"), f"choices[{i}].message")[0]
+            for i, c in enumerate(choices)
+            if isinstance(c, dict)
+        )
+    )
     return Completion(
         captions=texts,
         caption=caption,

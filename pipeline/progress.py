@@ -23,14 +23,18 @@ def _counts(t: RunTotals) -> str:
     # Spend is the folder's (every run's), the one figure the budget and the summary use too.
     todo = max(0, t.total - t.skipped)
     projected = f" (~${t.spent_before_usd + t.cost_usd / t.done * todo:.2f} at the end)" if t.done else ""
-    return (f"ok={t.ok} err={t.error} filt={t.filtered} flagged={t.flagged} "
-            f"tok={t.prompt_tokens + t.completion_tokens} ${t.folder_spent_usd:.4f}{projected}")
+    return (
+        f"ok={t.ok} err={t.error} filt={t.filtered} flagged={t.flagged} "
+        f"tok={t.prompt_tokens + t.completion_tokens} ${t.folder_spent_usd:.4f}{projected}"
+    )
 
 
 class BarProgress:
     """done/total, rate and ETA from tqdm; the outcome counts, tokens and cost as its postfix."""
 
-    def __init__(self, *, total: int, initial: int = 0, stream: TextIO = sys.stderr, min_interval_s: float = 0.2) -> None:
+    def __init__(
+        self, *, total: int, initial: int = 0, stream: TextIO = sys.stderr, min_interval_s: float = 0.2
+    ) -> None:
         self._bar = tqdm(total=total, initial=initial, unit="img", file=stream, dynamic_ncols=True, smoothing=0.05)
         self._shown = initial
         self._last = 0.0
@@ -71,8 +75,13 @@ class LogProgress:
 
     def _emit(self, totals: RunTotals, now: float) -> None:
         elapsed = max(1e-9, now - self._started)
-        log.info("progress %d/%d (%.1f rows/s) %s", totals.skipped + totals.done, self._total,
-                 totals.done / elapsed, _counts(totals))
+        log.info(
+            "progress %d/%d (%.1f rows/s) %s",
+            totals.skipped + totals.done,
+            self._total,
+            totals.done / elapsed,
+            _counts(totals),
+        )
 
     def close(self, totals: RunTotals) -> None:
         self._emit(totals, time.monotonic())

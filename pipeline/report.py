@@ -26,8 +26,19 @@ from .images import is_data_url, is_remote
 from .journal import Journal
 
 T = TypeVar("T")
-_SUMMARY_COLUMNS = ["id", "status", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "flagged_categories",
-                    "error_type", "finished_at", "attempts", "dedup_of"]
+_SUMMARY_COLUMNS = [
+    "id",
+    "status",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "latency_s",
+    "flagged_categories",
+    "error_type",
+    "finished_at",
+    "attempts",
+    "dedup_of",
+]
 
 
 def load_results(out_dir: Path, columns: list[str] | None = None) -> pl.LazyFrame:
@@ -37,19 +48,23 @@ def load_results(out_dir: Path, columns: list[str] | None = None) -> pl.LazyFram
 
 def summarise(frame: pl.LazyFrame) -> dict[str, Any]:
     """PURE (given a frame): counts, tokens, cost, latency percentiles, throughput, flags and errors."""
-    totals = frame.select(
-        pl.len().alias("rows"),
-        pl.col("prompt_tokens").sum().alias("prompt_tokens"),
-        pl.col("completion_tokens").sum().alias("completion_tokens"),
-        pl.col("cost_usd").sum().alias("cost_usd"),
-        pl.col("attempts").sum().alias("requests"),
-        pl.col("dedup_of").is_not_null().sum().alias("dedup_saved"),
-        pl.col("latency_s").quantile(0.5, "linear").alias("p50"),
-        pl.col("latency_s").quantile(0.9, "linear").alias("p90"),
-        pl.col("latency_s").quantile(0.99, "linear").alias("p99"),
-        pl.col("finished_at").min().alias("first"),
-        pl.col("finished_at").max().alias("last"),
-    ).collect().row(0, named=True)
+    totals = (
+        frame.select(
+            pl.len().alias("rows"),
+            pl.col("prompt_tokens").sum().alias("prompt_tokens"),
+            pl.col("completion_tokens").sum().alias("completion_tokens"),
+            pl.col("cost_usd").sum().alias("cost_usd"),
+            pl.col("attempts").sum().alias("requests"),
+            pl.col("dedup_of").is_not_null().sum().alias("dedup_saved"),
+            pl.col("latency_s").quantile(0.5, "linear").alias("p50"),
+            pl.col("latency_s").quantile(0.9, "linear").alias("p90"),
+            pl.col("latency_s").quantile(0.99, "linear").alias("p99"),
+            pl.col("finished_at").min().alias("first"),
+            pl.col("finished_at").max().alias("last"),
+        )
+        .collect()
+        .row(0, named=True)
+    )
     by_status = _counts(frame, "status")
     errors = _counts(frame.filter(pl.col("status") == "error"), "error_type")
     flagged = _counts(frame.select(pl.col("flagged_categories").explode()).drop_nulls(), "flagged_categories")
@@ -80,7 +95,9 @@ def summarise(frame: pl.LazyFrame) -> dict[str, Any]:
             "last_finished_at": _iso(totals["last"]),
             "rows_per_s": round(totals["rows"] / span_s, 3) if span_s > 0 else None,
             "bucket_s": bucket_s,
-            "timeline": [{"t": _iso(t), "rows": n, "latency_p50_s": rounded(lat)} for t, n, lat in timeline.iter_rows()],
+            "timeline": [
+                {"t": _iso(t), "rows": n, "latency_p50_s": rounded(lat)} for t, n, lat in timeline.iter_rows()
+            ],
         },
         "flagged_categories": flagged,
         "errors": errors,
@@ -124,6 +141,7 @@ def format_table(summary: dict[str, Any]) -> str:
 
 # -- HTML ----------------------------------------------------------------------------
 
+
 def thumbnail_data_url(url: str, *, base_dir: Path | None, side: int = 160) -> str | None:
     """A small inline JPEG of a local image, or None (remote, shortened data URL, unreadable)."""
     if is_remote(url) or is_data_url(url) or not url:
@@ -154,16 +172,20 @@ def _chart_svg(timeline: list[dict[str, Any]], bucket_s: int, *, width: int = 76
     bars, points = [], []
     for i, m in enumerate(timeline):
         h = (height - 20) * m["rows"] / peak
-        bars.append(f'<rect x="{i * bar_w:.1f}" y="{height - h:.1f}" width="{max(1, bar_w - 2):.1f}" height="{h:.1f}" '
-                    f'fill="#6c8ebf"><title>{html.escape(m["t"] or "")}: {m["rows"]} rows</title></rect>')
+        bars.append(
+            f'<rect x="{i * bar_w:.1f}" y="{height - h:.1f}" width="{max(1, bar_w - 2):.1f}" height="{h:.1f}" '
+            f'fill="#6c8ebf"><title>{html.escape(m["t"] or "")}: {m["rows"]} rows</title></rect>'
+        )
         if m["latency_p50_s"] is not None:
             y = height - (height - 20) * m["latency_p50_s"] / peak_latency
             points.append(f"{i * bar_w + bar_w / 2:.1f},{y:.1f}")
     line = f'<polyline points="{" ".join(points)}" fill="none" stroke="#d6a100" stroke-width="2"/>' if points else ""
-    return (f'<svg viewBox="0 0 {width} {height}" width="100%" height="{height}" role="img" '
-            f'aria-label="rows per minute and median latency">{"".join(bars)}{line}'
-            f'<text x="4" y="14" font-size="12">rows per {bucket_s} s (bars, max {peak}) and p50 latency '
-            f'(line, max {peak_latency:.2f} s)</text></svg>')
+    return (
+        f'<svg viewBox="0 0 {width} {height}" width="100%" height="{height}" role="img" '
+        f'aria-label="rows per minute and median latency">{"".join(bars)}{line}'
+        f'<text x="4" y="14" font-size="12">rows per {bucket_s} s (bars, max {peak}) and p50 latency '
+        f"(line, max {peak_latency:.2f} s)</text></svg>"
+    )
 
 
 _PAGE = """<!doctype html>
@@ -199,30 +221,51 @@ def _card(row: dict[str, Any], base_dir: Path | None) -> str:
     thumb = thumbnail_data_url(row["url"] or "", base_dir=base_dir)
     image = f'<img src="{thumb}" alt="">' if thumb else f'<div class="ph">{html.escape((row["url"] or "")[:120])}</div>'
     cats = row["flagged_categories"] or []
-    text = row["caption"] if row["caption"] is not None else f'[{row["error_type"] or "no caption"}] {row["error_message"] or ""}'
+    text = (
+        row["caption"]
+        if row["caption"] is not None
+        else f"[{row['error_type'] or 'no caption'}] {row['error_message'] or ''}"
+    )
     tags = "".join(f'<span class="tag">{html.escape(c)}</span>' for c in cats)
-    return (f'<div class="card status-{html.escape(row["status"])}" data-status="{html.escape(row["status"])}" '
-            f'data-cats="{html.escape(" ".join(cats))}">{image}<div><b>{html.escape(row["id"])}</b> · {html.escape(row["status"])}'
-            f'</div><div>{html.escape(text)}</div>{tags}</div>')
+    return (
+        f'<div class="card status-{html.escape(row["status"])}" data-status="{html.escape(row["status"])}" '
+        f'data-cats="{html.escape(" ".join(cats))}">{image}<div><b>{html.escape(row["id"])}</b> · {html.escape(row["status"])}'
+        f"</div><div>{html.escape(text)}</div>{tags}</div>"
+    )
 
 
 def render_html(out_dir: Path, summary: dict[str, Any], *, gallery_limit: int = 1000) -> str:
     meta = Journal.reader(out_dir).read_meta() or {}
     base_dir = Path(meta["base_dir"]) if meta.get("base_dir") else None
-    rows = (load_results(out_dir, ["id", "url", "status", "caption", "error_type", "error_message", "flagged_categories"])
-            .sort("id").head(gallery_limit).collect().to_dicts())
-    stats = [("rows", f"{summary['rows']:,}"), ("cost", f"${summary['cost_usd']:,.4f}"),
-             ("tokens", f"{summary['prompt_tokens'] + summary['completion_tokens']:,}"),
-             ("p50 latency", f"{summary['latency_s']['p50']} s"), ("p99 latency", f"{summary['latency_s']['p99']} s")]
+    rows = (
+        load_results(out_dir, ["id", "url", "status", "caption", "error_type", "error_message", "flagged_categories"])
+        .sort("id")
+        .head(gallery_limit)
+        .collect()
+        .to_dicts()
+    )
+    stats = [
+        ("rows", f"{summary['rows']:,}"),
+        ("cost", f"${summary['cost_usd']:,.4f}"),
+        ("tokens", f"{summary['prompt_tokens'] + summary['completion_tokens']:,}"),
+        ("p50 latency", f"{summary['latency_s']['p50']} s"),
+        ("p99 latency", f"{summary['latency_s']['p99']} s"),
+    ]
     stats += [(status, f"{n:,}") for status, n in summary["by_status"].items()]
     stats += [(f"error: {kind}", f"{n:,}") for kind, n in summary["errors"].items()]
-    truncated = (f" (the first {gallery_limit:,} of {summary['rows']:,} rows by id)" if summary["rows"] > gallery_limit else "")
+    truncated = (
+        f" (the first {gallery_limit:,} of {summary['rows']:,} rows by id)" if summary["rows"] > gallery_limit else ""
+    )
     return _PAGE.format(
         title=html.escape(f"{out_dir} · {meta.get('request', {}).get('model', '')}"),
         stats="".join(f'<div class="stat"><b>{html.escape(v)}</b>{html.escape(k)}</div>' for k, v in stats),
         chart=_chart_svg(summary["throughput"]["timeline"], summary["throughput"]["bucket_s"]),
-        status_options="".join(f'<option value="{html.escape(s)}">{html.escape(s)}</option>' for s in summary["by_status"]),
-        category_options="".join(f'<option value="{html.escape(c)}">{html.escape(c)}</option>' for c in summary["flagged_categories"]),
+        status_options="".join(
+            f'<option value="{html.escape(s)}">{html.escape(s)}</option>' for s in summary["by_status"]
+        ),
+        category_options="".join(
+            f'<option value="{html.escape(c)}">{html.escape(c)}</option>' for c in summary["flagged_categories"]
+        ),
         truncated=html.escape(truncated),
         cards="".join(_card(row, base_dir) for row in rows),
     )

@@ -15,12 +15,20 @@ from .models import Failure, Item, Outcome, ResultRow
 
 
 def result_row(item: Item, *, finished_at: datetime, prior_cost_usd: float | None = None, **values: Any) -> ResultRow:
-    return ResultRow(id=item.id, url=shorten_data_url(item.url), finished_at=finished_at,
-                     prior_cost_usd=prior_cost_usd, **values)
+    return ResultRow(
+        id=item.id, url=shorten_data_url(item.url), finished_at=finished_at, prior_cost_usd=prior_cost_usd, **values
+    )
 
 
-def unexpected_error_row(item: Item, exc: Exception, *, stage: str, finished_at: datetime,
-                         prior_cost_usd: float | None = None, paid_usd: float | None = None) -> ResultRow:
+def unexpected_error_row(
+    item: Item,
+    exc: Exception,
+    *,
+    stage: str,
+    finished_at: datetime,
+    prior_cost_usd: float | None = None,
+    paid_usd: float | None = None,
+) -> ResultRow:
     """An exception nobody foresaw, as this row's error, classified by where it happened.
 
     Preparing the image: the image or its reference is unusable (``image_unreadable``,
@@ -29,47 +37,103 @@ def unexpected_error_row(item: Item, exc: Exception, *, stage: str, finished_at:
     """
     reason = f"{type(exc).__name__}: {exc}"
     if stage == "prepare":
-        return result_row(item, finished_at=finished_at, prior_cost_usd=prior_cost_usd, status="error",
-                          error_type="image_unreadable", error_message=f"the image cannot be used ({reason})")
-    return result_row(item, finished_at=finished_at, prior_cost_usd=prior_cost_usd, status="error",
-                      error_type="internal", cost_usd=paid_usd, retryable=paid_usd is None,
-                      error_message=f"internal error while {stage} ({reason}); please report it")
+        return result_row(
+            item,
+            finished_at=finished_at,
+            prior_cost_usd=prior_cost_usd,
+            status="error",
+            error_type="image_unreadable",
+            error_message=f"the image cannot be used ({reason})",
+        )
+    return result_row(
+        item,
+        finished_at=finished_at,
+        prior_cost_usd=prior_cost_usd,
+        status="error",
+        error_type="internal",
+        cost_usd=paid_usd,
+        retryable=paid_usd is None,
+        error_message=f"internal error while {stage} ({reason}); please report it",
+    )
 
 
-def row_from_outcome(item: Item, outcome: Outcome, *, attempts: int, finished_at: datetime, paid_usd: float | None,
-                     labels: str | None, request_key: str | None, prior_cost_usd: float | None) -> ResultRow:
-    common: dict[str, Any] = dict(finished_at=finished_at, prior_cost_usd=prior_cost_usd, attempts=attempts,
-                                  latency_s=outcome.latency_s, http_status=outcome.http_status, cost_usd=paid_usd)
+def row_from_outcome(
+    item: Item,
+    outcome: Outcome,
+    *,
+    attempts: int,
+    finished_at: datetime,
+    paid_usd: float | None,
+    labels: str | None,
+    request_key: str | None,
+    prior_cost_usd: float | None,
+) -> ResultRow:
+    common: dict[str, Any] = dict(
+        finished_at=finished_at,
+        prior_cost_usd=prior_cost_usd,
+        attempts=attempts,
+        latency_s=outcome.latency_s,
+        http_status=outcome.http_status,
+        cost_usd=paid_usd,
+    )
     if isinstance(outcome, Failure):
         filters = outcome.filters
         return result_row(
-            item, **common, status="filtered" if outcome.error_type == "content_filter" else "error",
-            error_type=outcome.error_type, error_message=outcome.message, retryable=outcome.retryable,
-            flagged=bool(filters and filters.flagged), flagged_categories=list(filters.categories) if filters else [],
-            max_severity=filters.max_severity if filters else None, filter_results=filters.raw_json if filters else None,
+            item,
+            **common,
+            status="filtered" if outcome.error_type == "content_filter" else "error",
+            error_type=outcome.error_type,
+            error_message=outcome.message,
+            retryable=outcome.retryable,
+            flagged=bool(filters and filters.flagged),
+            flagged_categories=list(filters.categories) if filters else [],
+            max_severity=filters.max_severity if filters else None,
+            filter_results=filters.raw_json if filters else None,
             # A filtered answer is final: an identical request would be filtered again.
             request_key=request_key if outcome.error_type == "content_filter" else None,
         )
     c = outcome.completion
     cut = c.finish_reason == "content_filter"
     return result_row(
-        item, **common, status="filtered" if cut else "ok", caption=c.caption, model=c.model,
-        finish_reason=c.finish_reason, prompt_tokens=c.usage.prompt_tokens,
-        completion_tokens=c.usage.completion_tokens, total_tokens=c.usage.total_tokens,
-        cached_tokens=c.usage.cached_tokens, reasoning_tokens=c.usage.reasoning_tokens,
-        flagged=c.filters.flagged, flagged_categories=list(c.filters.categories),
-        max_severity=c.filters.max_severity, filter_results=c.filters.raw_json,
+        item,
+        **common,
+        status="filtered" if cut else "ok",
+        caption=c.caption,
+        model=c.model,
+        finish_reason=c.finish_reason,
+        prompt_tokens=c.usage.prompt_tokens,
+        completion_tokens=c.usage.completion_tokens,
+        total_tokens=c.usage.total_tokens,
+        cached_tokens=c.usage.cached_tokens,
+        reasoning_tokens=c.usage.reasoning_tokens,
+        flagged=c.filters.flagged,
+        flagged_categories=list(c.filters.categories),
+        max_severity=c.filters.max_severity,
+        filter_results=c.filters.raw_json,
         error_type="content_filter" if cut else None,
         error_message="the completion was cut by the content filter" if cut else c.refusal,
-        response_id=c.response_id, captions=[t or "" for t in c.captions] if len(c.captions) > 1 else None,
-        labels=labels, request_key=request_key,
+        response_id=c.response_id,
+        captions=[t or "" for t in c.captions] if len(c.captions) > 1 else None,
+        labels=labels,
+        request_key=request_key,
     )
 
 
 def dedup_copy(item: Item, original: ResultRow, *, finished_at: datetime, prior_cost_usd: float | None) -> ResultRow:
     """The answer of an identical request, for another id: nothing was sent for it, nothing is billed."""
     return dataclasses.replace(
-        original, id=item.id, url=shorten_data_url(item.url), prompt_tokens=0, completion_tokens=0, total_tokens=0,
-        cached_tokens=None, reasoning_tokens=None, cost_usd=0.0, attempts=0, latency_s=None,
-        dedup_of=original.dedup_of or original.id, finished_at=finished_at, prior_cost_usd=prior_cost_usd,
+        original,
+        id=item.id,
+        url=shorten_data_url(item.url),
+        prompt_tokens=0,
+        completion_tokens=0,
+        total_tokens=0,
+        cached_tokens=None,
+        reasoning_tokens=None,
+        cost_usd=0.0,
+        attempts=0,
+        latency_s=None,
+        dedup_of=original.dedup_of or original.id,
+        finished_at=finished_at,
+        prior_cost_usd=prior_cost_usd,
     )

@@ -26,7 +26,8 @@ def check_resume(journal: Journal, config: Config, *, force: bool) -> None:
             raise ResumeMismatchError(
                 f"{journal.out_dir} holds results but no {journal.meta_path.name}, so the request parameters they "
                 "were made with cannot be checked. Use --force to continue with the current parameters, "
-                "or another --out folder.")
+                "or another --out folder."
+            )
         return
     if meta.get("fingerprint") == config.request_fingerprint():
         return
@@ -40,8 +41,17 @@ def check_resume(journal: Journal, config: Config, *, force: bool) -> None:
     )
 
 
-def updated_meta(previous: dict[str, Any] | None, *, config: Config, manifest: str, base_dir: Path, status: str,
-                 now: datetime, totals: RunTotals, stop_reason: PipelineError | None) -> dict[str, Any]:
+def updated_meta(
+    previous: dict[str, Any] | None,
+    *,
+    config: Config,
+    manifest: str,
+    base_dir: Path,
+    status: str,
+    now: datetime,
+    totals: RunTotals,
+    stop_reason: PipelineError | None,
+) -> dict[str, Any]:
     """``run.json`` after a run started (``status="running"``) or ended (``"finished"``, ``"stopped"``)."""
     meta: dict[str, Any] = dict(previous) if previous else {"created_at": now.isoformat()}
     meta.update(
@@ -55,10 +65,16 @@ def updated_meta(previous: dict[str, Any] | None, *, config: Config, manifest: s
     )
     if status != "running":
         meta["last_run"] = {
-            "rows_in_manifest": totals.total, "skipped": totals.skipped, "done": totals.done,
-            "ok": totals.ok, "filtered": totals.filtered, "error": totals.error,
-            "requests": totals.requests, "prompt_tokens": totals.prompt_tokens,
-            "completion_tokens": totals.completion_tokens, "cost_usd": round(totals.cost_usd, 6),
+            "rows_in_manifest": totals.total,
+            "skipped": totals.skipped,
+            "done": totals.done,
+            "ok": totals.ok,
+            "filtered": totals.filtered,
+            "error": totals.error,
+            "requests": totals.requests,
+            "prompt_tokens": totals.prompt_tokens,
+            "completion_tokens": totals.completion_tokens,
+            "cost_usd": round(totals.cost_usd, 6),
             "stopped_by": type(stop_reason).__name__ if stop_reason else None,
             "spent_usd_in_folder": round(totals.folder_spent_usd, 6),
         }

@@ -82,8 +82,18 @@ class RunnerDeps:
 
 
 class Runner:
-    def __init__(self, config: Config, deps: RunnerDeps, *, chunks: ChunkSource, base_dir: Path, total_rows: int,
-                 manifest_label: str = "", retry_errors: bool = False, grace_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        config: Config,
+        deps: RunnerDeps,
+        *,
+        chunks: ChunkSource,
+        base_dir: Path,
+        total_rows: int,
+        manifest_label: str = "",
+        retry_errors: bool = False,
+        grace_s: float = 10.0,
+    ) -> None:
         self.config = config
         self.deps = deps
         self.chunks = chunks
@@ -92,8 +102,9 @@ class Runner:
         self.retry_errors = retry_errors
         self.grace_s = grace_s
         self.totals = RunTotals(total=total_rows)
-        self._limits = ImageLimits(max_bytes=config.images.max_bytes, max_pixels=config.images.max_pixels,
-                                   max_side=config.images.max_side)
+        self._limits = ImageLimits(
+            max_bytes=config.images.max_bytes, max_pixels=config.images.max_pixels, max_side=config.images.max_side
+        )
         self._text = TextCounter()
         self._buffer: list[ResultRow] = []
         self._buffer_full = anyio.Event()
@@ -104,9 +115,18 @@ class Runner:
         self._build_body = deps.dialect.build_body
         self.budget = deps.budget or Budget(max_cost_usd=config.limits.max_cost_usd)
         self._executor: Executor = deps.executor or OnlineExecutor(
-            config, client=deps.client, limiter=deps.limiter, breaker=deps.breaker, budget=self.budget,
-            text=self._text, labels=self._labels, stopping=self._stopping.is_set, sleep=deps.sleep, rng=deps.rng,
-            now=deps.now)
+            config,
+            client=deps.client,
+            limiter=deps.limiter,
+            breaker=deps.breaker,
+            budget=self.budget,
+            text=self._text,
+            labels=self._labels,
+            stopping=self._stopping.is_set,
+            sleep=deps.sleep,
+            rng=deps.rng,
+            now=deps.now,
+        )
         self._dedup = RequestDedup()
         self._prior_paid: dict[str, float] = {}
 
@@ -137,8 +157,12 @@ class Runner:
         # Whatever the reason, answers still in flight are paid for: they get the grace period
         # to come back and be recorded (the work scope ends sooner once they all have).
         if self.in_flight:
-            log.warning("waiting up to %gs for %d request(s) in flight, whose answers are paid for "
-                        "(interrupt again to stop now)", self.grace_s, self.in_flight)
+            log.warning(
+                "waiting up to %gs for %d request(s) in flight, whose answers are paid for "
+                "(interrupt again to stop now)",
+                self.grace_s,
+                self.in_flight,
+            )
         with anyio.move_on_after(self.grace_s):
             await self._hurry.wait()
         work.cancel()
@@ -148,8 +172,13 @@ class Runner:
     async def run(self) -> RunTotals:
         journal = self.deps.journal
         # Read before run.json says "running": a damaged file found here ends the run untouched.
-        feed = ManifestFeed(self.chunks, skip=journal.skip_ids(retry_errors=self.retry_errors),
-                            stopping=self._stopping, totals=self.totals, source=self.manifest_label or "the manifest")
+        feed = ManifestFeed(
+            self.chunks,
+            skip=journal.skip_ids(retry_errors=self.retry_errors),
+            stopping=self._stopping,
+            totals=self.totals,
+            source=self.manifest_label or "the manifest",
+        )
         self._resume_from(journal)
         self._write_meta(status="running")
         # Off the event loop: the first count would otherwise stall every request for the load.
@@ -196,7 +225,8 @@ class Runner:
         if journal.quarantined and problem is None:
             problem = JournalError(
                 f"{len(journal.quarantined)} damaged journal part(s) were moved to {journal.quarantine_dir}; "
-                "their rows are not in the results: re-run the same command to send them again")
+                "their rows are not in the results: re-run the same command to send them again"
+            )
         if problem is None:
             return
         if self._stop_reason is None:
@@ -235,13 +265,20 @@ class Runner:
             image = await self._prepare(item)
             body = self._build_body(self.config.request, image_url=image.url, fields=item.fields)
         except ImageUnreadableError as exc:
-            return result_row(item, finished_at=self.deps.now(), prior_cost_usd=prior, status="error",
-                              error_type="image_unreadable", error_message=str(exc))
+            return result_row(
+                item,
+                finished_at=self.deps.now(),
+                prior_cost_usd=prior,
+                status="error",
+                error_type="image_unreadable",
+                error_message=str(exc),
+            )
         except Exception as exc:  # noqa: BLE001 - an unusable image reference fails its row, not the run
             return unexpected_error_row(item, exc, stage="prepare", finished_at=self.deps.now(), prior_cost_usd=prior)
         if not self.config.images.dedup:
-            return await self._execute(PreparedRequest(item=item, body=body, image=image, key=None,
-                                                       prior_cost_usd=prior))
+            return await self._execute(
+                PreparedRequest(item=item, body=body, image=image, key=None, prior_cost_usd=prior)
+            )
         key = request_key(body)
         known = self._dedup.known(key)
         if known is not None:
@@ -270,11 +307,15 @@ class Runner:
         if is_remote(item.url):
             if not self.config.images.inline_remote:
                 return PreparedImage(url=remote_url(item.url))
-            data = await self.deps.client.fetch_image(remote_url(item.url), max_bytes=self.config.images.max_bytes,
-                                                      timeout_s=self.config.images.download_timeout_s)
+            data = await self.deps.client.fetch_image(
+                remote_url(item.url),
+                max_bytes=self.config.images.max_bytes,
+                timeout_s=self.config.images.download_timeout_s,
+            )
             return await anyio.to_thread.run_sync(lambda: inline_bytes(data, limits=self._limits, source=item.url))
         return await anyio.to_thread.run_sync(
-            lambda: prepare_image(item.url, base_dir=self.base_dir, limits=self._limits))
+            lambda: prepare_image(item.url, base_dir=self.base_dir, limits=self._limits)
+        )
 
     # -- flushing ----------------------------------------------------------------
 
@@ -302,12 +343,22 @@ class Runner:
                     raise
                 except Exception as exc:
                     self._buffer[:0] = rows
-                    raise JournalError(f"{self.deps.journal.out_dir}: cannot write results "
-                                       f"({type(exc).__name__}: {exc})") from exc
+                    raise JournalError(
+                        f"{self.deps.journal.out_dir}: cannot write results ({type(exc).__name__}: {exc})"
+                    ) from exc
             log.debug("flushed %d rows to %s", len(rows), path.name if path else "-")
 
     def _write_meta(self, *, status: str) -> None:
         journal = self.deps.journal
-        journal.write_meta(updated_meta(
-            journal.read_meta(), config=self.config, manifest=self.manifest_label, base_dir=self.base_dir,
-            status=status, now=self.deps.now(), totals=self.totals, stop_reason=self._stop_reason))
+        journal.write_meta(
+            updated_meta(
+                journal.read_meta(),
+                config=self.config,
+                manifest=self.manifest_label,
+                base_dir=self.base_dir,
+                status=status,
+                now=self.deps.now(),
+                totals=self.totals,
+                stop_reason=self._stop_reason,
+            )
+        )

@@ -31,8 +31,19 @@ MASK = "***"
 # mangle captions.
 MIN_FRAGMENT = 8
 _BEARER = re.compile(r"(?i)\bBearer\s+[A-Za-z0-9._~+/=:-]{8,}")
-_ROW_TEXT_FIELDS = ("url", "caption", "model", "finish_reason", "max_severity", "filter_results", "error_type",
-                    "error_message", "response_id", "labels", "dedup_of")
+_ROW_TEXT_FIELDS = (
+    "url",
+    "caption",
+    "model",
+    "finish_reason",
+    "max_severity",
+    "filter_results",
+    "error_type",
+    "error_message",
+    "response_id",
+    "labels",
+    "dedup_of",
+)
 _ROW_LIST_FIELDS = ("captions", "flagged_categories")
 
 
@@ -47,11 +58,11 @@ class Scrubber:
         # substring starting at a multiple of ``step``), so a text with no probe in it has no
         # fragment: the common case costs a handful of C-speed `in` checks.
         step = max(1, (min_fragment + 1) // 2)
-        self._probes = tuple({k[i:i + step] for k in self._keys if len(k) >= min_fragment
-                              for i in range(0, len(k) - step + 1, step)})
+        self._probes = tuple(
+            {k[i : i + step] for k in self._keys if len(k) >= min_fragment for i in range(0, len(k) - step + 1, step)}
+        )
         self._byte_probes = tuple(p.encode() for p in (*self._probes, *self._keys, "earer", "EARER"))
-        self._grams = frozenset(k[i:i + min_fragment] for k in self._keys
-                                for i in range(len(k) - min_fragment + 1))
+        self._grams = frozenset(k[i : i + min_fragment] for k in self._keys for i in range(len(k) - min_fragment + 1))
 
     @property
     def active(self) -> bool:
@@ -80,7 +91,7 @@ class Scrubber:
         for probe in self._probes:
             j = text.find(probe)
             while j != -1:
-                starts.update(i for i in range(max(0, j - n + 1), j + 1) if text[i:i + n] in self._grams)
+                starts.update(i for i in range(max(0, j - n + 1), j + 1) if text[i : i + n] in self._grams)
                 j = text.find(probe, j + 1)
         spans: list[list[int]] = []
         for i in sorted(starts):
@@ -107,10 +118,12 @@ class Scrubber:
         joined = "\x00".join(texts)
         if self(joined) == joined:
             return row
-        changes: dict[str, Any] = {name: self(getattr(row, name)) for name in _ROW_TEXT_FIELDS
-                                      if getattr(row, name) is not None}
-        changes.update({name: [self(v) for v in getattr(row, name)] for name in _ROW_LIST_FIELDS
-                        if getattr(row, name) is not None})
+        changes: dict[str, Any] = {
+            name: self(getattr(row, name)) for name in _ROW_TEXT_FIELDS if getattr(row, name) is not None
+        }
+        changes.update(
+            {name: [self(v) for v in getattr(row, name)] for name in _ROW_LIST_FIELDS if getattr(row, name) is not None}
+        )
         return dataclasses.replace(row, **changes)
 
 

@@ -109,8 +109,10 @@ def image_tokens(model: str, *, detail: str = "auto", width: int | None = None, 
         return _tile_tokens(rule, width, height, detail)
     if isinstance(rule, PatchRule):
         return math.ceil(_patch_count(width, height, rule.cap) * rule.multiplier)
-    generic = max(_tile_tokens(TileRule(85, 170), width, height, detail),
-                  min(16384, math.ceil(width / 28) * math.ceil(height / 28)))
+    generic = max(
+        _tile_tokens(TileRule(85, 170), width, height, detail),
+        min(16384, math.ceil(width / 28) * math.ceil(height / 28)),
+    )
     return generic
 
 

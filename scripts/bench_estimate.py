@@ -32,7 +32,9 @@ CONFIG = '[request]\ndetail = "high"\nprompt = "Caption it. Context: {note}"\n[l
 
 
 def caption(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=ROOT, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=ROOT, check=False
+    )
 
 
 def main() -> None:
@@ -66,28 +68,62 @@ def measure(args: argparse.Namespace, *, probed: bool) -> None:
         (tmp / "c.toml").write_text(CONFIG)
         probe = ["--probe"] if probed else []
         if True:
-            formula = json.loads(caption("estimate", str(tmp / "m.csv"), "--config", str(tmp / "c.toml"), "--json", *probe).stdout)
-            caption("run", str(tmp / "m.csv"), "--out", str(tmp / "full"), "--config", str(tmp / "c.toml"),
-                    "--base-url", sim.base_url, "--no-progress")
+            formula = json.loads(
+                caption("estimate", str(tmp / "m.csv"), "--config", str(tmp / "c.toml"), "--json", *probe).stdout
+            )
+            caption(
+                "run",
+                str(tmp / "m.csv"),
+                "--out",
+                str(tmp / "full"),
+                "--config",
+                str(tmp / "c.toml"),
+                "--base-url",
+                sim.base_url,
+                "--no-progress",
+            )
             full = pl.read_parquet(tmp / "full" / "results.parquet")
             actual = full["cost_usd"].sum()
             covered, errors = 0, []
             for seed in range(args.seeds):
-                est = json.loads(caption("estimate", str(tmp / "m.csv"), "--config", str(tmp / "c.toml"), "--sample",
-                                         str(args.sample), "--seed", str(seed), "--base-url", sim.base_url, "--json", *probe).stdout)
+                est = json.loads(
+                    caption(
+                        "estimate",
+                        str(tmp / "m.csv"),
+                        "--config",
+                        str(tmp / "c.toml"),
+                        "--sample",
+                        str(args.sample),
+                        "--seed",
+                        str(seed),
+                        "--base-url",
+                        sim.base_url,
+                        "--json",
+                        *probe,
+                    ).stdout
+                )
                 low, high = est["interval_95"]
                 covered += low <= actual <= high
                 errors.append(abs(est["cost_usd"]["expected"] - actual) / actual)
         local_rows = full.filter(~pl.col("url").str.starts_with("http"))
-        print(json.dumps({
-            "remote_sizes": "probed" if probed else "unknown",
-            "rows": args.rows, "sample": args.sample, "seeds": args.seeds, "actual_cost_usd": round(actual, 6),
-            "interval_coverage": covered / args.seeds, "point_error_mean": round(sum(errors) / len(errors), 4),
-            "point_error_max": round(max(errors), 4),
-            "formula_only_expected_cost_usd": formula["cost_usd"]["expected"],
-            "formula_input_tokens": formula["input_tokens"], "actual_input_tokens": int(full["prompt_tokens"].sum()),
-            "inlined_rows": local_rows.height,
-        }))
+        print(
+            json.dumps(
+                {
+                    "remote_sizes": "probed" if probed else "unknown",
+                    "rows": args.rows,
+                    "sample": args.sample,
+                    "seeds": args.seeds,
+                    "actual_cost_usd": round(actual, 6),
+                    "interval_coverage": covered / args.seeds,
+                    "point_error_mean": round(sum(errors) / len(errors), 4),
+                    "point_error_max": round(max(errors), 4),
+                    "formula_only_expected_cost_usd": formula["cost_usd"]["expected"],
+                    "formula_input_tokens": formula["input_tokens"],
+                    "actual_input_tokens": int(full["prompt_tokens"].sum()),
+                    "inlined_rows": local_rows.height,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

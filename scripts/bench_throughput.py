@@ -55,8 +55,12 @@ class SimulatorProcess:
     """`caption simulate --port 0` in a subprocess; the port is read from its first line."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", "simulate", "--port", "0", *args],
-                                     stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "simulate", "--port", "0", *args],
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
         line = self.proc.stderr.readline()
         match = re.search(r"listening on (http://\S+)", line)
         if not match:
@@ -80,8 +84,17 @@ def write_manifest(path: Path, rows: int) -> Path:
     return path
 
 
-def run_pipeline(base_url: str, manifest: Path, *, concurrency: int, rpm: int | None = None, tpm: int | None = None,
-                 extra: dict | None = None, transport: str = "aiohttp", keep: Path | None = None) -> dict:
+def run_pipeline(
+    base_url: str,
+    manifest: Path,
+    *,
+    concurrency: int,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    extra: dict | None = None,
+    transport: str = "aiohttp",
+    keep: Path | None = None,
+) -> dict:
     import anyio
     import httpx
 
@@ -93,9 +106,11 @@ def run_pipeline(base_url: str, manifest: Path, *, concurrency: int, rpm: int | 
     from pipeline.manifest import chunk_source, inspect_manifest
     from pipeline.ratelimit import RateLimiter
 
-    data = {"endpoint": {"base_url": base_url, "timeout_s": 60},
-            "limits": {"rpm": rpm, "tpm": tpm, "concurrency": concurrency},
-            "run": {"chunk_size": 256, "flush_interval_s": 5}}
+    data = {
+        "endpoint": {"base_url": base_url, "timeout_s": 60},
+        "limits": {"rpm": rpm, "tpm": tpm, "concurrency": concurrency},
+        "run": {"chunk_size": 256, "flush_interval_s": 5},
+    }
     for section, values in (extra or {}).items():
         data.setdefault(section, {}).update(values)
     config = build_config(data)
@@ -105,21 +120,37 @@ def run_pipeline(base_url: str, manifest: Path, *, concurrency: int, rpm: int | 
         async with contextlib.AsyncExitStack() as stack:
             if transport == "httpx":
                 limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-                http_client = await stack.enter_async_context(make_http_client(
-                    concurrency=concurrency, timeout_s=60, transport=httpx.AsyncHTTPTransport(limits=limits)))
+                http_client = await stack.enter_async_context(
+                    make_http_client(
+                        concurrency=concurrency, timeout_s=60, transport=httpx.AsyncHTTPTransport(limits=limits)
+                    )
+                )
                 poster = HttpxPoster(http_client, timeout_s=60)
             else:
-                http = await stack.enter_async_context(open_http(concurrency=concurrency, timeout_s=60, endpoint_url=base_url))
+                http = await stack.enter_async_context(
+                    open_http(concurrency=concurrency, timeout_s=60, endpoint_url=base_url)
+                )
                 http_client = http.client
                 # "httpx-aiohttp": the POST through httpx's API over the same aiohttp session (the old path).
                 poster = HttpxPoster(http.client, timeout_s=60) if transport == "httpx-aiohttp" else http.poster
-            limiter = RateLimiter(rpm=rpm, tpm=tpm, clock=time.monotonic, sleep=anyio.sleep,
-                                  read_headers=dialect_for(DEFAULT_DIALECT).rate_limit_headers)
+            limiter = RateLimiter(
+                rpm=rpm,
+                tpm=tpm,
+                clock=time.monotonic,
+                sleep=anyio.sleep,
+                read_headers=dialect_for(DEFAULT_DIALECT).rate_limit_headers,
+            )
             chunks = chunk_source(manifest, chunk_size=256, url_column="url", id_column="id")
             with Journal(out) as journal:
-                runner = build_runner(config, http=Http(client=http_client, poster=poster), journal=journal,
-                                      chunks=chunks, base_dir=manifest.parent,
-                                      total_rows=inspect_manifest(manifest).rows, limiter=limiter)
+                runner = build_runner(
+                    config,
+                    http=Http(client=http_client, poster=poster),
+                    journal=journal,
+                    chunks=chunks,
+                    base_dir=manifest.parent,
+                    total_rows=inspect_manifest(manifest).rows,
+                    limiter=limiter,
+                )
                 return await runner.run()
 
     cpu0, t0 = cpu_s(), time.perf_counter()
@@ -127,17 +158,38 @@ def run_pipeline(base_url: str, manifest: Path, *, concurrency: int, rpm: int | 
     wall, cpu = time.perf_counter() - t0, cpu_s() - cpu0
     if keep is None:
         shutil.rmtree(out, ignore_errors=True)
-    return {"requests": totals.requests, "ok": totals.ok, "wall_s": wall, "cpu_s": cpu,
-            "rps": totals.requests / wall, "cpu_ms_per_request": cpu / max(1, totals.requests) * 1000}
+    return {
+        "requests": totals.requests,
+        "ok": totals.ok,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "rps": totals.requests / wall,
+        "cpu_ms_per_request": cpu / max(1, totals.requests) * 1000,
+    }
 
 
 def run_aiohttp_loop(base_url: str, rows: int, *, concurrency: int) -> dict:
     """The reference: N POSTs with a bounded number in flight, reading each JSON reply, nothing else."""
     import aiohttp
 
-    body = json.dumps({"model": "gpt-4o", "max_tokens": 300, "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "Describe this image in one sentence."},
-        {"type": "image_url", "image_url": {"url": "https://images.example.com/bench/0.jpg", "detail": "auto"}}]}]})
+    body = json.dumps(
+        {
+            "model": "gpt-4o",
+            "max_tokens": 300,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Describe this image in one sentence."},
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "https://images.example.com/bench/0.jpg", "detail": "auto"},
+                        },
+                    ],
+                }
+            ],
+        }
+    )
 
     async def go() -> int:
         done = 0
@@ -146,14 +198,17 @@ def run_aiohttp_loop(base_url: str, rows: int, *, concurrency: int) -> dict:
             queue.put_nowait(i)
         connector = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(connector=connector) as session:
+
             async def worker() -> None:
                 nonlocal done
                 while not queue.empty():
                     queue.get_nowait()
-                    async with session.post(base_url + "/chat/completions", data=body,
-                                            headers={"Content-Type": "application/json"}) as resp:
+                    async with session.post(
+                        base_url + "/chat/completions", data=body, headers={"Content-Type": "application/json"}
+                    ) as resp:
                         await resp.json()
                         done += 1
+
             await asyncio.gather(*(worker() for _ in range(concurrency)))
         return done
 
@@ -198,26 +253,41 @@ def overhead(args: argparse.Namespace) -> None:
                     our_times = new_admissions(seen)
                     seen += len(our_times)
                     plain_steady, our_steady = steady_rps(plain_times), steady_rps(our_times)
-                    trials.append({
-                        "pipeline_rps": ours["rps"], "aiohttp_loop_rps": plain["rps"], "ratio": ours["rps"] / plain["rps"],
-                        "steady_ratio": our_steady / plain_steady if our_steady and plain_steady else float("nan"),
-                        "cpu_ms": ours["cpu_ms_per_request"], "loop_cpu_ms": plain["cpu_ms_per_request"], "ok": ours["ok"],
-                    })
+                    trials.append(
+                        {
+                            "pipeline_rps": ours["rps"],
+                            "aiohttp_loop_rps": plain["rps"],
+                            "ratio": ours["rps"] / plain["rps"],
+                            "steady_ratio": our_steady / plain_steady if our_steady and plain_steady else float("nan"),
+                            "cpu_ms": ours["cpu_ms_per_request"],
+                            "loop_cpu_ms": plain["cpu_ms_per_request"],
+                            "ok": ours["ok"],
+                        }
+                    )
 
                 def median(key: str, runs: list[dict] = trials) -> float:
                     return statistics.median(t[key] for t in runs)
 
-                print(json.dumps({
-                    "mode": "overhead", "transport": args.transport, "rows": args.rows, "concurrency": concurrency,
-                    "repeats": args.repeat,
-                    "pipeline_rps": round(median("pipeline_rps"), 1), "aiohttp_loop_rps": round(median("aiohttp_loop_rps"), 1),
-                    "ratio_to_aiohttp_loop": round(median("ratio"), 3),
-                    "ratios": [round(t["ratio"], 3) for t in trials],
-                    "steady_ratio": round(median("steady_ratio"), 3),
-                    "pipeline_cpu_ms_per_request": round(median("cpu_ms"), 3),
-                    "aiohttp_loop_cpu_ms_per_request": round(median("loop_cpu_ms"), 3),
-                    "ok": min(t["ok"] for t in trials),
-                }), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "mode": "overhead",
+                            "transport": args.transport,
+                            "rows": args.rows,
+                            "concurrency": concurrency,
+                            "repeats": args.repeat,
+                            "pipeline_rps": round(median("pipeline_rps"), 1),
+                            "aiohttp_loop_rps": round(median("aiohttp_loop_rps"), 1),
+                            "ratio_to_aiohttp_loop": round(median("ratio"), 3),
+                            "ratios": [round(t["ratio"], 3) for t in trials],
+                            "steady_ratio": round(median("steady_ratio"), 3),
+                            "pipeline_cpu_ms_per_request": round(median("cpu_ms"), 3),
+                            "aiohttp_loop_cpu_ms_per_request": round(median("loop_cpu_ms"), 3),
+                            "ok": min(t["ok"] for t in trials),
+                        }
+                    ),
+                    flush=True,
+                )
     finally:
         sim.stop()
 
@@ -233,8 +303,17 @@ def run_limited(args: argparse.Namespace) -> None:
     import httpx
     import polars as pl
 
-    sim_args = ["--latency-median", str(args.latency_median), "--latency-p99", str(args.latency_p99), "--any-model",
-                "--burst-window", "1", "--burst-factor", str(args.burst_factor)]
+    sim_args = [
+        "--latency-median",
+        str(args.latency_median),
+        "--latency-p99",
+        str(args.latency_p99),
+        "--any-model",
+        "--burst-window",
+        "1",
+        "--burst-factor",
+        str(args.burst_factor),
+    ]
     if args.server_rpm:
         sim_args += ["--rpm", str(args.server_rpm)]
     if args.server_tpm:
@@ -252,8 +331,15 @@ def run_limited(args: argparse.Namespace) -> None:
             client_tpm = args.server_tpm if args.client_knows else None
             out = Path(tmp) / "out"
             rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            ours = run_pipeline(sim.base_url, manifest, concurrency=args.concurrency, rpm=client_rpm, tpm=client_tpm,
-                                extra=extra, keep=out)
+            ours = run_pipeline(
+                sim.base_url,
+                manifest,
+                concurrency=args.concurrency,
+                rpm=client_rpm,
+                tpm=client_tpm,
+                extra=extra,
+                keep=out,
+            )
             stats = httpx.get(sim.base_url.removesuffix("/v1") + "/stats?timeline=1", timeout=30).json()
             frame = pl.read_parquet(out / "results.parquet")
     finally:
@@ -263,12 +349,19 @@ def run_limited(args: argparse.Namespace) -> None:
     span_s = (timeline[-1] - timeline[0]) if len(timeline) > 1 else 0.0
     accepted = len(timeline)
     result = {
-        "mode": args.mode, "rows": args.rows, "concurrency": args.concurrency,
-        "server_rpm": args.server_rpm, "server_tpm": args.server_tpm, "client_knows_limit": args.client_knows,
-        "latency_median_s": args.latency_median, "run_s": round(ours["wall_s"], 1),
-        "requests": stats["requests"], "accepted": accepted,
+        "mode": args.mode,
+        "rows": args.rows,
+        "concurrency": args.concurrency,
+        "server_rpm": args.server_rpm,
+        "server_tpm": args.server_tpm,
+        "client_knows_limit": args.client_knows,
+        "latency_median_s": args.latency_median,
+        "run_s": round(ours["wall_s"], 1),
+        "requests": stats["requests"],
+        "accepted": accepted,
         "share_429": round(stats["by_status"].get("429", 0) / max(1, stats["requests"]), 4),
-        "ok_rows": int((frame["status"] == "ok").sum()), "error_rows": int((frame["status"] == "error").sum()),
+        "ok_rows": int((frame["status"] == "ok").sum()),
+        "error_rows": int((frame["status"] == "error").sum()),
         "latency_p50_s": round(percentile(frame["latency_s"].drop_nulls().to_list(), 0.5) or 0, 3),
         "latency_p99_s": round(percentile(frame["latency_s"].drop_nulls().to_list(), 0.99) or 0, 3),
         "client_cpu_s_per_1000": round(ours["cpu_s"] / max(1, ours["requests"]) * 1000, 2),
@@ -298,16 +391,27 @@ def main() -> None:
     o = sub.add_parser("overhead", help="zero-latency simulator, no limits: pipeline vs a plain aiohttp loop")
     o.add_argument("--rows", type=int, default=4000)
     o.add_argument("--concurrency", type=int, nargs="+", default=[64, 512])
-    o.add_argument("--repeat", type=int, default=3, help="interleaved loop/pipeline pairs per concurrency (median kept)")
-    o.add_argument("--transport", choices=["aiohttp", "httpx-aiohttp", "httpx"], default="aiohttp",
-                   help="the chat POST straight on aiohttp (the default, as in production), through httpx's API "
-                        "over aiohttp (httpx-aiohttp), or through httpx's own transport")
-    for name, help_text in (("limit", "a server-enforced rpm and/or tpm"), ("scale", "many requests in flight, no limit")):
+    o.add_argument(
+        "--repeat", type=int, default=3, help="interleaved loop/pipeline pairs per concurrency (median kept)"
+    )
+    o.add_argument(
+        "--transport",
+        choices=["aiohttp", "httpx-aiohttp", "httpx"],
+        default="aiohttp",
+        help="the chat POST straight on aiohttp (the default, as in production), through httpx's API "
+        "over aiohttp (httpx-aiohttp), or through httpx's own transport",
+    )
+    for name, help_text in (
+        ("limit", "a server-enforced rpm and/or tpm"),
+        ("scale", "many requests in flight, no limit"),
+    ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--rows", type=int, default=1500)
         p.add_argument("--server-rpm", type=int)
         p.add_argument("--server-tpm", type=int)
-        p.add_argument("--client-knows", action="store_true", help="tell the client the limit (else only the server knows)")
+        p.add_argument(
+            "--client-knows", action="store_true", help="tell the client the limit (else only the server knows)"
+        )
         p.add_argument("--latency-median", type=float, default=1.5)
         p.add_argument("--latency-p99", type=float, default=4.0)
         p.add_argument("--burst-factor", type=float, default=2.0, help="per-second cap as a multiple of rpm/60")

@@ -34,7 +34,9 @@ def make_images() -> list[str]:
         im = Image.new("RGB", size, color)
         draw = ImageDraw.Draw(im)
         w, h = size
-        draw.ellipse((w // 4, h // 4, w // 4 + h // 2, h // 4 + h // 2), fill=(255 - color[0], 255 - color[1], 255 - color[2]))
+        draw.ellipse(
+            (w // 4, h // 4, w // 4 + h // 2, h // 4 + h // 2), fill=(255 - color[0], 255 - color[1], 255 - color[2])
+        )
         draw.rectangle((0, h - h // 5, w, h), fill=(color[0] // 2, color[1] // 2, color[2] // 2))
         suffix = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}[fmt]
         filename = f"{i + 1:02d}_{name}.{suffix}"

@@ -29,8 +29,13 @@ def write_manifest(path: Path, rows: int) -> list[tuple[str, str]]:
 
 
 def caption(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True, cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 def breaker(concurrency: int) -> dict:
@@ -39,11 +44,30 @@ def breaker(concurrency: int) -> dict:
         write_manifest(manifest, 5000)
         app = SimulatorApp(SimConfig(latency_median_s=0.005, accept_any_model=True, down=True))
         with SimulatorServer(app, log_level="critical") as sim:
-            proc = caption(["run", str(manifest), "--out", f"{tmp}/out", "--base-url", sim.base_url,
-                            "--concurrency", str(concurrency), "--rpm", "none", "--tpm", "none", "--no-progress"])
+            proc = caption(
+                [
+                    "run",
+                    str(manifest),
+                    "--out",
+                    f"{tmp}/out",
+                    "--base-url",
+                    sim.base_url,
+                    "--concurrency",
+                    str(concurrency),
+                    "--rpm",
+                    "none",
+                    "--tpm",
+                    "none",
+                    "--no-progress",
+                ]
+            )
             _, err = proc.communicate(timeout=120)
-            return {"concurrency": concurrency, "exit": proc.returncode, "requests_before_stop": app.stats()["requests"],
-                    "manifest_rows": 5000}
+            return {
+                "concurrency": concurrency,
+                "exit": proc.returncode,
+                "requests_before_stop": app.stats()["requests"],
+                "manifest_rows": 5000,
+            }
 
 
 def kill_and_resume(seed: int, kills: int = 3) -> dict:
@@ -54,8 +78,26 @@ def kill_and_resume(seed: int, kills: int = 3) -> dict:
         app = SimulatorApp(SimConfig(latency_median_s=0.02, latency_p99_s=0.1, accept_any_model=True))
         resends = []
         with SimulatorServer(app, log_level="critical") as sim:
-            args = ["run", str(manifest), "--out", f"{tmp}/out", "--base-url", sim.base_url, "--concurrency", "32",
-                    "--rpm", "none", "--tpm", "none", "--chunk-size", "64", "--flush-interval-s", "0.5", "--no-progress", "-v"]
+            args = [
+                "run",
+                str(manifest),
+                "--out",
+                f"{tmp}/out",
+                "--base-url",
+                sim.base_url,
+                "--concurrency",
+                "32",
+                "--rpm",
+                "none",
+                "--tpm",
+                "none",
+                "--chunk-size",
+                "64",
+                "--flush-interval-s",
+                "0.5",
+                "--no-progress",
+                "-v",
+            ]
             for _ in range(kills):
                 before = dict(app.stats(images=True)["images"])
                 proc = caption(args)
@@ -67,17 +109,32 @@ def kill_and_resume(seed: int, kills: int = 3) -> dict:
                             break
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
-                resends.append({"killed_after_flushes": target, "requests_so_far": app.stats()["requests"],
-                                "resent_this_run": sum(1 for k, n in app.stats(images=True)["images"].items()
-                                                       if before.get(k, 0) >= 1 and n > before.get(k, 0))})
+                resends.append(
+                    {
+                        "killed_after_flushes": target,
+                        "requests_so_far": app.stats()["requests"],
+                        "resent_this_run": sum(
+                            1
+                            for k, n in app.stats(images=True)["images"].items()
+                            if before.get(k, 0) >= 1 and n > before.get(k, 0)
+                        ),
+                    }
+                )
             before = dict(app.stats(images=True)["images"])
             proc = caption(args)
             proc.communicate(timeout=300)
-            final_resent = sum(1 for k, n in app.stats(images=True)["images"].items() if before.get(k, 0) >= 1 and n > before[k])
+            final_resent = sum(
+                1 for k, n in app.stats(images=True)["images"].items() if before.get(k, 0) >= 1 and n > before[k]
+            )
             per_image = app.stats(images=True)["images"]
             total_extra = sum(per_image.get(image_key(u), 0) - 1 for _, u in items)
-        return {"kills": resends, "final_run_resent": final_resent, "final_exit": proc.returncode,
-                "requests_beyond_one_per_row": total_extra, "rows": len(items)}
+        return {
+            "kills": resends,
+            "final_run_resent": final_resent,
+            "final_exit": proc.returncode,
+            "requests_beyond_one_per_row": total_extra,
+            "rows": len(items),
+        }
 
 
 if __name__ == "__main__":

@@ -71,11 +71,27 @@ class Case:
         err = self.tmp / f"stderr{self.runs}.txt"
         env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
         env.update(PYTHONPATH=str(self.checkout), PYTHONUNBUFFERED="1")
-        args = ["run", str(manifest), "--out", str(self.out), "--config", str(self.config),
-                "--base-url", self.server.base_url, "--no-progress", *extra]
+        args = [
+            "run",
+            str(manifest),
+            "--out",
+            str(self.out),
+            "--config",
+            str(self.config),
+            "--base-url",
+            self.server.base_url,
+            "--no-progress",
+            *extra,
+        ]
         with open(err, "w") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], stdout=subprocess.DEVNULL, stderr=fh,
-                                    text=True, env=env, cwd=self.checkout)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline", *args],
+                stdout=subprocess.DEVNULL,
+                stderr=fh,
+                text=True,
+                env=env,
+                cwd=self.checkout,
+            )
         return proc, err
 
     def run(self, manifest: Path, *extra: str) -> tuple[str, str]:
@@ -144,8 +160,14 @@ def settle(case: Case, wait_s: float = 1.0) -> int:
 
 
 def row(name: str, answers: list[dict], lost: int | str, exits: str, detail: str) -> dict:
-    return {"case": name, "requests": len(answers), "paid twice": twice(answers), "lost": lost, "exit": exits,
-            "detail": detail}
+    return {
+        "case": name,
+        "requests": len(answers),
+        "paid twice": twice(answers),
+        "lost": lost,
+        "exit": exits,
+        "detail": detail,
+    }
 
 
 def two_runs(co: Path, tmp: Path) -> dict:
@@ -192,11 +214,21 @@ def signalled(co: Path, tmp: Path, signum: int) -> dict:
         # A SIGKILL cannot be caught: only what arrived while the process lived counts as lost.
         alive = {a["image"] for a in answers[:n] if a["status"] == 200 and a["t"] < signalled_at + 1.5}
         lost = len({by_url[k] for k in alive} - kept)
-        return row("2 SIGTERM, SIGKILL +1.5 s, resume", answers, lost, f"{first} -> {resumed}",
-                   f"{len(before & asked_again)} of {len(before)} answered before SIGTERM re-sent")
+        return row(
+            "2 SIGTERM, SIGKILL +1.5 s, resume",
+            answers,
+            lost,
+            f"{first} -> {resumed}",
+            f"{len(before & asked_again)} of {len(before)} answered before SIGTERM re-sent",
+        )
     lost = len({by_url[k] for k in answered} - kept)
-    return row("3 SIGHUP, resume", answers, lost, f"{first} -> {resumed}",
-               f"run.json {status}; {len(answered & asked_again)} of {len(answered)} answered re-sent")
+    return row(
+        "3 SIGHUP, resume",
+        answers,
+        lost,
+        f"{first} -> {resumed}",
+        f"run.json {status}; {len(answered & asked_again)} of {len(answered)} answered re-sent",
+    )
 
 
 def quota_stop(co: Path, tmp: Path) -> dict:
@@ -213,8 +245,13 @@ def quota_stop(co: Path, tmp: Path) -> dict:
     by_url = {u: i for i, u in rows}
     lost = len({by_url[k] for k in paid(answers[:n])} - kept)
     resent = sum(1 for _, u in slow if sum(a["image"] == u for a in answers) > 1)
-    return row("4 quota stop, 7 slow in flight, resume", answers, lost, f"{first} -> {resumed}",
-               f"{resent} of 7 slow ids re-sent")
+    return row(
+        "4 quota stop, 7 slow in flight, resume",
+        answers,
+        lost,
+        f"{first} -> {resumed}",
+        f"{resent} of 7 slow ids re-sent",
+    )
 
 
 def dedup_across_runs(co: Path, tmp: Path) -> dict:
@@ -228,8 +265,13 @@ def dedup_across_runs(co: Path, tmp: Path) -> dict:
         answers = case.answers()
     ok = saved_ok(case.out, parts=False)
     lost = len({i for i, _ in second} - ok)  # every id's image was answered at least once
-    return row("5 10 images, then 50 more ids of them", answers, lost, f"{a}, {b}",
-               f"second run sent {len(answers) - n}; {len(ok)} of 100 rows ok")
+    return row(
+        "5 10 images, then 50 more ids of them",
+        answers,
+        lost,
+        f"{a}, {b}",
+        f"second run sent {len(answers) - n}; {len(ok)} of 100 rows ok",
+    )
 
 
 def nul_byte(co: Path, tmp: Path) -> dict:
@@ -255,7 +297,7 @@ def garble_column(path: Path, column: str) -> None:
     names = [meta.schema.column(i).name for i in range(meta.num_columns)]
     start = meta.row_group(0).column(names.index(column)).data_page_offset + 40
     data = bytearray(path.read_bytes())
-    data[start:start + 64] = b"\xff" * 64
+    data[start : start + 64] = b"\xff" * 64
     path.write_bytes(bytes(data))
 
 
@@ -278,24 +320,41 @@ def garbled_part(co: Path, tmp: Path) -> dict:
     rows = remote(60, "img")
     manifest = write_csv(tmp / "m.csv", rows)
     with Case(co, tmp, FAST.format(c=16), latency_median_s=0.002, latency_p99_s=0.01) as case:
-        subprocess.run([sys.executable, "-c", WRITE_PART, str(case.out)], check=True, timeout=60, cwd=co,
-                       env={**os.environ, "PYTHONPATH": str(co)})
+        subprocess.run(
+            [sys.executable, "-c", WRITE_PART, str(case.out)],
+            check=True,
+            timeout=60,
+            cwd=co,
+            env={**os.environ, "PYTHONPATH": str(co)},
+        )
         garble_column(next((case.out / "journal").glob("p*.parquet")), "caption")
         # --force: the part has no run.json beside it; it skips only the parameter check.
         code, stderr = case.run(manifest, "--force")
         answers = case.answers()
     by_url = {u: i for i, u in rows}
     lost = len({by_url[k] for k in paid(answers)} - saved_ok(case.out))
-    return row("7 part garbled in its captions", answers, lost, code,
-               f"{len(answers)} requests before the error; traceback: {'yes' if 'Traceback' in stderr else 'no'}")
+    return row(
+        "7 part garbled in its captions",
+        answers,
+        lost,
+        code,
+        f"{len(answers)} requests before the error; traceback: {'yes' if 'Traceback' in stderr else 'no'}",
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkout", type=Path, default=ROOT, help="the caption checkout whose CLI is measured")
     checkout = parser.parse_args().checkout.resolve()
-    cases = [two_runs, lambda c, t: signalled(c, t, signal.SIGTERM), lambda c, t: signalled(c, t, signal.SIGHUP),
-             quota_stop, dedup_across_runs, nul_byte, garbled_part]
+    cases = [
+        two_runs,
+        lambda c, t: signalled(c, t, signal.SIGTERM),
+        lambda c, t: signalled(c, t, signal.SIGHUP),
+        quota_stop,
+        dedup_across_runs,
+        nul_byte,
+        garbled_part,
+    ]
     results = []
     for measure in cases:
         with tempfile.TemporaryDirectory() as tmp:

@@ -34,7 +34,9 @@ def write_csv(path: Path, rows: list[dict[str, object]]) -> Path:
 
 
 def remote_rows(n: int, *, prefix: str = "img", query: str = "") -> list[dict[str, object]]:
-    return [{"id": f"{prefix}-{i:04d}", "url": f"https://images.example.com/{prefix}/{i:04d}.jpg{query}"} for i in range(n)]
+    return [
+        {"id": f"{prefix}-{i:04d}", "url": f"https://images.example.com/{prefix}/{i:04d}.jpg{query}"} for i in range(n)
+    ]
 
 
 def write_config(path: Path, body: str) -> Path:
@@ -62,11 +64,25 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], *, env: dict[str, str] | None = None, timeout_s: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
-                          env=env or cli_env(), timeout=timeout_s, cwd=ROOT)
+def run_cli(
+    args: list[str], *, env: dict[str, str] | None = None, timeout_s: float = 90
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        timeout=timeout_s,
+        cwd=ROOT,
+    )
 
 
 def start_cli(args: list[str], *, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env or cli_env(), cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or cli_env(),
+        cwd=ROOT,
+    )

@@ -23,10 +23,19 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def completion(content: Any = "A hostile caption.", *, usage: Any = None, choice_extra: dict | None = None) -> dict:
     """A chat completion in OpenAI's shape, with the parts a test wants to break."""
-    choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop",
-              **(choice_extra or {})}
-    return {"id": "chatcmpl-hostile", "object": "chat.completion", "model": "gpt-4o", "choices": [choice],
-            "usage": usage if usage is not None else {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}}
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": content},
+        "finish_reason": "stop",
+        **(choice_extra or {}),
+    }
+    return {
+        "id": "chatcmpl-hostile",
+        "object": "chat.completion",
+        "model": "gpt-4o",
+        "choices": [choice],
+        "usage": usage if usage is not None else {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
+    }
 
 
 def _auth(request: web.Request) -> str:
@@ -40,6 +49,7 @@ def _key(request: web.Request) -> str:
 def json_answer(status: int, body: Any, headers: dict[str, str] | None = None) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=headers)
+
     return handler
 
 
@@ -48,7 +58,9 @@ def json_answer(status: int, body: Any, headers: dict[str, str] | None = None) -
 
 async def echo_key_in_200_error(request: web.Request) -> web.StreamResponse:
     """A 200 whose body is an error object quoting the Authorization header."""
-    body = {"error": {"message": f"upstream refused the request (Authorization: {_auth(request)})", "type": "proxy_error"}}
+    body = {
+        "error": {"message": f"upstream refused the request (Authorization: {_auth(request)})", "type": "proxy_error"}
+    }
     return web.json_response(body)
 
 
@@ -66,9 +78,14 @@ async def echo_key_in_text_500(request: web.Request) -> web.StreamResponse:
 async def echo_key_in_401(request: web.Request) -> web.StreamResponse:
     """OpenAI's 401 for a wrong key, quoting the key with only its tail starred out (as some gateways do)."""
     key = _key(request)
-    body = {"error": {"message": f"Incorrect API key provided: {key[:-6]}******. You can find your API key at "
-                                 "https://platform.openai.com/account/api-keys.", "type": "invalid_request_error",
-                      "code": "invalid_api_key"}}
+    body = {
+        "error": {
+            "message": f"Incorrect API key provided: {key[:-6]}******. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            "type": "invalid_request_error",
+            "code": "invalid_api_key",
+        }
+    }
     return web.json_response(body, status=401)
 
 
@@ -81,8 +98,13 @@ def rate_limited(*, headers: dict[str, str] | None = None, message: str = "Rate 
 
 WAIT_A_DAY: dict[str, Handler] = {
     "retry_after": rate_limited(headers={"Retry-After": "86400"}),
-    "reset_header": rate_limited(headers={"x-ratelimit-limit-requests": "10000", "x-ratelimit-remaining-requests": "0",
-                                          "x-ratelimit-reset-requests": "24h0m0s"}),
+    "reset_header": rate_limited(
+        headers={
+            "x-ratelimit-limit-requests": "10000",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "24h0m0s",
+        }
+    ),
     "message": rate_limited(message="Rate limit reached for requests per day. Please try again in 99999999s."),
 }
 
@@ -106,10 +128,17 @@ WRONG_SHAPES: dict[str, Handler] = {
     "text_not_string": json_answer(200, completion([{"type": "text", "text": 5}, {"type": "text", "text": ["x"]}])),
     "content_dict": json_answer(200, completion({"text": "a caption in the wrong place"})),
     "content_int": json_answer(200, completion(42)),
-    "inf_headers": json_answer(200, completion(), {"x-ratelimit-limit-requests": "inf", "x-ratelimit-limit-tokens": "nan",
-                                                   "x-ratelimit-remaining-tokens": "1e400",
-                                                   "x-ratelimit-remaining-requests": "0",
-                                                   "x-ratelimit-reset-requests": "nan"}),
+    "inf_headers": json_answer(
+        200,
+        completion(),
+        {
+            "x-ratelimit-limit-requests": "inf",
+            "x-ratelimit-limit-tokens": "nan",
+            "x-ratelimit-remaining-tokens": "1e400",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "nan",
+        },
+    ),
 }
 
 

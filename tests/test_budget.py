@@ -51,8 +51,21 @@ def test_cli_budget_stop_exits_3_and_says_what_was_spent(simulator, tmp_path):
     """--max-cost: exit 3 and a last line with the spend against the cap and the rows left."""
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
     manifest = write_csv(tmp_path / "m.csv", remote_rows(200))
-    result = run_cli(["run", str(manifest), "--out", str(tmp_path / "out"), "--config", str(config),
-                      "--base-url", simulator.base_url, "--no-progress", "--max-cost", "0.1"])
+    result = run_cli(
+        [
+            "run",
+            str(manifest),
+            "--out",
+            str(tmp_path / "out"),
+            "--config",
+            str(config),
+            "--base-url",
+            simulator.base_url,
+            "--no-progress",
+            "--max-cost",
+            "0.1",
+        ]
+    )
     assert result.returncode == 3
     last = result.stderr.strip().splitlines()[-2:]
     assert any("of $0.1000 in this folder" in line and "left" in line for line in last), result.stderr
@@ -65,6 +78,20 @@ def test_a_cap_on_an_unpriced_model_is_refused_before_sending(simulator, tmp_pat
     """max_cost_usd with a model the table cannot price: exit 2 naming the model, nothing sent."""
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
     manifest = write_csv(tmp_path / "m.csv", remote_rows(5))
-    result = run_cli(["run", str(manifest), "--out", str(tmp_path / "out"), "--config", str(config),
-                      "--base-url", simulator.base_url, "--model", "llava-next", "--max-cost", "1"])
+    result = run_cli(
+        [
+            "run",
+            str(manifest),
+            "--out",
+            str(tmp_path / "out"),
+            "--config",
+            str(config),
+            "--base-url",
+            simulator.base_url,
+            "--model",
+            "llava-next",
+            "--max-cost",
+            "1",
+        ]
+    )
     assert result.returncode == 2 and "llava-next" in result.stderr and simulator.app.stats()["requests"] == 0

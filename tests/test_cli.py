@@ -17,13 +17,35 @@ from tests.conftest import FAST_CONFIG, ROOT, cli_env, remote_rows, run_cli, sta
 
 
 def _run_args(manifest: Path, out: Path, config: Path, base_url: str, *extra: str) -> list[str]:
-    return ["run", str(manifest), "--out", str(out), "--config", str(config), "--base-url", base_url, "--no-progress", *extra]
+    return [
+        "run",
+        str(manifest),
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+        "--base-url",
+        base_url,
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_readme_demo_command_works_offline(tmp_path):
     """`caption run data/manifest.csv ... --simulate` captions the demo manifest with exit 0."""
-    result = run_cli(["run", "data/manifest.csv", "--out", str(tmp_path / "demo"), "--config", "configs/demo.toml",
-                      "--simulate", "--rpm", "60000"])
+    result = run_cli(
+        [
+            "run",
+            "data/manifest.csv",
+            "--out",
+            str(tmp_path / "demo"),
+            "--config",
+            "configs/demo.toml",
+            "--simulate",
+            "--rpm",
+            "60000",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     frame = pl.read_parquet(tmp_path / "demo" / "results.parquet")
     assert frame.height == 200 and (frame["status"] == "ok").all()
@@ -97,8 +119,10 @@ def test_the_api_key_never_reaches_output_files_or_the_terminal(simulator, tmp_p
     rows = remote_rows(30) + [{"id": "bad", "url": "https://images.example.com/x.jpg?sim=invalid_image_url"}]
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
     out = tmp_path / "out"
-    result = run_cli(_run_args(write_csv(tmp_path / "m.csv", rows), out, config, simulator.base_url, "-v"),
-                     env=cli_env(OPENAI_API_KEY=key))
+    result = run_cli(
+        _run_args(write_csv(tmp_path / "m.csv", rows), out, config, simulator.base_url, "-v"),
+        env=cli_env(OPENAI_API_KEY=key),
+    )
     assert result.returncode == 1, result.stderr
     assert pl.read_parquet(out / "results.parquet").filter(pl.col("status") == "ok").height == 30
     assert key not in result.stdout + result.stderr
@@ -112,8 +136,10 @@ def test_a_refused_key_exits_3_and_says_so_without_printing_it(simulator, tmp_pa
     simulator.app.update(api_key="the-right-key")
     key = "sk-wrong-key-777777"
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
-    result = run_cli(_run_args(write_csv(tmp_path / "m.csv", remote_rows(200)), tmp_path / "out", config,
-                               simulator.base_url), env=cli_env(OPENAI_API_KEY=key))
+    result = run_cli(
+        _run_args(write_csv(tmp_path / "m.csv", remote_rows(200)), tmp_path / "out", config, simulator.base_url),
+        env=cli_env(OPENAI_API_KEY=key),
+    )
     assert result.returncode == 3
     assert "refused the API key" in result.stderr and "OPENAI_API_KEY" in result.stderr
     assert key not in result.stderr + result.stdout

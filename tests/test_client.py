@@ -24,7 +24,9 @@ OPENAI = dialect_for("openai")
 def complete_with(handler, *, api_key=KEY, timeout_s=5.0):
     async def go():
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-            client = VisionClient(http, dialect=OPENAI, base_url="http://sim.test/v1/", api_key=api_key, timeout_s=timeout_s)
+            client = VisionClient(
+                http, dialect=OPENAI, base_url="http://sim.test/v1/", api_key=api_key, timeout_s=timeout_s
+            )
             return await client.complete({"model": "gpt-4o", "messages": []})
 
     return anyio.run(go)
@@ -41,8 +43,11 @@ def test_sends_bearer_key_to_chat_completions_and_parses_a_200():
         return httpx.Response(200, content=SEED000, headers={"x-ratelimit-remaining-requests": "5", "server": "x"})
 
     outcome = complete_with(handler)
-    assert seen == {"url": "http://sim.test/v1/chat/completions", "auth": f"Bearer {KEY}",
-                    "body": {"model": "gpt-4o", "messages": []}}
+    assert seen == {
+        "url": "http://sim.test/v1/chat/completions",
+        "auth": f"Bearer {KEY}",
+        "body": {"model": "gpt-4o", "messages": []},
+    }
     assert isinstance(outcome, Reply) and outcome.completion.usage.prompt_tokens == 1116
     assert outcome.headers == {"x-ratelimit-remaining-requests": "5"}
 
@@ -50,7 +55,14 @@ def test_sends_bearer_key_to_chat_completions_and_parses_a_200():
 @pytest.mark.parametrize(
     ("status", "body", "headers", "error_type", "retryable", "retry_after"),
     [
-        (429, b'{"error": {"message": "slow down", "code": "rate_limit_exceeded"}}', {"retry-after-ms": "1500"}, "rate_limited", True, 1.5),
+        (
+            429,
+            b'{"error": {"message": "slow down", "code": "rate_limit_exceeded"}}',
+            {"retry-after-ms": "1500"},
+            "rate_limited",
+            True,
+            1.5,
+        ),
         (503, b'{"error": {"message": "overloaded", "type": "server_error"}}', {}, "server_error", True, None),
         (200, b"<html>oops</html>", {}, "invalid_response", True, None),
         (200, b'{"choices": []}', {}, "invalid_response", True, None),
@@ -67,11 +79,16 @@ def test_http_answers_become_failures(status, body, headers, error_type, retryab
 
 @pytest.mark.parametrize(
     ("exc", "error_type"),
-    [(httpx.ReadTimeout("read timed out"), "timeout"), (httpx.ConnectTimeout("connect"), "timeout"),
-     (httpx.ConnectError("refused"), "connection"), (httpx.RemoteProtocolError("peer closed"), "connection")],
+    [
+        (httpx.ReadTimeout("read timed out"), "timeout"),
+        (httpx.ConnectTimeout("connect"), "timeout"),
+        (httpx.ConnectError("refused"), "connection"),
+        (httpx.RemoteProtocolError("peer closed"), "connection"),
+    ],
 )
 def test_transport_errors_become_retryable_failures_without_status(exc, error_type):
     """Timeouts and connection errors are retryable and carry no HTTP status."""
+
     def handler(request):
         raise exc
 
@@ -82,7 +99,9 @@ def test_transport_errors_become_retryable_failures_without_status(exc, error_ty
 
 def test_a_server_echoing_the_key_does_not_leak_it():
     """An error message that contains the key has it masked."""
-    outcome = complete_with(lambda r: httpx.Response(401, json={"error": {"message": f"Incorrect API key provided: {KEY}"}}))
+    outcome = complete_with(
+        lambda r: httpx.Response(401, json={"error": {"message": f"Incorrect API key provided: {KEY}"}})
+    )
     assert isinstance(outcome, Failure) and outcome.fatal == "auth"
     assert KEY not in outcome.message and "***" in outcome.message
 
@@ -100,17 +119,33 @@ def test_no_key_sends_no_authorization_header():
 
 
 def _image_body(url: str) -> dict:
-    return {"model": "gpt-4o", "max_tokens": 50, "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "Describe."}, {"type": "image_url", "image_url": {"url": url}}]}]}
+    return {
+        "model": "gpt-4o",
+        "max_tokens": 50,
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Describe."}, {"type": "image_url", "image_url": {"url": url}}],
+            }
+        ],
+    }
 
 
-def complete_over_aiohttp(base_url: str, urls: list[str], *, timeout_s: float = 5.0, api_key: str | None = None,
-                          environ: dict[str, str] | None = None) -> list:
+def complete_over_aiohttp(
+    base_url: str,
+    urls: list[str],
+    *,
+    timeout_s: float = 5.0,
+    api_key: str | None = None,
+    environ: dict[str, str] | None = None,
+) -> list:
     """The production path: ``open_http``'s aiohttp poster, against a real server."""
+
     async def go():
         async with open_http(concurrency=4, timeout_s=timeout_s, endpoint_url=base_url, environ=environ or {}) as http:
-            client = VisionClient(http.client, poster=http.poster, dialect=OPENAI, base_url=base_url, api_key=api_key,
-                                  timeout_s=timeout_s)
+            client = VisionClient(
+                http.client, poster=http.poster, dialect=OPENAI, base_url=base_url, api_key=api_key, timeout_s=timeout_s
+            )
             return [await client.complete(_image_body(url)) for url in urls]
 
     return anyio.run(go)
@@ -119,14 +154,25 @@ def complete_over_aiohttp(base_url: str, urls: list[str], *, timeout_s: float = 
 def test_the_aiohttp_poster_maps_answers_and_transport_faults_like_the_httpx_path():
     """Against the simulator: a 200, a 429 with its wait and lower-cased headers, a stall past the
     deadline (timeout), a reset connection (connection) and a 401 with the key masked."""
-    app = SimulatorApp(SimConfig(latency_median_s=0.001, latency_p99_s=0.002, accept_any_model=True, stall_s=1.0,
-                                 api_key=KEY, rpm=1000))
+    app = SimulatorApp(
+        SimConfig(
+            latency_median_s=0.001, latency_p99_s=0.002, accept_any_model=True, stall_s=1.0, api_key=KEY, rpm=1000
+        )
+    )
     with SimulatorServer(app, log_level="critical") as sim:
         # The simulator's first answer loads its tokenizer (~0.7 s on 2 shared cores): not under the 0.5 s deadline.
         complete_over_aiohttp(sim.base_url, ["https://i.test/warm-up.jpg"], api_key=KEY)
         ok, limited, stalled, reset = complete_over_aiohttp(
-            sim.base_url, ["https://i.test/a.jpg", "https://i.test/b.jpg?sim=429", "https://i.test/c.jpg?sim=stall",
-                           "https://i.test/d.jpg?sim=reset"], timeout_s=0.5, api_key=KEY)
+            sim.base_url,
+            [
+                "https://i.test/a.jpg",
+                "https://i.test/b.jpg?sim=429",
+                "https://i.test/c.jpg?sim=stall",
+                "https://i.test/d.jpg?sim=reset",
+            ],
+            timeout_s=0.5,
+            api_key=KEY,
+        )
         (refused,) = complete_over_aiohttp(sim.base_url, ["https://i.test/e.jpg"], api_key=KEY + "-wrong")
     assert isinstance(ok, Reply) and ok.completion.caption and ok.completion.usage.prompt_tokens
     assert ok.headers["x-ratelimit-limit-requests"] == "1000" and all(k == k.lower() for k in ok.headers)
@@ -153,7 +199,11 @@ def test_the_aiohttp_poster_reports_a_closed_port_as_a_connection_failure():
         ("https://api.302.ai/v1", {}, None),
         ("https://api.302.ai/v1", {"HTTPS_PROXY": "http://proxy:3128"}, "http://proxy:3128"),
         ("https://api.302.ai/v1", {"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:2"}, "http://lower:1"),
-        ("http://vllm.internal:8000/v1", {"HTTP_PROXY": "http://proxy:3128", "HTTPS_PROXY": "http://other:1"}, "http://proxy:3128"),
+        (
+            "http://vllm.internal:8000/v1",
+            {"HTTP_PROXY": "http://proxy:3128", "HTTPS_PROXY": "http://other:1"},
+            "http://proxy:3128",
+        ),
         ("https://api.302.ai/v1", {"ALL_PROXY": "http://all:9"}, "http://all:9"),
         ("https://api.302.ai/v1", {"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": ".302.ai,localhost"}, None),
         ("https://api.302.ai/v1", {"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "*"}, None),
@@ -178,8 +228,9 @@ def test_chat_posts_go_through_the_environments_proxy():
 
     with SimulatorServer(recording_proxy, log_level="critical") as sim:
         proxy = sim.base_url.removesuffix("/v1").replace("http://", "http://user:pw@")
-        (outcome,) = complete_over_aiohttp("http://api.caption-test.invalid/v1", ["https://i.test/a.jpg"],
-                                           environ={"HTTP_PROXY": proxy})
+        (outcome,) = complete_over_aiohttp(
+            "http://api.caption-test.invalid/v1", ["https://i.test/a.jpg"], environ={"HTTP_PROXY": proxy}
+        )
     assert isinstance(outcome, Reply) and outcome.completion.caption
     assert len(seen) == 1 and seen[0]["proxy-authorization"] == "Basic dXNlcjpwdw=="  # user:pw
     assert seen[0]["host"] == "api.caption-test.invalid"
@@ -187,13 +238,15 @@ def test_chat_posts_go_through_the_environments_proxy():
 
 def test_a_body_over_max_response_bytes_is_invalid_response_and_not_retried():
     """A 200 (or any status) longer than max_response_bytes: invalid_response, not retryable, the body not kept."""
+
     async def go():
         def handler(request):
             return httpx.Response(200, content=b'{"choices": [{"message": {"content": "' + b"a" * 5000 + b'"}}]}')
 
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-            client = VisionClient(http, dialect=OPENAI, base_url="http://sim.test/v1", api_key=KEY, timeout_s=5.0,
-                                  max_response_bytes=4096)
+            client = VisionClient(
+                http, dialect=OPENAI, base_url="http://sim.test/v1", api_key=KEY, timeout_s=5.0, max_response_bytes=4096
+            )
             return await client.complete({"model": "gpt-4o", "messages": []})
 
     outcome = anyio.run(go)

@@ -56,7 +56,10 @@ def test_overrides_use_key_names_and_types():
     assert parse_override("rpm", "600") == ("limits.rpm", 600)
     assert parse_override("max-cost", "2.5") == ("limits.max_cost_usd", 2.5)
     assert parse_override("rpm", "none") == ("limits.rpm", None)
-    assert parse_override("extra-body", '{"ocr_model": "gpt-4o-mini"}') == ("request.extra_body", {"ocr_model": "gpt-4o-mini"})
+    assert parse_override("extra-body", '{"ocr_model": "gpt-4o-mini"}') == (
+        "request.extra_body",
+        {"ocr_model": "gpt-4o-mini"},
+    )
     assert parse_override("dedup", "false") == ("images.dedup", False)
     with pytest.raises(ConfigError, match="request.detail"):
         parse_override("detail", "ultra")
@@ -92,8 +95,15 @@ def test_fingerprint_changes_with_request_parameters_only():
     assert isinstance(base, Config)
 
 
-@pytest.mark.parametrize("text", ["[limits]\nmax_wait_s = nan\n", "[limits]\nmax_wait_s = inf\n",
-                                  "[limits]\nmax_wait_s = 0\n", "[endpoint]\nmax_response_bytes = -1\n"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[limits]\nmax_wait_s = nan\n",
+        "[limits]\nmax_wait_s = inf\n",
+        "[limits]\nmax_wait_s = 0\n",
+        "[endpoint]\nmax_response_bytes = -1\n",
+    ],
+)
 def test_caps_must_be_finite_and_positive(tmp_path, text):
     """limits.max_wait_s and endpoint.max_response_bytes: NaN, inf and <= 0 would switch the cap off."""
     path = tmp_path / "c.toml"

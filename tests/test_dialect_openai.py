@@ -9,20 +9,103 @@ import pytest
 
 from pipeline.dialects.openai import auth_headers, classify_http, kept_headers, parse_rate_limit_headers, request_url
 
-TPM_429 = {"error": {"message": "Rate limit reached for gpt-4 in organization org-x on tokens per min (TPM): Limit 10000, Used 9348, Requested 5086. Please try again in 26.604s. Visit https://platform.openai.com/account/rate-limits to learn more.", "type": "tokens", "param": None, "code": "rate_limit_exceeded"}}
-QUOTA_429 = {"error": {"message": "You exceeded your current quota, please check your plan and billing details.", "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}
-CREDIT_429 = {"error": {"message": "You have no credits remaining.", "type": "insufficient_quota", "param": None, "code": "credit_balance_exhausted"}}
-TOO_LARGE_429 = {"error": {"message": "Request too large for gpt-4o on tokens per min (TPM): Limit 30000, Requested 30601.", "type": "tokens", "param": None, "code": "rate_limit_exceeded"}}
-KEY_401 = {"error": {"message": "Incorrect API key provided: sk-VKMIs***wjh3.", "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}
-FILTER_400 = {"error": {"message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy.", "type": None, "param": "prompt", "code": "content_filter", "status": 400,
-              "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": {
-                  "hate": {"filtered": False, "severity": "safe"}, "jailbreak": {"filtered": True, "detected": True},
-                  "violence": {"filtered": False, "severity": "safe"}}}}}
-IMAGE_400 = {"error": {"message": "Timeout while downloading 20250503_162129.jpg.", "type": "invalid_request_error", "param": None, "code": "invalid_image_url"}}
-FORMAT_400 = {"error": {"message": "You uploaded an unsupported image.", "type": "invalid_request_error", "param": None, "code": "invalid_image_format"}}
-SERVER_500 = {"error": {"message": "The server had an error processing your request. Sorry about that!", "type": "server_error", "param": None, "code": None}}
-OVERLOADED_503 = {"error": {"message": "That model is currently overloaded with other requests.", "type": "server_error", "param": None, "code": None}}
-MODEL_404 = {"error": {"message": "The model `gpt-9` does not exist or you do not have access to it.", "type": "invalid_request_error", "param": None, "code": "model_not_found"}}
+TPM_429 = {
+    "error": {
+        "message": "Rate limit reached for gpt-4 in organization org-x on tokens per min (TPM): Limit 10000, Used 9348, Requested 5086. Please try again in 26.604s. Visit https://platform.openai.com/account/rate-limits to learn more.",
+        "type": "tokens",
+        "param": None,
+        "code": "rate_limit_exceeded",
+    }
+}
+QUOTA_429 = {
+    "error": {
+        "message": "You exceeded your current quota, please check your plan and billing details.",
+        "type": "insufficient_quota",
+        "param": None,
+        "code": "insufficient_quota",
+    }
+}
+CREDIT_429 = {
+    "error": {
+        "message": "You have no credits remaining.",
+        "type": "insufficient_quota",
+        "param": None,
+        "code": "credit_balance_exhausted",
+    }
+}
+TOO_LARGE_429 = {
+    "error": {
+        "message": "Request too large for gpt-4o on tokens per min (TPM): Limit 30000, Requested 30601.",
+        "type": "tokens",
+        "param": None,
+        "code": "rate_limit_exceeded",
+    }
+}
+KEY_401 = {
+    "error": {
+        "message": "Incorrect API key provided: sk-VKMIs***wjh3.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_api_key",
+    }
+}
+FILTER_400 = {
+    "error": {
+        "message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy.",
+        "type": None,
+        "param": "prompt",
+        "code": "content_filter",
+        "status": 400,
+        "innererror": {
+            "code": "ResponsibleAIPolicyViolation",
+            "content_filter_result": {
+                "hate": {"filtered": False, "severity": "safe"},
+                "jailbreak": {"filtered": True, "detected": True},
+                "violence": {"filtered": False, "severity": "safe"},
+            },
+        },
+    }
+}
+IMAGE_400 = {
+    "error": {
+        "message": "Timeout while downloading 20250503_162129.jpg.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_image_url",
+    }
+}
+FORMAT_400 = {
+    "error": {
+        "message": "You uploaded an unsupported image.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_image_format",
+    }
+}
+SERVER_500 = {
+    "error": {
+        "message": "The server had an error processing your request. Sorry about that!",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
+}
+OVERLOADED_503 = {
+    "error": {
+        "message": "That model is currently overloaded with other requests.",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
+}
+MODEL_404 = {
+    "error": {
+        "message": "The model `gpt-9` does not exist or you do not have access to it.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "model_not_found",
+    }
+}
 
 
 @pytest.mark.parametrize(
@@ -73,7 +156,7 @@ def test_retry_after_from_message_when_headers_are_missing():
 
 
 def test_a_429_message_asking_for_years_keeps_its_wait():
-    """"try again in 99999999s" on a 429 is a wait of 99,999,999 s, left for max_wait_s to refuse."""
+    """ "try again in 99999999s" on a 429 is a wait of 99,999,999 s, left for max_wait_s to refuse."""
     body = json.dumps({"error": {"message": "Please try again in 99999999s.", "code": "rate_limit_exceeded"}}).encode()
     failure = classify_http(429, body, {})
     assert failure.error_type == "rate_limited" and failure.retry_after_s == 99999999.0
@@ -85,17 +168,25 @@ def test_error_bodies_nested_a_thousand_deep_are_classified_not_raised():
     deep = '{"x":' * 1000 + "{}" + "}" * 1000  # within orjson's 1,024 levels, past Python's str()
     body = ('{"error": {"message": ' + deep + ', "code": "invalid_image"}}').encode()
     assert classify_http(400, body, {}).error_type == "bad_request"
-    filtered = ('{"error": {"message": "blocked", "code": "content_filter", "innererror": '
-                '{"content_filter_result": {"hate": ' + deep + "}}}}").encode()
+    filtered = (
+        '{"error": {"message": "blocked", "code": "content_filter", "innererror": '
+        '{"content_filter_result": {"hate": ' + deep + "}}}}"
+    ).encode()
     failure = classify_http(400, filtered, {})
     assert failure.error_type == "content_filter" and failure.filters is None
 
 
 def test_rate_limit_header_family_parses_openai_and_azure_names():
     """x-ratelimit-* and Azure's hyphenated x-rate-limit-reset-tokens; -1 means unknown."""
-    info = parse_rate_limit_headers({"x-ratelimit-limit-requests": "3000", "x-ratelimit-remaining-requests": "2999",
-                                     "x-ratelimit-remaining-tokens": "-1", "x-rate-limit-reset-tokens": "55",
-                                     "x-ratelimit-reset-requests": "20ms"})
+    info = parse_rate_limit_headers(
+        {
+            "x-ratelimit-limit-requests": "3000",
+            "x-ratelimit-remaining-requests": "2999",
+            "x-ratelimit-remaining-tokens": "-1",
+            "x-rate-limit-reset-tokens": "55",
+            "x-ratelimit-reset-requests": "20ms",
+        }
+    )
     assert info.limit_requests == 3000 and info.remaining_requests == 2999
     assert info.remaining_tokens is None and info.reset_tokens_s == 55.0 and info.reset_requests_s == 0.02
 
@@ -117,8 +208,10 @@ def test_rate_limit_headers_that_are_not_counts_are_ignored(headers, expected):
 def test_the_url_is_the_base_plus_chat_completions_and_any_query():
     """{base_url}/chat/completions whatever trailing slash; query parameters appended, encoded."""
     assert request_url("http://sim.test/v1/", {}) == "http://sim.test/v1/chat/completions"
-    assert request_url("http://sim.test/v1", {"api-version": "2024-10-21", "x": "a b"}) == \
-        "http://sim.test/v1/chat/completions?api-version=2024-10-21&x=a+b"
+    assert (
+        request_url("http://sim.test/v1", {"api-version": "2024-10-21", "x": "a b"})
+        == "http://sim.test/v1/chat/completions?api-version=2024-10-21&x=a+b"
+    )
 
 
 def test_the_key_goes_in_a_bearer_header_and_no_key_sends_none():
@@ -129,7 +222,19 @@ def test_the_key_goes_in_a_bearer_header_and_no_key_sends_none():
 
 def test_kept_headers_are_the_rate_limit_family_and_the_waits_lower_cased():
     """x-ratelimit-*, Azure's x-rate-limit-*, retry-after(-ms) and x-ms-retry-after-ms are kept; the rest is not."""
-    headers = {"X-RateLimit-Remaining-Requests": "5", "x-rate-limit-reset-tokens": "55", "Retry-After": "2",
-               "retry-after-ms": "1500", "x-ms-retry-after-ms": "10", "server": "x", "x-request-id": "r"}
-    assert kept_headers(headers) == {"x-ratelimit-remaining-requests": "5", "x-rate-limit-reset-tokens": "55",
-                                     "retry-after": "2", "retry-after-ms": "1500", "x-ms-retry-after-ms": "10"}
+    headers = {
+        "X-RateLimit-Remaining-Requests": "5",
+        "x-rate-limit-reset-tokens": "55",
+        "Retry-After": "2",
+        "retry-after-ms": "1500",
+        "x-ms-retry-after-ms": "10",
+        "server": "x",
+        "x-request-id": "r",
+    }
+    assert kept_headers(headers) == {
+        "x-ratelimit-remaining-requests": "5",
+        "x-rate-limit-reset-tokens": "55",
+        "retry-after": "2",
+        "retry-after-ms": "1500",
+        "x-ms-retry-after-ms": "10",
+    }

@@ -34,6 +34,7 @@ ITEMS = [Item(id=f"r{i}", url=f"https://img.test/{i}.png") for i in range(3)]
 def azure_like() -> Dialect:
     """Azure's shape where it differs from OpenAI's: ``api-key`` instead of Bearer, ``?api-version=`` on the URL,
     a marker in the body, and its own name for the requests limit."""
+
     def request_url(base_url: str, query: Mapping[str, str]) -> str:
         return base_url.rstrip("/") + "/chat/completions?api-version=2024-10-21"
 
@@ -49,9 +50,15 @@ def azure_like() -> Dialect:
     def rate_limits(headers: Mapping[str, str]) -> RateLimitHeaders:
         return RateLimitHeaders(limit_requests=header_count(headers, "azure-limit-requests"))
 
-    return dataclasses.replace(dialect_for("openai"), name="azure-like", request_url=request_url,
-                               auth_headers=auth_headers, build_body=body, kept_headers=kept_headers,
-                               rate_limit_headers=rate_limits)
+    return dataclasses.replace(
+        dialect_for("openai"),
+        name="azure-like",
+        request_url=request_url,
+        auth_headers=auth_headers,
+        build_body=body,
+        kept_headers=kept_headers,
+        rate_limit_headers=rate_limits,
+    )
 
 
 def run_with(dialect: Dialect | None, out: Path) -> tuple[list[httpx.Request], Any]:
@@ -61,15 +68,24 @@ def run_with(dialect: Dialect | None, out: Path) -> tuple[list[httpx.Request], A
     def handler(request: httpx.Request) -> httpx.Response:
         if request.method == "POST":
             seen.append(request)
-            return httpx.Response(200, json=completion(),
-                                  headers={"azure-limit-requests": "600", "x-ratelimit-limit-requests": "60"})
+            return httpx.Response(
+                200, json=completion(), headers={"azure-limit-requests": "600", "x-ratelimit-limit-requests": "60"}
+            )
         return httpx.Response(404)
 
     async def go() -> Any:
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-            runner = build_runner(make_config(BASE), http=Http(client=http, poster=HttpxPoster(http, timeout_s=5)),
-                                  journal=journal, chunks=lambda: iter([ITEMS]), base_dir=out.parent,
-                                  total_rows=len(ITEMS), api_key=KEY, grace_s=2, dialect=dialect)
+            runner = build_runner(
+                make_config(BASE),
+                http=Http(client=http, poster=HttpxPoster(http, timeout_s=5)),
+                journal=journal,
+                chunks=lambda: iter([ITEMS]),
+                base_dir=out.parent,
+                total_rows=len(ITEMS),
+                api_key=KEY,
+                grace_s=2,
+                dialect=dialect,
+            )
             await runner.run()
             return runner
 

@@ -36,9 +36,15 @@ def test_row_formula_uses_the_real_size_and_bounds_unknown_ones():
     known = row_formula(Item("a", "x.png"), config=config, counter=counter, size=(4000, 3000))
     text = known.prompt_expected - image_tokens("gpt-4o", detail="high", width=768, height=576)
     assert known.prompt_low == known.prompt_expected == known.prompt_high and known.size_known
-    assert known.resize_saving == image_tokens("gpt-4o", width=4000, height=3000) - image_tokens("gpt-4o", width=768, height=576)
+    assert known.resize_saving == image_tokens("gpt-4o", width=4000, height=3000) - image_tokens(
+        "gpt-4o", width=768, height=576
+    )
     unknown = row_formula(Item("b", "https://x/b.jpg"), config=config, counter=counter, size=None)
-    assert unknown.prompt_low == text + 255 and unknown.prompt_expected == text + 765 and unknown.prompt_high > unknown.prompt_expected
+    assert (
+        unknown.prompt_low == text + 255
+        and unknown.prompt_expected == text + 765
+        and unknown.prompt_high > unknown.prompt_expected
+    )
 
 
 def test_extrapolation_covers_the_truth_for_a_skewed_population():
@@ -93,17 +99,33 @@ def test_summary_has_the_spec_keys():
 
 def test_formula_matches_the_simulators_counted_tokens_for_inlined_images(simulator, tmp_path):
     """Inlined images of known size: the estimate's input tokens equal what the simulator counted (target: within 2%)."""
-    rows = [{"id": f"r{i}", "url": u, "topic": "animals" if i % 2 else "a long topic " * (i % 5)}
-            for i, u in enumerate(make_images(tmp_path / "images", 21))]
+    rows = [
+        {"id": f"r{i}", "url": u, "topic": "animals" if i % 2 else "a long topic " * (i % 5)}
+        for i, u in enumerate(make_images(tmp_path / "images", 21))
+    ]
     manifest = write_csv(tmp_path / "m.csv", rows)
-    config = write_config(tmp_path / "c.toml", '[request]\ndetail = "high"\nprompt = "Describe {topic}."\n'
-                                               "[limits]\nrpm = 60000\ntpm = 100000000\nconcurrency = 8\n")
+    config = write_config(
+        tmp_path / "c.toml",
+        '[request]\ndetail = "high"\nprompt = "Describe {topic}."\n'
+        "[limits]\nrpm = 60000\ntpm = 100000000\nconcurrency = 8\n",
+    )
     est = run_cli(["estimate", str(manifest), "--config", str(config), "--json"])
     assert est.returncode == 0, est.stderr
     estimate = json.loads(est.stdout)
     assert estimate["images_with_known_size"] == 21 and simulator.app.stats()["requests"] == 0
-    run = run_cli(["run", str(manifest), "--out", str(tmp_path / "out"), "--config", str(config),
-                   "--base-url", simulator.base_url, "--no-progress"])
+    run = run_cli(
+        [
+            "run",
+            str(manifest),
+            "--out",
+            str(tmp_path / "out"),
+            "--config",
+            str(config),
+            "--base-url",
+            simulator.base_url,
+            "--no-progress",
+        ]
+    )
     assert run.returncode == 0, run.stderr
     counted = pl.read_parquet(tmp_path / "out" / "results.parquet")["prompt_tokens"].sum()
     assert counted == simulator.app.stats()["prompt_tokens"]
@@ -141,18 +163,48 @@ def test_sample_of_50_predicts_the_full_run_of_1000(simulator, tmp_path):
             url = f"{host}/images/s{i}.png?size={w}x{h}"
         rows.append({"id": f"s{i:04d}", "url": url, "note": "x" * rng.randint(0, 120)})
     manifest = write_csv(tmp_path / "m.csv", rows)
-    config = write_config(tmp_path / "c.toml", '[request]\ndetail = "high"\nprompt = "Caption it. Context: {note}"\n'
-                                               "[limits]\nrpm = 60000\ntpm = 100000000\nconcurrency = 16\n")
+    config = write_config(
+        tmp_path / "c.toml",
+        '[request]\ndetail = "high"\nprompt = "Caption it. Context: {note}"\n'
+        "[limits]\nrpm = 60000\ntpm = 100000000\nconcurrency = 16\n",
+    )
     out = tmp_path / "out"
-    est = run_cli(["estimate", str(manifest), "--config", str(config), "--sample", "50", "--out", str(out),
-                   "--base-url", simulator.base_url, "--json", "--seed", "1", "--probe"])
+    est = run_cli(
+        [
+            "estimate",
+            str(manifest),
+            "--config",
+            str(config),
+            "--sample",
+            "50",
+            "--out",
+            str(out),
+            "--base-url",
+            simulator.base_url,
+            "--json",
+            "--seed",
+            "1",
+            "--probe",
+        ]
+    )
     assert est.returncode == 0, est.stderr
     estimate = json.loads(est.stdout)
     assert simulator.app.stats()["requests"] == 50 and estimate["images_with_known_size"] == estimate["requests"]
     distinct = len({(r["url"], r["note"]) for r in rows})
     assert estimate["requests"] == distinct and estimate["duplicates"] == 1000 - distinct > 0
-    run = run_cli(["run", str(manifest), "--out", str(out), "--config", str(config), "--base-url", simulator.base_url,
-                   "--no-progress"])
+    run = run_cli(
+        [
+            "run",
+            str(manifest),
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            "--base-url",
+            simulator.base_url,
+            "--no-progress",
+        ]
+    )
     assert run.returncode == 0, run.stderr
     assert simulator.app.stats()["requests"] == distinct
     actual = pl.read_parquet(out / "results.parquet")["cost_usd"].sum()
@@ -163,8 +215,15 @@ def test_sample_of_50_predicts_the_full_run_of_1000(simulator, tmp_path):
 
 def test_the_table_says_cost_duration_and_assumptions(tmp_path):
     """Without --json: a short table with rows, cost low/expected/high, duration and the stated assumptions."""
-    manifest = write_csv(tmp_path / "m.csv", [{"id": f"r{i}", "url": f"https://images.example.com/{i}.jpg"} for i in range(30)])
+    manifest = write_csv(
+        tmp_path / "m.csv", [{"id": f"r{i}", "url": f"https://images.example.com/{i}.jpg"} for i in range(30)]
+    )
     out = run_cli(["estimate", str(manifest)]).stdout
-    for words in ("rows               30 (30 requests after dedup", "cost               $", "expected (low $",
-                  "duration", "assumption         30 images of unknown size"):
+    for words in (
+        "rows               30 (30 requests after dedup",
+        "cost               $",
+        "expected (low $",
+        "duration",
+        "assumption         30 images of unknown size",
+    ):
         assert words in out, out

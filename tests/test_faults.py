@@ -16,23 +16,54 @@ from pipeline.simulator import SimConfig, SimulatorApp, SimulatorServer, image_k
 from tests.conftest import FAST_CONFIG, remote_rows, run_cli, write_config, write_csv
 from tests.test_runner import make_config, run_once
 
-TRANSIENT = {"500": 0.02, "502": 0.02, "503": 0.02, "429": 0.02, "reset": 0.01, "stall": 0.005,
-             "truncated": 0.01, "nonjson": 0.01, "nochoices": 0.01}
+TRANSIENT = {
+    "500": 0.02,
+    "502": 0.02,
+    "503": 0.02,
+    "429": 0.02,
+    "reset": 0.01,
+    "stall": 0.005,
+    "truncated": 0.01,
+    "nonjson": 0.01,
+    "nochoices": 0.01,
+}
 PERMANENT = {"invalid_image_url": 0.01, "filter_prompt": 0.01, "filter_completion": 0.01}
 EXPECTED_PERMANENT = {
     "invalid_image_url": {"status": "error", "error_type": "bad_request", "http_status": 400, "flagged": False},
-    "filter_prompt": {"status": "filtered", "error_type": "content_filter", "http_status": 400, "flagged": True,
-                      "flagged_categories": ["violence"], "max_severity": "medium"},
-    "filter_completion": {"status": "filtered", "error_type": "content_filter", "http_status": 200, "flagged": True,
-                          "flagged_categories": ["violence"], "max_severity": "high", "finish_reason": "content_filter"},
+    "filter_prompt": {
+        "status": "filtered",
+        "error_type": "content_filter",
+        "http_status": 400,
+        "flagged": True,
+        "flagged_categories": ["violence"],
+        "max_severity": "medium",
+    },
+    "filter_completion": {
+        "status": "filtered",
+        "error_type": "content_filter",
+        "http_status": 200,
+        "flagged": True,
+        "flagged_categories": ["violence"],
+        "max_severity": "high",
+        "finish_reason": "content_filter",
+    },
 }
 
 
 def test_every_fault_class_at_realistic_rates(tmp_path):
     """500 rows under every transient and permanent fault: each id once, transients retried to success, permanents recorded once."""
     log = tmp_path / "requests.jsonl"
-    app = SimulatorApp(SimConfig(latency_median_s=0.003, latency_p99_s=0.02, accept_any_model=True, seed=11,
-                                 fault_rates={**TRANSIENT, **PERMANENT}, stall_s=2.0, log_path=str(log)))
+    app = SimulatorApp(
+        SimConfig(
+            latency_median_s=0.003,
+            latency_p99_s=0.02,
+            accept_any_model=True,
+            seed=11,
+            fault_rates={**TRANSIENT, **PERMANENT},
+            stall_s=2.0,
+            log_path=str(log),
+        )
+    )
     rows = remote_rows(500, prefix="f")
     with SimulatorServer(app, log_level="critical") as sim:
         config = make_config(sim.base_url, endpoint={"timeout_s": 0.5}, limits={"concurrency": 32, "max_attempts": 8})
@@ -69,16 +100,28 @@ def _cli_against(app: SimulatorApp, tmp_path: Path, rows: int = 300) -> tuple[in
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
     manifest = write_csv(tmp_path / "m.csv", remote_rows(rows))
     with SimulatorServer(app, log_level="critical") as sim:
-        result = run_cli(["run", str(manifest), "--out", str(tmp_path / "out"), "--config", str(config),
-                          "--base-url", sim.base_url, "--no-progress"])
+        result = run_cli(
+            [
+                "run",
+                str(manifest),
+                "--out",
+                str(tmp_path / "out"),
+                "--config",
+                str(config),
+                "--base-url",
+                sim.base_url,
+                "--no-progress",
+            ]
+        )
         sent = app.stats()["requests"]
     return result.returncode, result.stderr, sent
 
 
 def test_insufficient_quota_exits_3_after_at_most_concurrency_requests(tmp_path):
     """429 insufficient_quota is not retried: exit 3, a message about quota, ≤ concurrency requests."""
-    code, stderr, sent = _cli_against(SimulatorApp(SimConfig(latency_median_s=0.002, accept_any_model=True,
-                                                             fault_rates={"quota": 1.0})), tmp_path)
+    code, stderr, sent = _cli_against(
+        SimulatorApp(SimConfig(latency_median_s=0.002, accept_any_model=True, fault_rates={"quota": 1.0})), tmp_path
+    )
     assert code == 3 and "no quota or credit left" in stderr and sent <= 16
 
 
@@ -108,7 +151,18 @@ def test_connections_refused_trip_the_breaker(tmp_path):
         port = probe.getsockname()[1]
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
     manifest = write_csv(tmp_path / "m.csv", remote_rows(1000))
-    result = run_cli(["run", str(manifest), "--out", str(tmp_path / "out"), "--config", str(config),
-                      "--base-url", f"http://127.0.0.1:{port}/v1", "--no-progress"])
+    result = run_cli(
+        [
+            "run",
+            str(manifest),
+            "--out",
+            str(tmp_path / "out"),
+            "--config",
+            str(config),
+            "--base-url",
+            f"http://127.0.0.1:{port}/v1",
+            "--no-progress",
+        ]
+    )
     assert result.returncode == 3 and "the endpoint looks down" in result.stderr
     assert pl.read_parquet(tmp_path / "out" / "results.parquet").filter(pl.col("status") == "error").height == 0

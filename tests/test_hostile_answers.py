@@ -63,8 +63,18 @@ def manifest(path: Path, markers: list[str]) -> Path:
 
 def run_args(tmp_path: Path, server: HostileServer, markers: list[str], *extra: str) -> list[str]:
     config = write_config(tmp_path / "c.toml", CONFIG)
-    return ["run", str(manifest(tmp_path / "m.csv", markers)), "--out", str(tmp_path / "out"), "--config", str(config),
-            "--base-url", server.base_url, "--no-progress", *extra]
+    return [
+        "run",
+        str(manifest(tmp_path / "m.csv", markers)),
+        "--out",
+        str(tmp_path / "out"),
+        "--config",
+        str(config),
+        "--base-url",
+        server.base_url,
+        "--no-progress",
+        *extra,
+    ]
 
 
 def results(tmp_path: Path) -> pl.DataFrame:
@@ -163,8 +173,12 @@ def test_deep_nesting_and_wrong_types_are_classified_rows_without_tracebacks(ser
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     rows = {r["id"].rsplit("-", 1)[0]: r for r in results(tmp_path).to_dicts()}
-    expected = {"deep_filter": "content_filter_results", "text_not_string": "choices[0].message.content[0].text",
-                "content_dict": "choices[0].message.content is dict", "content_int": "choices[0].message.content is int"}
+    expected = {
+        "deep_filter": "content_filter_results",
+        "text_not_string": "choices[0].message.content[0].text",
+        "content_dict": "choices[0].message.content is dict",
+        "content_int": "choices[0].message.content is int",
+    }
     for marker, field in expected.items():
         row = rows[marker]
         assert (row["status"], row["error_type"]) == ("error", "invalid_response"), row
@@ -199,8 +213,14 @@ def test_200_mb_bodies_at_concurrency_8_stay_under_600_mb(server, tmp_path):
     peak RSS of the `caption run` process under 600 MB, each row invalid_response."""
     size = 200 * 2**20
     server.answers = {"chunked": huge_body(size, declare_length=False), "sized": huge_body(size, declare_length=True)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *run_args(tmp_path, server, ["chunked", "sized"] * 4)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *run_args(tmp_path, server, ["chunked", "sized"] * 4)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        cwd=ROOT,
+    )
     stderr_lines: list[str] = []
     reader = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
     reader.start()

@@ -58,7 +58,11 @@ def _restore_cli_logging():
         ("[request.extra_body]\nstream = true\n", "request.extra_body", "must not set 'stream'"),
         ("[request.extra_body]\nmax_tokens = 5\n", "request.extra_body", "set request.max_tokens instead"),
         ("[request.extra_body]\nseed = nan\n", "request.extra_body", "finite"),
-        ("[endpoint]\nbase_url = 'https://user:sk-secret@api.302.ai/v1'\n", "endpoint.base_url", "environment variable"),
+        (
+            "[endpoint]\nbase_url = 'https://user:sk-secret@api.302.ai/v1'\n",
+            "endpoint.base_url",
+            "environment variable",
+        ),
         ('[endpoint]\nbase_url = "https://api.302.ai/v1\\r\\nX-Evil: 1"\n', "endpoint.base_url", "control characters"),
     ],
 )
@@ -125,9 +129,10 @@ def test_every_numeric_key_has_bounds():
 
 
 @settings(max_examples=60, deadline=None)
-@given(key=st.sampled_from(sorted(k for k in BOUNDS if not k.startswith("pricing."))),
-       value=st.one_of(st.floats(allow_nan=True, allow_infinity=True),
-                       st.integers(min_value=-(2**70), max_value=2**70)))
+@given(
+    key=st.sampled_from(sorted(k for k in BOUNDS if not k.startswith("pricing."))),
+    value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(min_value=-(2**70), max_value=2**70)),
+)
 def test_any_number_is_either_refused_or_finite_and_in_bounds(key, value):
     """Fuzz: whatever number a key gets, the config either refuses it or holds a finite in-range value."""
     section, name = key.split(".")
@@ -153,8 +158,20 @@ def test_cli_refuses_bad_overrides_with_exit_2_and_sends_nothing(simulator, tmp_
     """`caption run` with a hostile override exits 2, blames the flag, and the endpoint sees no request."""
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
     manifest = write_csv(tmp_path / "m.csv", remote_rows(3))
-    code = main(["run", str(manifest), "--out", str(tmp_path / "out"), "--config", str(config),
-                 "--base-url", simulator.base_url, "--no-progress", *flags])
+    code = main(
+        [
+            "run",
+            str(manifest),
+            "--out",
+            str(tmp_path / "out"),
+            "--config",
+            str(config),
+            "--base-url",
+            simulator.base_url,
+            "--no-progress",
+            *flags,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and words in err and str(config) not in err
     assert simulator.app.stats()["requests"] == 0

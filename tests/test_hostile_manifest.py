@@ -34,15 +34,27 @@ def _all(path, **kw):
 
 def _run(manifest, tmp_path, base_url, *extra: str) -> int:
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
-    return main(["run", str(manifest), "--out", str(tmp_path / "out"), "--config", str(config),
-                 "--base-url", base_url, "--no-progress", *extra])
+    return main(
+        [
+            "run",
+            str(manifest),
+            "--out",
+            str(tmp_path / "out"),
+            "--config",
+            str(config),
+            "--base-url",
+            base_url,
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.parametrize(("name", "sep"), [("m.csv", ","), ("m.tsv", "\t")])
 def test_an_unclosed_quote_is_refused_naming_its_line(tmp_path, name, sep):
     """A stray quote no longer swallows the rows after it: ManifestError naming the line it opened on."""
     path = tmp_path / name
-    path.write_text(f"id{sep}url\na{sep}https://x/1\nb{sep}\"https://x/2\nc{sep}https://x/3\nd{sep}https://x/4\n")
+    path.write_text(f'id{sep}url\na{sep}https://x/1\nb{sep}"https://x/2\nc{sep}https://x/3\nd{sep}https://x/4\n')
     with pytest.raises(ManifestError) as info:
         inspect_manifest(path)
     assert str(path) in str(info.value) and "line 3" in str(info.value) and "never closed" in str(info.value)
@@ -113,7 +125,7 @@ def test_no_url_column_suggests_a_likely_one(tmp_path, name, content, guess):
     path.write_text(content)
     with pytest.raises(ManifestError) as info:
         inspect_manifest(path)
-    assert f"did you mean '{guess}'" in str(info.value) and f"url_column = \"{guess}\"" in str(info.value)
+    assert f"did you mean '{guess}'" in str(info.value) and f'url_column = "{guess}"' in str(info.value)
     plain = tmp_path / "plain.csv"  # nothing image-like: the plain message, no wild guess
     plain.write_text("id,colour\n1,red\n")
     with pytest.raises(ManifestError) as info:

@@ -16,8 +16,15 @@ from pipeline.models import RESULT_SCHEMA, ResultRow
 
 
 def row(i: int, status: str = "ok", *, retryable: bool = False, caption: str | None = None) -> ResultRow:
-    return ResultRow(id=f"id{i}", url=f"https://x/{i}", status=status, caption=caption or f"c{i}",
-                     retryable=retryable, attempts=1, finished_at=datetime(2026, 1, 1, tzinfo=UTC))
+    return ResultRow(
+        id=f"id{i}",
+        url=f"https://x/{i}",
+        status=status,
+        caption=caption or f"c{i}",
+        retryable=retryable,
+        attempts=1,
+        finished_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
 
 
 def test_finalize_keeps_the_latest_row_per_id_with_the_spec_schema(tmp_path):
@@ -78,8 +85,12 @@ def test_meta_round_trip(tmp_path):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.lists(st.tuples(st.integers(0, 15), st.sampled_from(["ok", "error", "filtered"])), max_size=6), max_size=12),
-       st.integers(2, 4))
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(0, 15), st.sampled_from(["ok", "error", "filtered"])), max_size=6), max_size=12
+    ),
+    st.integers(2, 4),
+)
 def test_round_trip_latest_wins_whatever_the_flush_pattern(tmp_path_factory, batches, merge_factor):
     """For any sequence of flushes and merges, each id's final row is the last one written."""
     out = tmp_path_factory.mktemp("j")
@@ -109,16 +120,31 @@ def test_done_ids_lookup_is_exact_at_both_ends():
 def test_merging_parts_of_one_run_keeps_every_value_and_a_later_run_still_wins(tmp_path):
     """Parts with disjoint ids merge by concatenation: every column survives as written. When a later
     run (a new writer) writes an id again, the merge that meets both rows keeps the later one."""
+
     def rich(i: int, caption: str) -> ResultRow:
-        return ResultRow(id=f"id{i:02d}", url=f"https://x/{i}", status="ok", caption=caption, model="gpt-4o",
-                         prompt_tokens=800 + i, cost_usd=0.001 * i, flagged=i % 2 == 0, flagged_categories=["hate"] * (i % 2),
-                         max_severity="low", http_status=200, attempts=1, latency_s=0.5, captions=["a", "b"],
-                         labels='{"k": 1}', finished_at=datetime(2026, 1, 1, 0, 0, i, tzinfo=UTC))
+        return ResultRow(
+            id=f"id{i:02d}",
+            url=f"https://x/{i}",
+            status="ok",
+            caption=caption,
+            model="gpt-4o",
+            prompt_tokens=800 + i,
+            cost_usd=0.001 * i,
+            flagged=i % 2 == 0,
+            flagged_categories=["hate"] * (i % 2),
+            max_severity="low",
+            http_status=200,
+            attempts=1,
+            latency_s=0.5,
+            captions=["a", "b"],
+            labels='{"k": 1}',
+            finished_at=datetime(2026, 1, 1, 0, 0, i, tzinfo=UTC),
+        )
 
     first_run = Journal(tmp_path, merge_factor=4)
     written = [rich(i, f"c{i}") for i in range(12)]
     for k in range(4):
-        first_run.write_rows(written[k * 3:(k + 1) * 3])
+        first_run.write_rows(written[k * 3 : (k + 1) * 3])
     assert first_run.part_count() == 1  # four parts merged into one
     merged = first_run.latest_frame().sort("id")
     assert merged.to_dicts() == conform_rows(written).sort("id").to_dicts()
@@ -142,7 +168,10 @@ def conform_rows(rows: list[ResultRow]) -> pl.DataFrame:
 def test_writers_share_a_folder_each_compacting_its_own_parts(tmp_path):
     """Two shard writers in one folder: own locks, parts named by writer, each merges only its own;
     the default writer's finalize folds both, each id once."""
-    with Journal(tmp_path, merge_factor=2, writer_id="s1") as s1, Journal(tmp_path, merge_factor=2, writer_id="s2") as s2:
+    with (
+        Journal(tmp_path, merge_factor=2, writer_id="s1") as s1,
+        Journal(tmp_path, merge_factor=2, writer_id="s2") as s2,
+    ):
         for k in range(4):  # interleaved, as concurrent shards write
             s1.write_rows([row(k)])
             s2.write_rows([row(100 + k)])

@@ -19,9 +19,18 @@ from tests.conftest import FAST_CONFIG, remote_rows, run_cli, write_config, writ
 
 
 def _rows(ids: range) -> list[ResultRow]:
-    return [ResultRow(id=f"img-{i:04d}", url=f"https://images.example.com/img/{i:04d}.jpg", status="ok",
-                      caption=f"caption {i} " * 30, cost_usd=0.001, attempts=1,
-                      finished_at=datetime(2026, 1, 1, tzinfo=UTC)) for i in ids]
+    return [
+        ResultRow(
+            id=f"img-{i:04d}",
+            url=f"https://images.example.com/img/{i:04d}.jpg",
+            status="ok",
+            caption=f"caption {i} " * 30,
+            cost_usd=0.001,
+            attempts=1,
+            finished_at=datetime(2026, 1, 1, tzinfo=UTC),
+        )
+        for i in ids
+    ]
 
 
 def _garble_column(path: Path, column: str) -> None:
@@ -31,7 +40,7 @@ def _garble_column(path: Path, column: str) -> None:
     chunk = meta.row_group(0).column(names.index(column))
     data = bytearray(path.read_bytes())
     start = chunk.data_page_offset + 40
-    data[start:start + 64] = b"\xff" * 64
+    data[start : start + 64] = b"\xff" * 64
     path.write_bytes(bytes(data))
 
 
@@ -47,8 +56,17 @@ def folder(tmp_path, simulator):
     manifest = write_csv(tmp_path / "m.csv", remote_rows(60))
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
     out = tmp_path / "out"
-    args = ["run", str(manifest), "--out", str(out), "--config", str(config), "--base-url", simulator.base_url,
-            "--no-progress"]
+    args = [
+        "run",
+        str(manifest),
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+        "--base-url",
+        simulator.base_url,
+        "--no-progress",
+    ]
     return out, args
 
 
@@ -147,7 +165,7 @@ def test_report_names_a_damaged_part(folder):
     assert result.returncode == 2 and str(part) in _one_line_error(result.stderr)
 
 
-@pytest.mark.parametrize("content", [b"\xff\xfe not utf-8", b"[1, 2]", b"\"a string\"", b"{not json"])
+@pytest.mark.parametrize("content", [b"\xff\xfe not utf-8", b"[1, 2]", b'"a string"', b"{not json"])
 def test_a_run_json_that_is_not_a_json_object_is_refused(folder, simulator, content):
     out, args = folder
     out.mkdir()

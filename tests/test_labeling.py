@@ -17,8 +17,20 @@ from tests.test_runner import make_config, run_once
 
 def _run(simulator, manifest: Path, out: Path, config_text: str = FAST_CONFIG, *extra: str):
     config = write_config(out.parent / f"{out.name}.toml", config_text)
-    result = run_cli(["run", str(manifest), "--out", str(out), "--config", str(config), "--base-url", simulator.base_url,
-                      "--no-progress", *extra])
+    result = run_cli(
+        [
+            "run",
+            str(manifest),
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            "--base-url",
+            simulator.base_url,
+            "--no-progress",
+            *extra,
+        ]
+    )
     frame = pl.read_parquet(out / "results.parquet") if (out / "results.parquet").exists() else None
     return result, frame
 
@@ -39,13 +51,19 @@ def test_a_folder_of_mixed_images_runs_to_the_end_with_the_right_rows(simulator,
     assert len(by_name) == 7
     for name in ("a.jpg", "b.png", "c.webp", "d.gif"):
         assert by_name[name]["status"] == "ok" and by_name[name]["caption"]
-    for name, words in [("broken.png", "broken or truncated"), ("empty.jpg", "empty (0 bytes)"), ("bomb.png", "decompression bomb")]:
+    for name, words in [
+        ("broken.png", "broken or truncated"),
+        ("empty.jpg", "empty (0 bytes)"),
+        ("bomb.png", "decompression bomb"),
+    ]:
         row = by_name[name]
         assert (row["status"], row["error_type"]) == ("error", "image_unreadable") and words in row["error_message"]
     assert simulator.app.stats()["requests"] == 4
 
 
-@pytest.mark.parametrize(("model", "full_tokens", "resized_tokens"), [("gpt-4.1-mini", 2406, 700), ("gpt-4o", 765, 765)])
+@pytest.mark.parametrize(
+    ("model", "full_tokens", "resized_tokens"), [("gpt-4.1-mini", 2406, 700), ("gpt-4o", 765, 765)]
+)
 def test_max_side_brings_a_large_image_to_the_resized_figure(simulator, tmp_path, model, full_tokens, resized_tokens):
     """4000x3000 with max_side = 768: the simulator counts the resized 768x576 image. Patch models (gpt-4.1-mini:
     1485 patches x 1.62) drop from 2406 to 700 (432 x 1.62) image tokens; the gpt-4o tile rule already scales a
@@ -58,7 +76,9 @@ def test_max_side_brings_a_large_image_to_the_resized_figure(simulator, tmp_path
     assert image_tokens(model, detail="high", width=4000, height=3000) == full_tokens
     assert image_tokens(model, detail="high", width=768, height=576) == resized_tokens
     assert full["prompt_tokens"][0] - small["prompt_tokens"][0] == full_tokens - resized_tokens
-    estimate = json.loads(run_cli(["estimate", str(manifest), "--config", str(tmp_path / "small.toml"), "--json"]).stdout)
+    estimate = json.loads(
+        run_cli(["estimate", str(manifest), "--config", str(tmp_path / "small.toml"), "--json"]).stdout
+    )
     assert estimate["max_side_saving_tokens"] == full_tokens - resized_tokens
     assert estimate["input_tokens"] == small["prompt_tokens"][0]
 
@@ -97,9 +117,15 @@ json_schema = { name = "labels", strict = true, schema = { type = "object", addi
 
 def test_a_three_property_schema_yields_three_typed_columns(simulator, tmp_path):
     """A labeling config: labels JSON validated; results.parquet gets subject (str), count (i64), indoor (bool)."""
-    result, frame = _run(simulator, write_csv(tmp_path / "m.csv", remote_rows(12)), tmp_path / "out", FAST_CONFIG + LABELS)
+    result, frame = _run(
+        simulator, write_csv(tmp_path / "m.csv", remote_rows(12)), tmp_path / "out", FAST_CONFIG + LABELS
+    )
     assert result.returncode == 0, result.stderr
-    assert frame.schema["subject"] == pl.String() and frame["count"].dtype == pl.Int64 and frame["indoor"].dtype == pl.Boolean
+    assert (
+        frame.schema["subject"] == pl.String()
+        and frame["count"].dtype == pl.Int64
+        and frame["indoor"].dtype == pl.Boolean
+    )
     for row in frame.to_dicts():
         labels = json.loads(row["labels"])
         assert (row["subject"], row["count"], row["indoor"]) == (labels["subject"], labels["count"], labels["indoor"])
@@ -108,22 +134,31 @@ def test_a_three_property_schema_yields_three_typed_columns(simulator, tmp_path)
 
 def test_an_invalid_structured_reply_is_retried_once_then_an_error(simulator, tmp_path):
     """A reply that is not valid JSON for the schema: asked once more; if it is still wrong, invalid_response."""
-    rows = [{"id": "once", "url": "https://images.example.com/l/1.jpg?sim=badjsonx1"},
-            {"id": "always", "url": "https://images.example.com/l/2.jpg?sim=badjson"},
-            {"id": "fine", "url": "https://images.example.com/l/3.jpg"}]
+    rows = [
+        {"id": "once", "url": "https://images.example.com/l/1.jpg?sim=badjsonx1"},
+        {"id": "always", "url": "https://images.example.com/l/2.jpg?sim=badjson"},
+        {"id": "fine", "url": "https://images.example.com/l/3.jpg"},
+    ]
     result, frame = _run(simulator, write_csv(tmp_path / "m.csv", rows), tmp_path / "out", FAST_CONFIG + LABELS)
     by_id = {r["id"]: r for r in frame.to_dicts()}
     assert "once" in by_id, result.stderr
     assert by_id["once"]["status"] == "ok" and by_id["once"]["attempts"] == 2 and by_id["once"]["labels"]
     bad = by_id["always"]
-    assert (bad["status"], bad["error_type"], bad["attempts"], bad["retryable"]) == ("error", "invalid_response", 2, False)
+    assert (bad["status"], bad["error_type"], bad["attempts"], bad["retryable"]) == (
+        "error",
+        "invalid_response",
+        2,
+        False,
+    )
     assert "not JSON" in bad["error_message"] and bad["cost_usd"] > 0  # both answers were paid for
     assert by_id["fine"]["attempts"] == 1 and result.returncode == 1
 
 
 def test_n_greater_than_one_fills_a_captions_list(simulator, tmp_path):
     """n = 2: caption is the first choice, captions holds both."""
-    result, frame = _run(simulator, write_csv(tmp_path / "m.csv", remote_rows(3)), tmp_path / "out", FAST_CONFIG + "\n[request]\nn = 2\n")
+    result, frame = _run(
+        simulator, write_csv(tmp_path / "m.csv", remote_rows(3)), tmp_path / "out", FAST_CONFIG + "\n[request]\nn = 2\n"
+    )
     row = frame.to_dicts()[0]
     assert len(row["captions"]) == 2 and row["captions"][0] == row["caption"] and row["captions"][1] != row["caption"]
 
@@ -131,17 +166,26 @@ def test_n_greater_than_one_fills_a_captions_list(simulator, tmp_path):
 def test_inline_remote_downloads_and_inlines_images(simulator, tmp_path):
     """inline_remote: images are fetched (here from the simulator on loopback) and sent as data URLs sized as they are."""
     host = simulator.base_url.removesuffix("/v1")
-    rows = [{"id": "big", "url": f"{host}/images/big.png?size=2000x1000"},
-            {"id": "text", "url": f"{host}/images/page.png?type=text"},
-            {"id": "slow", "url": f"{host}/images/slow.png?delay=6"},
-            {"id": "huge", "url": f"{host}/images/huge.png?size=4000x4000"}]
-    config = FAST_CONFIG + '\n[request]\ndetail = "high"\n[images]\ninline_remote = true\ndownload_timeout_s = 3.0\nmax_bytes = 60000\n'
+    rows = [
+        {"id": "big", "url": f"{host}/images/big.png?size=2000x1000"},
+        {"id": "text", "url": f"{host}/images/page.png?type=text"},
+        {"id": "slow", "url": f"{host}/images/slow.png?delay=6"},
+        {"id": "huge", "url": f"{host}/images/huge.png?size=4000x4000"},
+    ]
+    config = (
+        FAST_CONFIG
+        + '\n[request]\ndetail = "high"\n[images]\ninline_remote = true\ndownload_timeout_s = 3.0\nmax_bytes = 60000\n'
+    )
     result, frame = _run(simulator, write_csv(tmp_path / "m.csv", rows), tmp_path / "out", config)
     by_id = {r["id"]: r for r in frame.to_dicts()}
     assert by_id["big"]["status"] == "ok"
     text_tokens = by_id["big"]["prompt_tokens"] - image_tokens("gpt-4o", detail="high", width=2000, height=1000)
     assert 5 < text_tokens < 30  # the simulator measured the inlined 2000x1000 image
-    for rid, words in [("text", "not an image"), ("slow", "took longer than 3s"), ("huge", "larger than images.max_bytes")]:
+    for rid, words in [
+        ("text", "not an image"),
+        ("slow", "took longer than 3s"),
+        ("huge", "larger than images.max_bytes"),
+    ]:
         assert by_id[rid]["error_type"] == "image_unreadable" and words in by_id[rid]["error_message"], by_id[rid]
     assert simulator.app.stats()["requests"] == 1
 
@@ -151,8 +195,11 @@ def test_gateway_extras_reach_the_endpoint_and_ocr_models_are_priced(tmp_path):
     log = tmp_path / "requests.jsonl"
     app = SimulatorApp(SimConfig(latency_median_s=0.002, log_path=str(log), models=("gpt-3.5-turbo",)))
     with SimulatorServer(app, log_level="critical") as sim:
-        config = make_config(sim.base_url, request={"model": "gpt-3.5-turbo-ocr", "extra_body": {"ocr_model": "gpt-4o-mini"}},
-                             pricing={"gpt-3.5-turbo": {"input": 0.5, "output": 1.5}})
+        config = make_config(
+            sim.base_url,
+            request={"model": "gpt-3.5-turbo-ocr", "extra_body": {"ocr_model": "gpt-4o-mini"}},
+            pricing={"gpt-3.5-turbo": {"input": 0.5, "output": 1.5}},
+        )
         _, frame = run_once(config, write_csv(tmp_path / "m.csv", remote_rows(2)), tmp_path / "out")
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(entries) == 2 and all(e.get("ocr_model") == "gpt-4o-mini" for e in entries)
@@ -163,7 +210,10 @@ def test_gateway_extras_reach_the_endpoint_and_ocr_models_are_priced(tmp_path):
 
 def test_a_malformed_schema_is_refused_before_sending(simulator, tmp_path):
     """A response_format whose JSON schema is invalid: exit 2 naming request.response_format."""
-    bad = FAST_CONFIG + '\n[request.response_format]\ntype = "json_schema"\njson_schema = { name = "x", schema = { type = 5 } }\n'
+    bad = (
+        FAST_CONFIG
+        + '\n[request.response_format]\ntype = "json_schema"\njson_schema = { name = "x", schema = { type = 5 } }\n'
+    )
     result, _ = _run(simulator, write_csv(tmp_path / "m.csv", remote_rows(2)), tmp_path / "out", bad)
     assert result.returncode == 2 and "request.response_format" in result.stderr
     assert simulator.app.stats()["requests"] == 0

@@ -63,19 +63,45 @@ def test_a_second_run_on_a_locked_folder_exits_2_at_once_and_sends_nothing(tmp_p
     rows = remote_rows(300, prefix="lock")
     manifest = write_csv(tmp_path / "m.csv", rows)
     config = write_config(tmp_path / "c.toml", FAST_CONFIG.replace("concurrency = 16", "concurrency = 4"))
-    first_app = SimulatorApp(SimConfig(latency_median_s=0.02, latency_p99_s=0.05, accept_any_model=True,
-                                       log_path=str(log)))
+    first_app = SimulatorApp(
+        SimConfig(latency_median_s=0.02, latency_p99_s=0.05, accept_any_model=True, log_path=str(log))
+    )
     second_app = SimulatorApp(SimConfig(latency_median_s=0.002, accept_any_model=True))
     out = tmp_path / "out"
-    with SimulatorServer(first_app, log_level="critical") as first_sim, \
-            SimulatorServer(second_app, log_level="critical") as second_sim:
-        first = start_cli(["run", str(manifest), "--out", str(out), "--config", str(config),
-                           "--base-url", first_sim.base_url, "--no-progress"])
+    with (
+        SimulatorServer(first_app, log_level="critical") as first_sim,
+        SimulatorServer(second_app, log_level="critical") as second_sim,
+    ):
+        first = start_cli(
+            [
+                "run",
+                str(manifest),
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+                "--base-url",
+                first_sim.base_url,
+                "--no-progress",
+            ]
+        )
         try:
             _wait_for_line(first, "locked by pid")
             started = time.monotonic()
-            second = run_cli(["run", str(manifest), "--out", str(out), "--config", str(config),
-                              "--base-url", second_sim.base_url, "--no-progress"], timeout_s=30)
+            second = run_cli(
+                [
+                    "run",
+                    str(manifest),
+                    "--out",
+                    str(out),
+                    "--config",
+                    str(config),
+                    "--base-url",
+                    second_sim.base_url,
+                    "--no-progress",
+                ],
+                timeout_s=30,
+            )
             took = time.monotonic() - started
             assert first.poll() is None, "the first run should still be working"
             first_err = first.communicate(timeout=120)[1]
@@ -99,8 +125,17 @@ def test_a_killed_runs_lock_does_not_block_the_next_run(simulator, tmp_path):
     manifest = write_csv(tmp_path / "m.csv", remote_rows(200, prefix="k9"))
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
     simulator.app.update(latency_median_s=0.05, latency_p99_s=0.1)
-    args = ["run", str(manifest), "--out", str(tmp_path / "out"), "--config", str(config),
-            "--base-url", simulator.base_url, "--no-progress"]
+    args = [
+        "run",
+        str(manifest),
+        "--out",
+        str(tmp_path / "out"),
+        "--config",
+        str(config),
+        "--base-url",
+        simulator.base_url,
+        "--no-progress",
+    ]
     proc = start_cli(args)
     _wait_for_line(proc, "locked by pid")
     proc.kill()
@@ -131,16 +166,28 @@ def _signal_scenario(tmp_path: Path, signum: int, *, kill_after_s: float | None)
     log = tmp_path / "sim.jsonl"
     # Every fifth answer is held 3 s: requests are still in flight when the signal comes, so a run
     # that waits for them before flushing is still waiting when the SIGKILL lands.
-    rows = [{**row, "url": row["url"] + ("?sim=slow" if i % 5 == 4 else "")}
-            for i, row in enumerate(remote_rows(60, prefix="sig"))]
+    rows = [
+        {**row, "url": row["url"] + ("?sim=slow" if i % 5 == 4 else "")}
+        for i, row in enumerate(remote_rows(60, prefix="sig"))
+    ]
     manifest = write_csv(tmp_path / "m.csv", rows)
     config = write_config(tmp_path / "c.toml", SLOW_FLUSH)
-    app = SimulatorApp(SimConfig(latency_median_s=0.15, latency_p99_s=0.6, accept_any_model=True, log_path=str(log),
-                                 stall_s=3.0))
+    app = SimulatorApp(
+        SimConfig(latency_median_s=0.15, latency_p99_s=0.6, accept_any_model=True, log_path=str(log), stall_s=3.0)
+    )
     server = SimulatorServer(app, log_level="critical")
     server.__enter__()
-    args = ["run", str(manifest), "--out", str(tmp_path / "out"), "--config", str(config),
-            "--base-url", server.base_url, "--no-progress"]
+    args = [
+        "run",
+        str(manifest),
+        "--out",
+        str(tmp_path / "out"),
+        "--config",
+        str(config),
+        "--base-url",
+        server.base_url,
+        "--no-progress",
+    ]
     proc = start_cli(args)
     try:
         assert app.wait_until(lambda s: s["accepted"] >= 12, timeout_s=60)
@@ -202,8 +249,19 @@ def test_a_second_signal_ends_the_grace_period(tmp_path):
     config = write_config(tmp_path / "c.toml", SLOW_FLUSH)
     app = SimulatorApp(SimConfig(latency_median_s=0.002, accept_any_model=True, stall_s=30))
     with SimulatorServer(app, log_level="critical") as sim:
-        proc = start_cli(["run", str(manifest), "--out", str(tmp_path / "out"), "--config", str(config),
-                          "--base-url", sim.base_url, "--no-progress"])
+        proc = start_cli(
+            [
+                "run",
+                str(manifest),
+                "--out",
+                str(tmp_path / "out"),
+                "--config",
+                str(config),
+                "--base-url",
+                sim.base_url,
+                "--no-progress",
+            ]
+        )
         assert app.wait_until(lambda s: s["held"] >= 8, timeout_s=30)
         proc.send_signal(signal.SIGINT)
         lines = _wait_for_line(proc, "request(s) in flight")
@@ -220,7 +278,11 @@ def test_a_fatal_stop_records_the_answers_still_in_flight(tmp_path, fatal, error
     """A quota or auth stop while 7 slow requests are in flight: their (paid) answers are recorded,
     and the resume sends none of them again."""
     slow = [{"id": f"slow-{i}", "url": f"https://img.example.com/s/{i}.jpg?sim=slow"} for i in range(7)]
-    rows = [*slow, {"id": "fatal", "url": f"https://img.example.com/f.jpg?sim={fatal}x1"}, *remote_rows(30, prefix="rest")]
+    rows = [
+        *slow,
+        {"id": "fatal", "url": f"https://img.example.com/f.jpg?sim={fatal}x1"},
+        *remote_rows(30, prefix="rest"),
+    ]
     manifest = write_csv(tmp_path / "m.csv", rows)
     app = SimulatorApp(SimConfig(latency_median_s=0.002, latency_p99_s=0.005, accept_any_model=True, stall_s=0.5))
     out = tmp_path / "out"
@@ -277,8 +339,12 @@ def test_the_folders_spend_counts_every_run(simulator, tmp_path):
     rows = [{"id": "x", "url": "https://img.example.com/x.jpg?sim=badjsonx2"}, *remote_rows(3, prefix="sp")]
     manifest = write_csv(tmp_path / "m.csv", rows)
     out = tmp_path / "out"
-    config = make_config(simulator.base_url, request={"response_format": {"type": "json_schema", "json_schema": {
-        "name": "x", "schema": json.loads(schema)}}})
+    config = make_config(
+        simulator.base_url,
+        request={
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": json.loads(schema)}}
+        },
+    )
     _, first = run_once(config, manifest, out)
     failed = first.filter(pl.col("id") == "x").row(0, named=True)
     assert failed["status"] == "error" and failed["cost_usd"] > 0  # two paid answers, both refused
@@ -296,8 +362,17 @@ def test_deleting_run_json_does_not_skip_the_parameter_check(simulator, tmp_path
     """A folder with results but no run.json is refused (exit 2) unless --force, not silently resumed."""
     manifest = write_csv(tmp_path / "m.csv", remote_rows(5, prefix="rj"))
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
-    args = ["run", str(manifest), "--out", str(tmp_path / "out"), "--config", str(config),
-            "--base-url", simulator.base_url, "--no-progress"]
+    args = [
+        "run",
+        str(manifest),
+        "--out",
+        str(tmp_path / "out"),
+        "--config",
+        str(config),
+        "--base-url",
+        simulator.base_url,
+        "--no-progress",
+    ]
     assert run_cli(args).returncode == 0
     os.unlink(tmp_path / "out" / "run.json")
     refused = run_cli([*args, "--model", "gpt-4o-mini"])
@@ -309,7 +384,18 @@ def test_the_left_count_is_right_when_rows_collapse(simulator, tmp_path):
     """30 rows naming 3 urls with no id column are 3 ids: a finished run says 0 left, not 27."""
     rows = [{"url": f"https://img.example.com/c/{i % 3}.jpg"} for i in range(30)]
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
-    result = run_cli(["run", str(write_csv(tmp_path / "m.csv", rows)), "--out", str(tmp_path / "out"), "--config",
-                      str(config), "--base-url", simulator.base_url, "--no-progress"])
+    result = run_cli(
+        [
+            "run",
+            str(write_csv(tmp_path / "m.csv", rows)),
+            "--out",
+            str(tmp_path / "out"),
+            "--config",
+            str(config),
+            "--base-url",
+            simulator.base_url,
+            "--no-progress",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     assert "3 rows this run" in result.stderr and ", 0 left;" in result.stderr, result.stderr

@@ -45,11 +45,22 @@ def test_seed003_vendor_usage_extras_are_tolerated():
 def test_filtered_choice_reports_categories_and_highest_severity():
     """A choice cut by the filter: flagged, its categories, and the worst severity seen."""
     body = {
-        "id": "x", "model": "gpt-4o",
-        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {"hate": {"filtered": False, "severity": "low"}}}],
-        "choices": [{"index": 0, "finish_reason": "content_filter", "message": {"role": "assistant", "content": None},
-                     "content_filter_results": {"violence": {"filtered": True, "severity": "high"},
-                                                "jailbreak": {"filtered": True, "detected": True}}}],
+        "id": "x",
+        "model": "gpt-4o",
+        "prompt_filter_results": [
+            {"prompt_index": 0, "content_filter_results": {"hate": {"filtered": False, "severity": "low"}}}
+        ],
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "content_filter",
+                "message": {"role": "assistant", "content": None},
+                "content_filter_results": {
+                    "violence": {"filtered": True, "severity": "high"},
+                    "jailbreak": {"filtered": True, "detected": True},
+                },
+            }
+        ],
     }
     c = parse_completion(body)
     assert c.finish_reason == "content_filter" and c.caption is None
@@ -57,7 +68,9 @@ def test_filtered_choice_reports_categories_and_highest_severity():
     assert c.filters.max_severity == "high"
 
 
-@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"choices": []}', b'{"id": "x"}', b'{"error": {"message": "boom"}}'])
+@pytest.mark.parametrize(
+    "body", [b"not json", b"[]", b'{"choices": []}', b'{"id": "x"}', b'{"error": {"message": "boom"}}']
+)
 def test_unusable_200_bodies_raise_invalid_response(body):
     """Non-JSON, no choices, or an error object inside a 200 is an invalid response (retried)."""
     with pytest.raises(InvalidResponseError):
@@ -66,13 +79,17 @@ def test_unusable_200_bodies_raise_invalid_response(body):
 
 def test_content_as_parts_is_joined():
     """Servers that return content parts still give a caption string."""
-    c = parse_completion({"choices": [{"message": {"content": [{"type": "text", "text": "a "}, {"type": "text", "text": "cat"}]}}]})
+    c = parse_completion(
+        {"choices": [{"message": {"content": [{"type": "text", "text": "a "}, {"type": "text", "text": "cat"}]}}]}
+    )
     assert c.caption == "a cat"
 
 
 def test_error_body_from_html_gateway_page_keeps_its_title():
     """Cloudflare's HTML 502 is summarised by its title, not dumped."""
-    err = parse_error_body(b"<html><head><title>api.openai.com | 502: Bad gateway</title></head><body>...</body></html>")
+    err = parse_error_body(
+        b"<html><head><title>api.openai.com | 502: Bad gateway</title></head><body>...</body></html>"
+    )
     assert err.message == "api.openai.com | 502: Bad gateway" and err.code is None
 
 
@@ -116,7 +133,9 @@ def test_filter_results_nested_past_what_can_be_stored_are_invalid():
 def test_huge_numbers_are_invalid_not_overflow():
     """2^64 (a float to orjson) and 1e400 (infinity) in usage are invalid responses."""
     with pytest.raises(InvalidResponseError, match="outside 0"):
-        parse_completion_bytes(b'{"choices": [{"message": {"content": "a"}}], "usage": {"prompt_tokens": 18446744073709551616}}')
+        parse_completion_bytes(
+            b'{"choices": [{"message": {"content": "a"}}], "usage": {"prompt_tokens": 18446744073709551616}}'
+        )
     with pytest.raises(InvalidResponseError, match="not valid JSON"):
         parse_completion_bytes(b'{"choices": [{"message": {"content": "a"}}], "usage": {"prompt_tokens": 1e400}}')
 

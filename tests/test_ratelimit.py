@@ -81,9 +81,21 @@ def test_headers_saying_the_window_is_spent_pause_before_a_429():
     assert limiter.paused_until == pytest.approx(1001.5)
 
 
-@pytest.mark.parametrize(("raw", "seconds"), [("20ms", 0.02), ("1s", 1.0), ("6m0s", 360.0), ("26.604s", 26.604),
-                                              ("24h6m34s", 86794.0), ("55", 55.0), ("-1", None), ("0", 0.0),
-                                              ("soon", None), (None, None)])
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [
+        ("20ms", 0.02),
+        ("1s", 1.0),
+        ("6m0s", 360.0),
+        ("26.604s", 26.604),
+        ("24h6m34s", 86794.0),
+        ("55", 55.0),
+        ("-1", None),
+        ("0", 0.0),
+        ("soon", None),
+        (None, None),
+    ],
+)
 def test_reset_durations_in_every_format(raw, seconds):
     """Go durations (OpenAI), integer seconds (Azure), -1 as unknown."""
     assert parse_duration_s(raw) == (pytest.approx(seconds) if seconds is not None else None)
@@ -92,12 +104,16 @@ def test_reset_durations_in_every_format(raw, seconds):
 def test_a_429_slows_the_rate_once_per_event_and_successes_ramp_it_back():
     """Multiplicative decrease on a 429 (not once per 429 of the same burst), additive increase per success."""
     clock = FakeClock()
-    limiter = RateLimiter(rpm=600, tpm=None, clock=clock, sleep=clock.sleep, read_headers=openai_headers, decrease=0.5, increase=0.1)
+    limiter = RateLimiter(
+        rpm=600, tpm=None, clock=clock, sleep=clock.sleep, read_headers=openai_headers, decrease=0.5, increase=0.1
+    )
     for _ in range(5):  # a burst of 429s from requests already in flight
         limiter.rate_limited(2.0)
     assert limiter.factor == 0.5 and limiter.decreases == 1 and limiter.paused_until == pytest.approx(1002.0)
     times = _grant_times(limiter, clock, 3)
-    assert times[0] == pytest.approx(1002.0) and times[2] - times[1] == pytest.approx(2 * 60 / 599 * 1.001, rel=1e-6)  # half rate
+    assert times[0] == pytest.approx(1002.0) and times[2] - times[1] == pytest.approx(
+        2 * 60 / 599 * 1.001, rel=1e-6
+    )  # half rate
     for _ in range(5):
         limiter.settle(_grant(limiter, clock), prompt_tokens=None)
     assert limiter.factor == pytest.approx(1.0)
@@ -116,9 +132,15 @@ def test_limits_are_learned_from_headers_when_the_config_leaves_them_open():
     limiter = RateLimiter(rpm=None, tpm=None, clock=clock, sleep=clock.sleep, read_headers=openai_headers)
     limiter.observe({"x-ratelimit-limit-requests": "10000", "x-ratelimit-reset-requests": "24h6m34s"})
     assert limiter.rpm is None  # that header described requests per day
-    limiter.observe({"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "599",
-                     "x-ratelimit-reset-requests": "100ms", "x-ratelimit-limit-tokens": "100000",
-                     "x-ratelimit-reset-tokens": "6ms"})
+    limiter.observe(
+        {
+            "x-ratelimit-limit-requests": "600",
+            "x-ratelimit-remaining-requests": "599",
+            "x-ratelimit-reset-requests": "100ms",
+            "x-ratelimit-limit-tokens": "100000",
+            "x-ratelimit-reset-tokens": "6ms",
+        }
+    )
     assert (limiter.rpm, limiter.tpm) == (600, 100000)
     times = _grant_times(limiter, clock, 5)
     assert times[-1] - times[-2] == pytest.approx(60 / 599 * 1.001, rel=1e-6)
@@ -130,7 +152,9 @@ def test_limits_are_learned_from_headers_when_the_config_leaves_them_open():
 def test_with_no_limit_known_a_429_caps_the_rate_at_what_tripped_it():
     """No config and no headers: the first 429 sets the pace from the dispatch rate just observed, then AIMD."""
     clock = FakeClock()
-    limiter = RateLimiter(rpm=None, tpm=None, clock=clock, sleep=clock.sleep, read_headers=openai_headers, window_s=10.0, decrease=0.5)
+    limiter = RateLimiter(
+        rpm=None, tpm=None, clock=clock, sleep=clock.sleep, read_headers=openai_headers, window_s=10.0, decrease=0.5
+    )
     limiter.observe({})  # answers are already coming back, without rate-limit headers
     for _ in range(100):  # 100 requests over 5 s: 1,200/min observed
         _grant(limiter, clock)
@@ -175,7 +199,9 @@ def test_the_correction_stays_stable_with_many_requests_in_flight():
 def test_a_young_run_measures_its_rate_over_the_time_it_has_run():
     """30 dispatches in the first 0.3 s are ~1,800/min, not 30 per 10 s window."""
     clock = FakeClock()
-    limiter = RateLimiter(rpm=None, tpm=None, clock=clock, sleep=clock.sleep, read_headers=openai_headers, window_s=10.0, decrease=0.5)
+    limiter = RateLimiter(
+        rpm=None, tpm=None, clock=clock, sleep=clock.sleep, read_headers=openai_headers, window_s=10.0, decrease=0.5
+    )
     limiter.observe({})  # answers are already coming back, without rate-limit headers
     for _ in range(30):
         _grant(limiter, clock)
@@ -283,11 +309,21 @@ def test_a_429_asking_for_longer_than_max_wait_raises_at_once():
     from pipeline.errors import WaitTooLongError
 
     clock = FakeClock()
-    limiter = RateLimiter(rpm=600, tpm=None, clock=clock, sleep=clock.sleep, read_headers=openai_headers, max_wait_s=300, wall_clock=lambda: 0.0)
+    limiter = RateLimiter(
+        rpm=600,
+        tpm=None,
+        clock=clock,
+        sleep=clock.sleep,
+        read_headers=openai_headers,
+        max_wait_s=300,
+        wall_clock=lambda: 0.0,
+    )
     with pytest.raises(WaitTooLongError) as caught:
         limiter.rate_limited(86400.0)
     message = str(caught.value)
-    assert "86400 s (1 d 0 h)" in message and "after 1970-01-02 00:00 UTC" in message and "max_wait_s (300 s)" in message
+    assert (
+        "86400 s (1 d 0 h)" in message and "after 1970-01-02 00:00 UTC" in message and "max_wait_s (300 s)" in message
+    )
     with pytest.raises(WaitTooLongError, match="forever"):
         limiter.rate_limited(float("inf"))
 
@@ -297,7 +333,9 @@ def test_a_reset_of_a_day_lets_the_answer_through_and_the_next_grant_raises():
     from pipeline.errors import WaitTooLongError
 
     clock = FakeClock()
-    limiter = RateLimiter(rpm=600, tpm=None, clock=clock, sleep=clock.sleep, read_headers=openai_headers, max_wait_s=300)
+    limiter = RateLimiter(
+        rpm=600, tpm=None, clock=clock, sleep=clock.sleep, read_headers=openai_headers, max_wait_s=300
+    )
     limiter.observe({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "24h0m0s"})
 
     async def go() -> None:

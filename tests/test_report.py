@@ -33,8 +33,19 @@ def finished_run(simulator, tmp_path):
     ]
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
     out = tmp_path / "out"
-    result = run_cli(["run", str(write_csv(tmp_path / "m.csv", rows)), "--out", str(out), "--config", str(config),
-                      "--base-url", simulator.base_url, "--no-progress"])
+    result = run_cli(
+        [
+            "run",
+            str(write_csv(tmp_path / "m.csv", rows)),
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            "--base-url",
+            simulator.base_url,
+            "--no-progress",
+        ]
+    )
     assert result.returncode == 1, result.stderr
     return out
 
@@ -49,9 +60,14 @@ def test_json_report_has_the_spec_keys_and_the_right_counts(finished_run):
     assert report["errors"] == {"bad_request": 1, "image_unreadable": 1}
     assert report["flagged_categories"] == {"violence": 2}
     frame = pl.read_parquet(finished_run / "results.parquet")
-    assert report["prompt_tokens"] == frame["prompt_tokens"].sum() and report["completion_tokens"] == frame["completion_tokens"].sum()
+    assert (
+        report["prompt_tokens"] == frame["prompt_tokens"].sum()
+        and report["completion_tokens"] == frame["completion_tokens"].sum()
+    )
     assert report["cost_usd"] == pytest.approx(frame["cost_usd"].sum(), abs=1e-6)  # the report rounds to 6 places
-    assert set(report["latency_s"]) == {"p50", "p90", "p99"} and report["latency_s"]["p50"] <= report["latency_s"]["p99"]
+    assert (
+        set(report["latency_s"]) == {"p50", "p90", "p99"} and report["latency_s"]["p50"] <= report["latency_s"]["p99"]
+    )
     assert sum(b["rows"] for b in report["throughput"]["timeline"]) == 18
 
 
@@ -66,8 +82,12 @@ def test_report_reads_a_run_that_has_not_finished(tmp_path):
     """A running or killed run (parts only, no results.parquet) is reported from its journal, untouched."""
     journal = Journal(tmp_path)
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    journal.write_rows([ResultRow(id=f"k{i}", url="u", status="ok", latency_s=0.1 * i, finished_at=now + timedelta(seconds=i))
-                        for i in range(5)])
+    journal.write_rows(
+        [
+            ResultRow(id=f"k{i}", url="u", status="ok", latency_s=0.1 * i, finished_at=now + timedelta(seconds=i))
+            for i in range(5)
+        ]
+    )
     in_progress = tmp_path / "journal" / ".p0000000002-0000000002.parquet.tmp-4242"
     in_progress.write_bytes(b"a part the running writer has not renamed yet")
     report = json.loads(run_cli(["report", str(tmp_path), "--json"]).stdout)
@@ -113,12 +133,25 @@ def test_html_page_renders_in_headless_chromium(finished_run, tmp_path):
         pytest.skip("chromium is not installed (apt-get install chromium)")
     page = tmp_path / "report.html"
     run_cli(["report", str(finished_run), "--html", str(page)])
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1200,1600",
+    ]
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=90, check=False)
+    subprocess.run(
+        [CHROMIUM, *flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=90, check=False
+    )
     assert shot.exists() and shot.stat().st_size > 20_000
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=90).stdout
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=90
+    ).stdout
     assert len(re.findall(r'<div class="card ', dom)) == 18
     assert "showing 18" in dom  # the page's own script ran over every card

@@ -19,8 +19,15 @@ def test_body_has_text_and_image_parts_with_detail():
 
 def test_knobs_system_and_extra_body_are_sent():
     """Optional knobs appear only when set; extra_body is merged verbatim (ocr_model)."""
-    request = RequestConfig(model="gpt-3.5-turbo-ocr", system="Be terse about {topic}.", temperature=0.2, n=2,
-                            stop=["\n"], response_format={"type": "json_object"}, extra_body={"ocr_model": "gpt-4o-mini"})
+    request = RequestConfig(
+        model="gpt-3.5-turbo-ocr",
+        system="Be terse about {topic}.",
+        temperature=0.2,
+        n=2,
+        stop=["\n"],
+        response_format={"type": "json_object"},
+        extra_body={"ocr_model": "gpt-4o-mini"},
+    )
     body = build_body(request, image_url="data:image/png;base64,AAAA", fields={"topic": "cats"})
     assert body["messages"][0] == {"role": "system", "content": "Be terse about cats."}
     assert body["temperature"] == 0.2 and body["n"] == 2 and body["stop"] == ["\n"]

@@ -65,13 +65,16 @@ def test_call_with_retries_retries_transient_then_succeeds_with_injected_sleep()
     async def attempt(n: int):
         return outcomes[n - 1]
 
-    outcome, attempts = anyio.run(lambda: call_with_retries(attempt, max_attempts=5, sleep=fake_sleep, rng=random.Random(0)))
+    outcome, attempts = anyio.run(
+        lambda: call_with_retries(attempt, max_attempts=5, sleep=fake_sleep, rng=random.Random(0))
+    )
     assert isinstance(outcome, Reply) and attempts == 3
     assert len(slept) == 2 and 0.375 <= slept[0] <= 0.5 and slept[1] == 2.0
 
 
 def test_call_with_retries_stops_at_max_attempts_and_never_retries_permanent():
     """Attempts stop at max_attempts; a non-retryable failure is returned after one attempt."""
+
     async def no_sleep(_: float) -> None:
         return None
 
@@ -81,7 +84,9 @@ def test_call_with_retries_stops_at_max_attempts_and_never_retries_permanent():
     async def bad(n: int):
         return Failure("bad_request", "bad", False)
 
-    outcome, attempts = anyio.run(lambda: call_with_retries(always_503, max_attempts=4, sleep=no_sleep, rng=random.Random(0)))
+    outcome, attempts = anyio.run(
+        lambda: call_with_retries(always_503, max_attempts=4, sleep=no_sleep, rng=random.Random(0))
+    )
     assert attempts == 4 and isinstance(outcome, Failure) and outcome.retryable
     outcome, attempts = anyio.run(lambda: call_with_retries(bad, max_attempts=4, sleep=no_sleep, rng=random.Random(0)))
     assert attempts == 1 and outcome.error_type == "bad_request"
@@ -99,14 +104,16 @@ def test_call_with_retries_backs_off_exponentially_across_attempts_and_respects_
         calls.append(n)
         return Failure("server_error", "down", True)
 
-    outcome, attempts = anyio.run(lambda: call_with_retries(always_503, max_attempts=4, sleep=record_sleep,
-                                                           rng=random.Random(0)))
+    outcome, attempts = anyio.run(
+        lambda: call_with_retries(always_503, max_attempts=4, sleep=record_sleep, rng=random.Random(0))
+    )
     assert attempts == 4 and calls == [1, 2, 3, 4]
     assert all(0.75 * b <= s <= b for s, b in zip(slept, (0.5, 1.0, 2.0), strict=True))
     calls.clear()
     slept.clear()
-    outcome, attempts = anyio.run(lambda: call_with_retries(always_503, max_attempts=1, sleep=record_sleep,
-                                                           rng=random.Random(0)))
+    outcome, attempts = anyio.run(
+        lambda: call_with_retries(always_503, max_attempts=1, sleep=record_sleep, rng=random.Random(0))
+    )
     assert attempts == 1 and calls == [1] and slept == [] and outcome.retryable
 
 

@@ -36,9 +36,13 @@ def _png(shade: int = 30) -> bytes:
 
 
 def completion(caption: str = "a red square", usage: dict | None = None) -> dict:
-    return {"id": "chatcmpl-t", "object": "chat.completion", "model": "gpt-4o-2024-08-06",
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": caption}}],
-            "usage": usage or {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}}
+    return {
+        "id": "chatcmpl-t",
+        "object": "chat.completion",
+        "model": "gpt-4o-2024-08-06",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": caption}}],
+        "usage": usage or {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
+    }
 
 
 class Endpoint:
@@ -54,7 +58,9 @@ class Endpoint:
             self.posts.append(body)
             return self.answer(body)
         if request.url.path.startswith("/to-data"):
-            return httpx.Response(302, headers={"location": "data:image/png;base64," + base64.b64encode(_png()).decode()})
+            return httpx.Response(
+                302, headers={"location": "data:image/png;base64," + base64.b64encode(_png()).decode()}
+            )
         # A different picture per path: identical downloads would be answered once (dedup).
         return httpx.Response(200, content=_png(sum(request.url.path.encode())), headers={"content-type": "image/png"})
 
@@ -70,9 +76,15 @@ def run(config, items_or_manifest, out: Path, endpoint: Endpoint, *, journal=Non
 
     async def go():
         async with httpx.AsyncClient(transport=httpx.MockTransport(endpoint)) as http:
-            runner = build_runner(config, http=Http(client=http, poster=HttpxPoster(http, timeout_s=5)),
-                                  journal=journal, chunks=chunks, base_dir=base_dir or base, total_rows=total,
-                                  grace_s=2)
+            runner = build_runner(
+                config,
+                http=Http(client=http, poster=HttpxPoster(http, timeout_s=5)),
+                journal=journal,
+                chunks=chunks,
+                base_dir=base_dir or base,
+                total_rows=total,
+                grace_s=2,
+            )
             try:
                 return await runner.run()
             except Exception as exc:  # noqa: BLE001 - the test inspects the stop reason
@@ -97,16 +109,20 @@ def _by_id(frame: pl.DataFrame) -> dict[str, dict]:
 GOOD = [Item(id=f"good-{i}", url=f"https://img.test/{i}.png") for i in range(5)]
 
 
-@pytest.mark.parametrize("url,why", [
-    ("https://img.test/to-data.png", "redirected to a data: URL"),
-    ("http://[::1", "an unclosed IPv6 host"),
-    ("https://user:pass@img.test/creds.png", "credentials in the URL"),
-])
+@pytest.mark.parametrize(
+    "url,why",
+    [
+        ("https://img.test/to-data.png", "redirected to a data: URL"),
+        ("http://[::1", "an unclosed IPv6 host"),
+        ("https://user:pass@img.test/creds.png", "credentials in the URL"),
+    ],
+)
 def test_a_hostile_download_url_fails_its_row_only(tmp_path, url, why):
     """inline_remote: a download that cannot be made is the row's `image_unreadable`, never a crash."""
     endpoint = Endpoint()
-    totals, frame = run(_config(images={"inline_remote": True}), [Item(id="bad", url=url), *GOOD], tmp_path / "out",
-                        endpoint)
+    totals, frame = run(
+        _config(images={"inline_remote": True}), [Item(id="bad", url=url), *GOOD], tmp_path / "out", endpoint
+    )
     rows = _by_id(frame)
     assert not isinstance(totals, Exception), totals
     assert all(rows[i.id]["status"] == "ok" for i in GOOD), why
@@ -153,8 +169,15 @@ def test_a_row_parquet_cannot_hold_does_not_lose_its_batch(tmp_path):
 
     def row(i: int, **values) -> ResultRow:
         values = {"url": f"https://img.test/{i}.png", **values}
-        return ResultRow(id=f"r{i}", status="ok", caption=f"c{i}", cost_usd=0.01, attempts=1,
-                         finished_at=datetime(2026, 1, 1, tzinfo=UTC), **values)
+        return ResultRow(
+            id=f"r{i}",
+            status="ok",
+            caption=f"c{i}",
+            cost_usd=0.01,
+            attempts=1,
+            finished_at=datetime(2026, 1, 1, tzinfo=UTC),
+            **values,
+        )
 
     rows = [row(0), row(1, prompt_tokens=2**64), row(2, url="caf\udce9.png"), row(3)]
     with Journal(tmp_path) as journal:
@@ -171,6 +194,7 @@ def test_a_row_parquet_cannot_hold_does_not_lose_its_batch(tmp_path):
 def test_an_answer_the_parser_chokes_on_is_that_rows_error(tmp_path):
     """Whatever the parser raises on (here: filter results nested 300 deep) is the answer's
     `invalid_response`, counted as a request, not an 'internal error' retried by every resume."""
+
     def nested(depth: int) -> dict:
         node: dict = {"filtered": False, "severity": "safe"}
         for _ in range(depth):
@@ -197,6 +221,7 @@ def test_an_answer_the_parser_chokes_on_is_that_rows_error(tmp_path):
 def test_a_manifest_reader_failing_mid_run_ends_the_run_cleanly(tmp_path):
     """An unexpected error inside the manifest reader: the rows read before it are sent and kept,
     and the run ends with a ManifestError (exit 2) that says how to resume."""
+
     def chunks():
         yield GOOD[:3]
         raise RuntimeError("decoder exploded")
@@ -205,9 +230,15 @@ def test_a_manifest_reader_failing_mid_run_ends_the_run_cleanly(tmp_path):
 
     async def go(journal):
         async with httpx.AsyncClient(transport=httpx.MockTransport(Endpoint())) as http:
-            runner = build_runner(config, http=Http(client=http, poster=HttpxPoster(http, timeout_s=5)),
-                                  journal=journal, chunks=chunks, base_dir=tmp_path, total_rows=5,
-                                  manifest_label="m.csv")
+            runner = build_runner(
+                config,
+                http=Http(client=http, poster=HttpxPoster(http, timeout_s=5)),
+                journal=journal,
+                chunks=chunks,
+                base_dir=tmp_path,
+                total_rows=5,
+                manifest_label="m.csv",
+            )
             with pytest.raises(ManifestError, match="RuntimeError: decoder exploded.*re-run"):
                 await runner.run()
 

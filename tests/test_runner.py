@@ -41,26 +41,54 @@ async def _no_sleep(_: float) -> None:
 
 
 def make_config(base_url: str, **sections) -> Config:
-    data = {"endpoint": {"base_url": base_url, "timeout_s": 5.0},
-            "limits": {"rpm": None, "tpm": None, "concurrency": 8, "max_attempts": 4},
-            "run": {"part_rows": 10, "flush_interval_s": 0.2}}
+    data = {
+        "endpoint": {"base_url": base_url, "timeout_s": 5.0},
+        "limits": {"rpm": None, "tpm": None, "concurrency": 8, "max_attempts": 4},
+        "run": {"part_rows": 10, "flush_interval_s": 0.2},
+    }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return build_config(data)
 
 
-def run_once(config: Config, manifest: Path, out: Path, *, retry_errors=False, breaker=None, api_key=None, on_runner=None,
-             chunks=None, journal=None):
+def run_once(
+    config: Config,
+    manifest: Path,
+    out: Path,
+    *,
+    retry_errors=False,
+    breaker=None,
+    api_key=None,
+    on_runner=None,
+    chunks=None,
+    journal=None,
+):
     """Run the pipeline once; returns (totals or the stop error, results frame)."""
+
     async def go():
-        async with open_http(concurrency=config.limits.concurrency, timeout_s=config.endpoint.timeout_s,
-                             endpoint_url=config.endpoint.base_url, environ={}) as http:
+        async with open_http(
+            concurrency=config.limits.concurrency,
+            timeout_s=config.endpoint.timeout_s,
+            endpoint_url=config.endpoint.base_url,
+            environ={},
+        ) as http:
             source = chunks or chunk_source(manifest, chunk_size=config.run.part_rows, url_column="url", id_column="id")
-            runner = build_runner(config, http=http, journal=journal, api_key=api_key, chunks=source,
-                                  base_dir=manifest.parent, total_rows=inspect_manifest(manifest).rows,
-                                  retry_errors=retry_errors, grace_s=5.0, sleep=_no_sleep, breaker=breaker,
-                                  limiter=RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep,
-                                                      read_headers=OPENAI.rate_limit_headers))
+            runner = build_runner(
+                config,
+                http=http,
+                journal=journal,
+                api_key=api_key,
+                chunks=source,
+                base_dir=manifest.parent,
+                total_rows=inspect_manifest(manifest).rows,
+                retry_errors=retry_errors,
+                grace_s=5.0,
+                sleep=_no_sleep,
+                breaker=breaker,
+                limiter=RateLimiter(
+                    rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep, read_headers=OPENAI.rate_limit_headers
+                ),
+            )
             if on_runner:
                 on_runner(runner)
             try:
@@ -98,7 +126,9 @@ def test_resume_skips_finished_rows_and_picks_up_new_ids(simulator, tmp_path):
     rows = remote_rows(20)
     run_once(make_config(simulator.base_url), write_csv(tmp_path / "m.csv", rows), out)
     before = simulator.app.stats()["requests"]
-    totals, frame = run_once(make_config(simulator.base_url), write_csv(tmp_path / "m.csv", rows + remote_rows(5, prefix="new")), out)
+    totals, frame = run_once(
+        make_config(simulator.base_url), write_csv(tmp_path / "m.csv", rows + remote_rows(5, prefix="new")), out
+    )
     assert totals.skipped == 20 and totals.done == 5
     assert simulator.app.stats()["requests"] - before == 5
     assert frame.height == 25
@@ -121,12 +151,22 @@ def test_transient_faults_are_retried_and_permanent_ones_recorded_once(simulator
     assert by_id["reset"]["status"] == "ok" and by_id["reset"]["attempts"] == 2
     assert by_id["cut"]["status"] == "ok" and by_id["cut"]["attempts"] == 2
     bad = by_id["badimg"]
-    assert (bad["status"], bad["error_type"], bad["http_status"], bad["retryable"], bad["attempts"]) == ("error", "bad_request", 400, False, 1)
+    assert (bad["status"], bad["error_type"], bad["http_status"], bad["retryable"], bad["attempts"]) == (
+        "error",
+        "bad_request",
+        400,
+        False,
+        1,
+    )
     blocked = by_id["blocked"]
     assert (blocked["status"], blocked["error_type"], blocked["flagged"]) == ("filtered", "content_filter", True)
     assert blocked["flagged_categories"] == ["violence"] and blocked["max_severity"] == "medium"
     cutoff = by_id["cutoff"]
-    assert (cutoff["status"], cutoff["finish_reason"], cutoff["flagged_categories"]) == ("filtered", "content_filter", ["violence"])
+    assert (cutoff["status"], cutoff["finish_reason"], cutoff["flagged_categories"]) == (
+        "filtered",
+        "content_filter",
+        ["violence"],
+    )
     assert cutoff["max_severity"] == "high" and cutoff["caption"] is None
     assert by_id["fine"]["status"] == "ok"
 
@@ -134,11 +174,21 @@ def test_transient_faults_are_retried_and_permanent_ones_recorded_once(simulator
 def test_bad_images_become_error_rows_and_the_run_goes_on(simulator, tmp_path):
     """A missing file, an ftp URL and an empty url are error rows (image_unreadable); the rest is captioned."""
     (tmp_path / "empty.png").write_bytes(b"")
-    rows = [{"id": "missing", "url": "nope.png"}, {"id": "ftp", "url": "ftp://host/x.jpg"}, {"id": "blank", "url": ""},
-            {"id": "empty", "url": "empty.png"}, {"id": "good", "url": "https://images.example.com/ok.jpg"}]
+    rows = [
+        {"id": "missing", "url": "nope.png"},
+        {"id": "ftp", "url": "ftp://host/x.jpg"},
+        {"id": "blank", "url": ""},
+        {"id": "empty", "url": "empty.png"},
+        {"id": "good", "url": "https://images.example.com/ok.jpg"},
+    ]
     totals, frame = run_once(make_config(simulator.base_url), write_csv(tmp_path / "m.csv", rows), tmp_path / "out")
     by_id = {r["id"]: r for r in frame.to_dicts()}
-    for rid, words in [("missing", "file not found"), ("ftp", "unsupported scheme"), ("blank", "empty url"), ("empty", "0 bytes")]:
+    for rid, words in [
+        ("missing", "file not found"),
+        ("ftp", "unsupported scheme"),
+        ("blank", "empty url"),
+        ("empty", "0 bytes"),
+    ]:
         assert by_id[rid]["status"] == "error" and by_id[rid]["error_type"] == "image_unreadable"
         assert words in by_id[rid]["error_message"] and by_id[rid]["attempts"] == 0
     assert by_id["good"]["status"] == "ok"
@@ -297,9 +347,14 @@ def test_rows_taken_for_a_flush_are_written_even_if_the_flush_is_cancelled(tmp_p
 
     journal = Journal(tmp_path)
     config = make_config("http://127.0.0.1:9/v1")
-    deps = RunnerDeps(client=None, dialect=OPENAI, journal=journal,  # type: ignore[arg-type]
-                      limiter=RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep,
-                                          read_headers=OPENAI.rate_limit_headers))
+    deps = RunnerDeps(
+        client=None,
+        dialect=OPENAI,
+        journal=journal,  # type: ignore[arg-type]
+        limiter=RateLimiter(
+            rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep, read_headers=OPENAI.rate_limit_headers
+        ),
+    )
     runner = Runner(config, deps, chunks=lambda: iter([]), base_dir=tmp_path, total_rows=1)
     runner._buffer.append(ResultRow(id="last", url="u", status="ok", finished_at=datetime.now(UTC)))
 

@@ -37,10 +37,18 @@ def _run_virtual(config, items, out, answer):
     async def main() -> None:
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
             with Journal(out) as journal:
-                runner = build_runner(config, http=Http(client=http, poster=HttpxPoster(http, timeout_s=60)),
-                                      journal=journal, chunks=lambda: iter([items]), base_dir=out.parent,
-                                      total_rows=len(items), clock=clock, sleep=clock.sleep, now=now,
-                                      wall_clock=lambda: 1.7e9 + clock.now)
+                runner = build_runner(
+                    config,
+                    http=Http(client=http, poster=HttpxPoster(http, timeout_s=60)),
+                    journal=journal,
+                    chunks=lambda: iter([items]),
+                    base_dir=out.parent,
+                    total_rows=len(items),
+                    clock=clock,
+                    sleep=clock.sleep,
+                    now=now,
+                    wall_clock=lambda: 1.7e9 + clock.now,
+                )
                 result["totals"] = await runner.run()
 
     started = time.monotonic()
@@ -67,8 +75,9 @@ def test_a_retry_after_is_honoured_on_virtual_time(tmp_path):
 
     def answer(n: int) -> httpx.Response:
         if n == 1:
-            return httpx.Response(503, json={"error": {"message": "overloaded", "type": "server_error"}},
-                                  headers={"retry-after": "30"})
+            return httpx.Response(
+                503, json={"error": {"message": "overloaded", "type": "server_error"}}, headers={"retry-after": "30"}
+            )
         return httpx.Response(200, json=completion())
 
     totals, sent, _ = _run_virtual(config, items, tmp_path / "out", answer)

@@ -28,7 +28,7 @@ def test_the_key_and_any_long_piece_of_it_are_masked(text):
     masked = Scrubber([KEY])(text)
     assert MASK in masked
     for i in range(len(KEY) - 7):
-        assert KEY[i:i + 8] not in masked
+        assert KEY[i : i + 8] not in masked
 
 
 def test_a_key_given_with_whitespace_is_masked_stripped_too():
@@ -61,9 +61,15 @@ def test_bytes_are_masked_before_anyone_cuts_them():
 
 def test_a_row_has_every_text_field_masked_but_keeps_its_id():
     """caption, error_message, filter_results, captions...: masked; the id (the resume key) is kept."""
-    row = ResultRow(id="row-1", url="https://x/a.jpg", status="error", caption=f"says {KEY}",
-                    error_message=f"HTTP 500 Bearer {KEY}", filter_results=f'{{"k": "{KEY}"}}',
-                    captions=[f"one {KEY}", "two"])
+    row = ResultRow(
+        id="row-1",
+        url="https://x/a.jpg",
+        status="error",
+        caption=f"says {KEY}",
+        error_message=f"HTTP 500 Bearer {KEY}",
+        filter_results=f'{{"k": "{KEY}"}}',
+        captions=[f"one {KEY}", "two"],
+    )
     masked = Scrubber([KEY]).row(row)
     assert masked.id == "row-1" and masked.caption == f"says {MASK}"
     assert KEY[:8] not in repr(masked)

@@ -18,8 +18,20 @@ from pipeline.tokens import image_tokens
 
 
 def body(url="https://images.example.com/a.jpg", *, model="gpt-4o", detail="auto", **extra):
-    return {"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "Describe this image."}, {"type": "image_url", "image_url": {"url": url, "detail": detail}}]}], **extra}
+    return {
+        "model": model,
+        "max_tokens": 100,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Describe this image."},
+                    {"type": "image_url", "image_url": {"url": url, "detail": detail}},
+                ],
+            }
+        ],
+        **extra,
+    }
 
 
 def call(app: SimulatorApp, payload, *, path="/v1/chat/completions", method="POST", headers=None) -> httpx.Response:
@@ -47,7 +59,10 @@ def test_a_vision_request_gets_an_azure_shaped_completion_with_a_deterministic_c
     assert data["prompt_filter_results"][0]["prompt_index"] == 0
     usage = data["usage"]
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    assert usage["prompt_tokens_details"]["cached_tokens"] == 0 and "reasoning_tokens" in usage["completion_tokens_details"]
+    assert (
+        usage["prompt_tokens_details"]["cached_tokens"] == 0
+        and "reasoning_tokens" in usage["completion_tokens_details"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -100,7 +115,9 @@ def test_prompt_tokens_count_inlined_images_by_their_real_size():
     low = call(app, body(url, detail="low")).json()["usage"]["prompt_tokens"]
     assert high - low == image_tokens("gpt-4o", detail="high", width=2000, height=1000) - 85
     assert image_tokens("gpt-4o", detail="high", width=2000, height=1000) == 85 + 170 * 6
-    remote = call(app, body("https://images.example.com/x.jpg?size=2000x1000", detail="high")).json()["usage"]["prompt_tokens"]
+    remote = call(app, body("https://images.example.com/x.jpg?size=2000x1000", detail="high")).json()["usage"][
+        "prompt_tokens"
+    ]
     assert remote == high
 
 
@@ -159,7 +176,11 @@ def test_go_durations_round_trip_with_the_client_parser(seconds, text):
         ("quota", 429, lambda r: r.json()["error"]["code"] == "insufficient_quota"),
         ("auth", 401, lambda r: r.json()["error"]["code"] == "invalid_api_key"),
         ("invalid_image_url", 400, lambda r: r.json()["error"]["code"] == "invalid_image_url"),
-        ("filter_prompt", 400, lambda r: r.json()["error"]["innererror"]["content_filter_result"]["violence"]["filtered"]),
+        (
+            "filter_prompt",
+            400,
+            lambda r: r.json()["error"]["innererror"]["content_filter_result"]["violence"]["filtered"],
+        ),
         ("filter_completion", 200, lambda r: r.json()["choices"][0]["finish_reason"] == "content_filter"),
         ("nochoices", 200, lambda r: r.json()["choices"] == []),
         ("nonjson", 200, lambda r: not r.text.startswith("{")),

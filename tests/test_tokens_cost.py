@@ -71,7 +71,8 @@ def test_cost_prices_cached_tokens_at_the_cached_rate():
     """(prompt - cached) * input + cached * cached_input + completion * output, per 1M."""
     price = Price(input=2.5, cached_input=1.25, output=10.0)
     assert usage_cost_usd(Usage(prompt_tokens=1000, cached_tokens=400, completion_tokens=100), price) == pytest.approx(
-        (600 * 2.5 + 400 * 1.25 + 100 * 10.0) / 1e6)
+        (600 * 2.5 + 400 * 1.25 + 100 * 10.0) / 1e6
+    )
 
 
 def test_snapshot_priced_as_base_unless_named_and_unknown_is_null():

@@ -27,8 +27,9 @@ class BodyBuilder(Protocol):
 
 
 class ErrorClassifier(Protocol):
-    def __call__(self, status: int, body: bytes, headers: Mapping[str, str], *,
-                 now_epoch: float | None = None) -> Failure:
+    def __call__(
+        self, status: int, body: bytes, headers: Mapping[str, str], *, now_epoch: float | None = None
+    ) -> Failure:
         """What a non-200 answer means for the row and for the run (retryable, fatal, the server's wait)."""
         ...
 

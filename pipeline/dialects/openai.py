@@ -71,16 +71,24 @@ def _is_content_filter(err: ErrorBody) -> bool:
 def classify_http(status: int, body: bytes, headers: Mapping[str, str], *, now_epoch: float | None = None) -> Failure:
     """What a non-200 answer means for this row and for the run."""
     err = parse_error_body(body)
-    detail = " ".join(x for x in (f"HTTP {status}", f"[{err.code or err.type}]" if (err.code or err.type) else "", err.message) if x)
+    detail = " ".join(
+        x for x in (f"HTTP {status}", f"[{err.code or err.type}]" if (err.code or err.type) else "", err.message) if x
+    )
     wait = retry_after_s(headers, now_epoch=now_epoch)
     if wait is None:
         wait = retry_after_from_message(err.message)
 
-    def failure(error_type: ErrorType, *, retryable: bool, fatal: FatalKind | None = None,
-                filters: FilterVerdict | None = None) -> Failure:
+    def failure(
+        error_type: ErrorType, *, retryable: bool, fatal: FatalKind | None = None, filters: FilterVerdict | None = None
+    ) -> Failure:
         return Failure(
-            error_type=error_type, message=detail, retryable=retryable, http_status=status,
-            retry_after_s=wait if retryable else None, fatal=fatal, filters=filters,
+            error_type=error_type,
+            message=detail,
+            retryable=retryable,
+            http_status=status,
+            retry_after_s=wait if retryable else None,
+            fatal=fatal,
+            filters=filters,
         )
 
     if status in (401, 403):

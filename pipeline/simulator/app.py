@@ -72,8 +72,9 @@ class SimulatorApp:
 
     @staticmethod
     def _make_limiter(config: SimConfig) -> SlidingWindowLimiter:
-        return SlidingWindowLimiter(rpm=config.rpm, tpm=config.tpm, burst_window_s=config.burst_window_s,
-                                    burst_factor=config.burst_factor)
+        return SlidingWindowLimiter(
+            rpm=config.rpm, tpm=config.tpm, burst_window_s=config.burst_window_s, burst_factor=config.burst_factor
+        )
 
     # -- for tests and benchmarks ------------------------------------------------
 
@@ -122,8 +123,17 @@ class SimulatorApp:
             if {"rpm", "tpm", "burst_window_s", "burst_factor"} & set(changes):
                 self._limiter = self._make_limiter(self.config)
 
-    def _record(self, status: int, *, key: str | None, fault: str | None, tokens: int = 0,
-                extras: tuple[tuple[str, Any], ...] = (), charged: int = 0, admitted_at: float | None = None) -> None:
+    def _record(
+        self,
+        status: int,
+        *,
+        key: str | None,
+        fault: str | None,
+        tokens: int = 0,
+        extras: tuple[tuple[str, Any], ...] = (),
+        charged: int = 0,
+        admitted_at: float | None = None,
+    ) -> None:
         with self._lock:
             self._requests += 1
             self._by_status[str(status)] += 1
@@ -138,7 +148,13 @@ class SimulatorApp:
                 self._charged_tokens += charged
             self._lock.notify_all()
         if self._log is not None:
-            entry = {"t": round(time.time(), 4), "status": status, "image": key, "fault": fault, "prompt_tokens": tokens}
+            entry = {
+                "t": round(time.time(), 4),
+                "status": status,
+                "image": key,
+                "fault": fault,
+                "prompt_tokens": tokens,
+            }
             self._log.write(orjson.dumps({**entry, **dict(extras)}).decode() + "\n")
 
     # -- ASGI --------------------------------------------------------------------
@@ -153,8 +169,16 @@ class SimulatorApp:
         if path.endswith("/chat/completions") and method == "POST":
             await self._chat(scope, receive, send)
         elif path.endswith("/models") and method == "GET":
-            await _send_json(send, 200, {"object": "list", "data": [
-                {"id": m, "object": "model", "created": 0, "owned_by": "simulator"} for m in self.config.models]})
+            await _send_json(
+                send,
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": m, "object": "model", "created": 0, "owned_by": "simulator"} for m in self.config.models
+                    ],
+                },
+            )
         elif path.startswith("/images/") and method == "GET":
             await self._image(scope, send)
         elif path == "/stats" and method == "GET":
@@ -233,27 +257,44 @@ class SimulatorApp:
             return
         if not self._authorized(scope):
             self._record(401, key=None, fault="auth")
-            await _send_json(send, 401, error_body(
-                "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.",
-                type_="invalid_request_error", code="invalid_api_key"))
+            await _send_json(
+                send,
+                401,
+                error_body(
+                    "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.",
+                    type_="invalid_request_error",
+                    code="invalid_api_key",
+                ),
+            )
             return
         try:
             req = parse_request(orjson.loads(raw))
         except orjson.JSONDecodeError:
             self._record(400, key=None, fault=None)
-            await _send_json(send, 400, error_body("We could not parse the JSON body of your request.",
-                                                   type_="invalid_request_error"))
+            await _send_json(
+                send,
+                400,
+                error_body("We could not parse the JSON body of your request.", type_="invalid_request_error"),
+            )
             return
         except BadRequest as exc:
             self._record(400, key=None, fault=None)
-            await _send_json(send, 400, error_body(str(exc), type_="invalid_request_error", code=exc.code, param=exc.param))
+            await _send_json(
+                send, 400, error_body(str(exc), type_="invalid_request_error", code=exc.code, param=exc.param)
+            )
             return
         key = image_key(req.images[0].url) if req.images else None
         if not config.accept_any_model and req.model.removesuffix("-ocr") not in config.models:
             self._record(404, key=key, fault="model")
-            await _send_json(send, 404, error_body(
-                f"The model `{req.model}` does not exist or you do not have access to it.",
-                type_="invalid_request_error", code="model_not_found"))
+            await _send_json(
+                send,
+                404,
+                error_body(
+                    f"The model `{req.model}` does not exist or you do not have access to it.",
+                    type_="invalid_request_error",
+                    code="model_not_found",
+                ),
+            )
             return
         tokens = prompt_tokens(req, self._counter)
         charged = tokens + (req.max_tokens or 0) * req.n
@@ -262,12 +303,21 @@ class SimulatorApp:
         limit_headers = self._limit_headers(decision)
         if not decision.allowed:
             self._record(429, key=key, fault="limit")
-            await _send_json(send, 429, error_body(
-                f"Rate limit reached for {req.model} on {decision.reason}. "
-                f"Please try again in {format_go_duration(decision.retry_after_s)}.",
-                type_="tokens" if "TPM" in decision.reason else "requests", code="rate_limit_exceeded"),
-                headers=limit_headers + [(b"retry-after", str(max(1, round(decision.retry_after_s))).encode()),
-                                         (b"retry-after-ms", str(round(decision.retry_after_s * 1000)).encode())])
+            await _send_json(
+                send,
+                429,
+                error_body(
+                    f"Rate limit reached for {req.model} on {decision.reason}. "
+                    f"Please try again in {format_go_duration(decision.retry_after_s)}.",
+                    type_="tokens" if "TPM" in decision.reason else "requests",
+                    code="rate_limit_exceeded",
+                ),
+                headers=limit_headers
+                + [
+                    (b"retry-after", str(max(1, round(decision.retry_after_s))).encode()),
+                    (b"retry-after-ms", str(round(decision.retry_after_s * 1000)).encode()),
+                ],
+            )
             return
         fault = self._pick_fault(key)
         if fault == "badjson" and req.schema is None:
@@ -283,9 +333,12 @@ class SimulatorApp:
         if fault is not None:
             await self._send_fault(fault, send, key=key, headers=limit_headers, req=req)
             return
-        body = completion_body(req, response_id=self._response_id(), created=int(time.time()),
-                               prompt_tokens_=tokens, counter=self._counter)
-        self._record(200, key=key, fault=None, tokens=tokens, extras=req.extras, charged=charged, admitted_at=admitted_at)
+        body = completion_body(
+            req, response_id=self._response_id(), created=int(time.time()), prompt_tokens_=tokens, counter=self._counter
+        )
+        self._record(
+            200, key=key, fault=None, tokens=tokens, extras=req.extras, charged=charged, admitted_at=admitted_at
+        )
         await _send_json(send, 200, body, headers=limit_headers)
 
     def _response_id(self) -> str:
@@ -311,64 +364,129 @@ class SimulatorApp:
                 headers.append((b"x-rate-limit-reset-tokens", str(round(d.reset_tokens_s)).encode()))
             return headers
         if cfg.rpm is not None:
-            headers += [(b"x-ratelimit-limit-requests", str(cfg.rpm).encode()),
-                        (b"x-ratelimit-remaining-requests", str(d.remaining_requests).encode()),
-                        (b"x-ratelimit-reset-requests", format_go_duration(d.reset_requests_s).encode())]
+            headers += [
+                (b"x-ratelimit-limit-requests", str(cfg.rpm).encode()),
+                (b"x-ratelimit-remaining-requests", str(d.remaining_requests).encode()),
+                (b"x-ratelimit-reset-requests", format_go_duration(d.reset_requests_s).encode()),
+            ]
         if cfg.tpm is not None:
-            headers += [(b"x-ratelimit-limit-tokens", str(cfg.tpm).encode()),
-                        (b"x-ratelimit-remaining-tokens", str(d.remaining_tokens).encode()),
-                        (b"x-ratelimit-reset-tokens", format_go_duration(d.reset_tokens_s).encode())]
+            headers += [
+                (b"x-ratelimit-limit-tokens", str(cfg.tpm).encode()),
+                (b"x-ratelimit-remaining-tokens", str(d.remaining_tokens).encode()),
+                (b"x-ratelimit-reset-tokens", format_go_duration(d.reset_tokens_s).encode()),
+            ]
         return headers
 
-    async def _send_fault(self, fault: str, send: Send, *, key: str | None, headers: list[tuple[bytes, bytes]],
-                          req: ParsedRequest) -> None:
-        status = {"500": 500, "502": 502, "503": 503, "429": 429, "invalid_image_url": 400, "filter_prompt": 400,
-                  "quota": 429, "auth": 401}.get(fault, 200)
+    async def _send_fault(
+        self, fault: str, send: Send, *, key: str | None, headers: list[tuple[bytes, bytes]], req: ParsedRequest
+    ) -> None:
+        status = {
+            "500": 500,
+            "502": 502,
+            "503": 503,
+            "429": 429,
+            "invalid_image_url": 400,
+            "filter_prompt": 400,
+            "quota": 429,
+            "auth": 401,
+        }.get(fault, 200)
         self._record(status, key=key, fault=fault)
         if fault == "500":
-            await _send_json(send, 500, error_body("The server had an error processing your request. Sorry about that!",
-                                                   type_="server_error"))
+            await _send_json(
+                send,
+                500,
+                error_body("The server had an error processing your request. Sorry about that!", type_="server_error"),
+            )
         elif fault == "502":
             await _send_raw(send, 502, CLOUDFLARE_502.encode(), content_type=b"text/html")
         elif fault == "503":
-            await _send_json(send, 503, error_body("That model is currently overloaded with other requests.",
-                                                   type_="server_error"))
+            await _send_json(
+                send, 503, error_body("That model is currently overloaded with other requests.", type_="server_error")
+            )
         elif fault == "429":
-            await _send_json(send, 429, error_body("Rate limit reached. Please try again in 1s.", type_="requests",
-                                                   code="rate_limit_exceeded"), headers=[(b"retry-after-ms", b"200")])
+            await _send_json(
+                send,
+                429,
+                error_body("Rate limit reached. Please try again in 1s.", type_="requests", code="rate_limit_exceeded"),
+                headers=[(b"retry-after-ms", b"200")],
+            )
         elif fault == "quota":
-            await _send_json(send, 429, error_body("You exceeded your current quota, please check your plan and billing details.",
-                                                   type_="insufficient_quota", code="insufficient_quota"))
+            await _send_json(
+                send,
+                429,
+                error_body(
+                    "You exceeded your current quota, please check your plan and billing details.",
+                    type_="insufficient_quota",
+                    code="insufficient_quota",
+                ),
+            )
         elif fault == "auth":
-            await _send_json(send, 401, error_body("Incorrect API key provided.", type_="invalid_request_error",
-                                                   code="invalid_api_key"))
+            await _send_json(
+                send,
+                401,
+                error_body("Incorrect API key provided.", type_="invalid_request_error", code="invalid_api_key"),
+            )
         elif fault == "invalid_image_url":
-            await _send_json(send, 400, error_body("Timeout while downloading the image.", type_="invalid_request_error",
-                                                   code="invalid_image_url", param="url"))
+            await _send_json(
+                send,
+                400,
+                error_body(
+                    "Timeout while downloading the image.",
+                    type_="invalid_request_error",
+                    code="invalid_image_url",
+                    param="url",
+                ),
+            )
         elif fault == "filter_prompt":
             await _send_json(send, 400, prompt_filter_error())
         elif fault == "filter_completion":
-            body = completion_body(req, response_id=self._response_id(), created=int(time.time()),
-                                   prompt_tokens_=prompt_tokens(req, self._counter), counter=self._counter,
-                                   filtered_category="violence")
+            body = completion_body(
+                req,
+                response_id=self._response_id(),
+                created=int(time.time()),
+                prompt_tokens_=prompt_tokens(req, self._counter),
+                counter=self._counter,
+                filtered_category="violence",
+            )
             await _send_json(send, 200, body, headers=headers)
         elif fault == "badjson":
-            body = completion_body(req, response_id=self._response_id(), created=int(time.time()),
-                                   prompt_tokens_=prompt_tokens(req, self._counter), counter=self._counter, plain_text=True)
+            body = completion_body(
+                req,
+                response_id=self._response_id(),
+                created=int(time.time()),
+                prompt_tokens_=prompt_tokens(req, self._counter),
+                counter=self._counter,
+                plain_text=True,
+            )
             await _send_json(send, 200, body, headers=headers)
         elif fault == "nochoices":
-            await _send_json(send, 200, {"id": self._response_id(), "object": "chat.completion", "choices": [],
-                                         "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}})
+            await _send_json(
+                send,
+                200,
+                {
+                    "id": self._response_id(),
+                    "object": "chat.completion",
+                    "choices": [],
+                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                },
+            )
         elif fault == "nonjson":
             await _send_raw(send, 200, b"upstream returned: <!doctype html>", content_type=b"text/plain")
         elif fault == "truncated":
-            await _send_raw(send, 200, b'{"id": "chatcmpl-cut", "object": "chat.compl', content_type=b"application/json")
+            await _send_raw(
+                send, 200, b'{"id": "chatcmpl-cut", "object": "chat.compl', content_type=b"application/json"
+            )
         elif fault == "stall":
             await anyio.sleep(self.config.stall_s)
             await _send_json(send, 504, error_body("Gateway timeout.", type_="server_error"))
         elif fault == "reset":
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
+                }
+            )
             await send({"type": "http.response.body", "body": b'{"id": "chat', "more_body": True})
             raise _ResetConnection
 
@@ -382,11 +500,20 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-async def _send_raw(send: Send, status: int, body: bytes, *, content_type: bytes,
-                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),
-                            *(headers or [])]})
+async def _send_raw(
+    send: Send, status: int, body: bytes, *, content_type: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

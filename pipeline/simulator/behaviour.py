@@ -83,7 +83,9 @@ def _image_size(url: str) -> tuple[int | None, int | None]:
             with Image.open(io.BytesIO(data)) as im:
                 return im.size
         except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
-            raise BadRequest("Invalid base64 image_url or unsupported image.", param="url", code="invalid_image") from None
+            raise BadRequest(
+                "Invalid base64 image_url or unsupported image.", param="url", code="invalid_image"
+            ) from None
     # Remote images are not fetched (no network); a test may state the size in the URL.
     size = parse_qs(urlparse(url).query).get("size", [""])[0]
     if "x" in size:
@@ -118,18 +120,29 @@ def parse_request(body: Any) -> ParsedRequest:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text" and isinstance(part.get("text"), str):
                 texts.append(part["text"])
-            elif kind == "image_url" and isinstance(part.get("image_url"), dict) and isinstance(part["image_url"].get("url"), str):
+            elif (
+                kind == "image_url"
+                and isinstance(part.get("image_url"), dict)
+                and isinstance(part["image_url"].get("url"), str)
+            ):
                 url = part["image_url"]["url"]
                 detail = part["image_url"].get("detail", "auto")
                 if detail not in ("low", "high", "auto"):
-                    raise BadRequest(f"Invalid value for 'detail': {detail!r}.", param=f"messages[{i}].content[{j}].image_url.detail")
+                    raise BadRequest(
+                        f"Invalid value for 'detail': {detail!r}.", param=f"messages[{i}].content[{j}].image_url.detail"
+                    )
                 if not url.startswith(("http://", "https://", "data:image/")):
-                    raise BadRequest("Invalid image URL: expected an http(s) URL or a base64 data URL.",
-                                     param=f"messages[{i}].content[{j}].image_url.url", code="invalid_image_url")
+                    raise BadRequest(
+                        "Invalid image URL: expected an http(s) URL or a base64 data URL.",
+                        param=f"messages[{i}].content[{j}].image_url.url",
+                        code="invalid_image_url",
+                    )
                 w, h = _image_size(url)
                 images.append(ImagePart(url=url, detail=detail, width=w, height=h))
             else:
-                raise BadRequest(f"Invalid content part at 'messages[{i}].content[{j}]'.", param=f"messages[{i}].content[{j}]")
+                raise BadRequest(
+                    f"Invalid content part at 'messages[{i}].content[{j}]'.", param=f"messages[{i}].content[{j}]"
+                )
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
         raise BadRequest("Invalid 'max_tokens': must be a positive integer.", param="max_tokens")
@@ -144,8 +157,15 @@ def parse_request(body: Any) -> ParsedRequest:
         elif response_format.get("type") == "json_object":
             schema = {"type": "object"}
     extras = tuple((k, body[k]) for k in ("ocr_model",) if k in body)
-    return ParsedRequest(model=model, text="\n".join(texts), images=tuple(images), max_tokens=max_tokens, n=n,
-                         schema=schema, extras=extras)
+    return ParsedRequest(
+        model=model,
+        text="\n".join(texts),
+        images=tuple(images),
+        max_tokens=max_tokens,
+        n=n,
+        schema=schema,
+        extras=extras,
+    )
 
 
 def answer_for(schema: dict[str, Any], seed: bytes) -> Any:
@@ -157,8 +177,10 @@ def answer_for(schema: dict[str, Any], seed: bytes) -> Any:
         return schema["enum"][seed[0] % len(schema["enum"])]
     if kind == "object":
         props = schema.get("properties") or {}
-        return {name: answer_for(sub if isinstance(sub, dict) else {}, hashlib.sha256(seed + name.encode()).digest())
-                for name, sub in props.items()}
+        return {
+            name: answer_for(sub if isinstance(sub, dict) else {}, hashlib.sha256(seed + name.encode()).digest())
+            for name, sub in props.items()
+        }
     if kind == "array":
         found = schema.get("items")
         items: dict[str, Any] = found if isinstance(found, dict) else {"type": "string"}
@@ -191,8 +213,13 @@ def fault_rule(url: str) -> tuple[str, int] | None:
     return match.group(1), int(match.group(2)) if match.group(2) else 10**9
 
 
-_FORMATS = {"png": ("PNG", "image/png"), "jpg": ("JPEG", "image/jpeg"), "jpeg": ("JPEG", "image/jpeg"),
-            "webp": ("WEBP", "image/webp"), "gif": ("GIF", "image/gif")}
+_FORMATS = {
+    "png": ("PNG", "image/png"),
+    "jpg": ("JPEG", "image/jpeg"),
+    "jpeg": ("JPEG", "image/jpeg"),
+    "webp": ("WEBP", "image/webp"),
+    "gif": ("GIF", "image/gif"),
+}
 
 
 def image_spec(name: str, query: str) -> tuple[str, int, int, tuple[int, int, int]]:
@@ -217,15 +244,23 @@ def encode_image(fmt: str, width: int, height: int, colour: tuple[int, int, int]
 
 
 def _filter_block(flag: str | None = None, severity: str = "high") -> dict[str, Any]:
-    block: dict[str, Any] = {c: {"filtered": False, "severity": "safe"} for c in ("hate", "self_harm", "sexual", "violence")}
+    block: dict[str, Any] = {
+        c: {"filtered": False, "severity": "safe"} for c in ("hate", "self_harm", "sexual", "violence")
+    }
     if flag:
         block[flag] = {"filtered": True, "severity": severity}
     return block
 
 
 def completion_body(
-    req: ParsedRequest, *, response_id: str, created: int, prompt_tokens_: int, counter: TextCounter,
-    filtered_category: str | None = None, plain_text: bool = False,
+    req: ParsedRequest,
+    *,
+    response_id: str,
+    created: int,
+    prompt_tokens_: int,
+    counter: TextCounter,
+    filtered_category: str | None = None,
+    plain_text: bool = False,
 ) -> dict[str, Any]:
     """An Azure-flavoured OpenAI completion, shaped like seed 000."""
     caption = caption_for(req.images[0].url) if req.images else "There is no image in this request."
@@ -247,8 +282,15 @@ def completion_body(
             message["content"], finish, tokens = None, "content_filter", 0
             results = _filter_block(filtered_category)
         completion_tokens += tokens
-        choices.append({"index": index, "message": message, "logprobs": None, "finish_reason": finish,
-                        "content_filter_results": results})
+        choices.append(
+            {
+                "index": index,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": finish,
+                "content_filter_results": results,
+            }
+        )
     return {
         "id": response_id,
         "object": "chat.completion",
@@ -262,8 +304,12 @@ def completion_body(
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens_ + completion_tokens,
             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
         },
     }
 
@@ -277,11 +323,15 @@ def prompt_filter_error() -> dict[str, Any]:
     body = error_body(
         "The response was filtered due to the prompt triggering Azure OpenAI's content management policy. "
         "Please modify your prompt and retry.",
-        type_=None, code="content_filter", param="prompt",
+        type_=None,
+        code="content_filter",
+        param="prompt",
     )
     body["error"]["status"] = 400
-    body["error"]["innererror"] = {"code": "ResponsibleAIPolicyViolation",
-                                   "content_filter_result": _filter_block("violence", "medium")}
+    body["error"]["innererror"] = {
+        "code": "ResponsibleAIPolicyViolation",
+        "content_filter_result": _filter_block("violence", "medium"),
+    }
     return body
 
 

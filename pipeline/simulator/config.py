@@ -9,8 +9,21 @@ HeaderStyle = Literal["openai", "azure"]
 
 # Fault kinds, usable by rate (``fault_rates``) or by rule in an image URL (``?sim=KIND`` or ``?sim=KINDxN``).
 FAULT_KINDS = (
-    "500", "502", "503", "429", "reset", "stall", "truncated", "nonjson", "nochoices",
-    "invalid_image_url", "filter_completion", "filter_prompt", "quota", "auth", "badjson",
+    "500",
+    "502",
+    "503",
+    "429",
+    "reset",
+    "stall",
+    "truncated",
+    "nonjson",
+    "nochoices",
+    "invalid_image_url",
+    "filter_completion",
+    "filter_prompt",
+    "quota",
+    "auth",
+    "badjson",
     # Not a failure: a normal answer held for ``stall_s`` first (a request still in flight when
     # another one stops the run).
     "slow",
@@ -28,8 +41,18 @@ class SimConfig:
     burst_window_s: float = 1.0
     burst_factor: float = 2.0
     api_key: str | None = None
-    models: tuple[str, ...] = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano",
-                               "gpt-5", "gpt-5-mini", "gpt-5-nano", "o4-mini", "gpt-3.5-turbo")
+    models: tuple[str, ...] = (
+        "gpt-4o",
+        "gpt-4o-mini",
+        "gpt-4.1",
+        "gpt-4.1-mini",
+        "gpt-4.1-nano",
+        "gpt-5",
+        "gpt-5-mini",
+        "gpt-5-nano",
+        "o4-mini",
+        "gpt-3.5-turbo",
+    )
     accept_any_model: bool = False
     fault_rates: dict[str, float] = field(default_factory=dict)
     stall_s: float = 30.0

@@ -36,7 +36,9 @@ class Decision:
 class SlidingWindowLimiter:
     WINDOW_S = 60.0
 
-    def __init__(self, *, rpm: int | None, tpm: int | None, burst_window_s: float = 1.0, burst_factor: float = 2.0) -> None:
+    def __init__(
+        self, *, rpm: int | None, tpm: int | None, burst_window_s: float = 1.0, burst_factor: float = 2.0
+    ) -> None:
         self.rpm = rpm
         self.tpm = tpm
         self._burst_window_s = burst_window_s
@@ -74,13 +76,20 @@ class SlidingWindowLimiter:
         elif self.tpm is not None and self._token_sum + tokens > self.tpm:
             wait, reason = self._tokens_free_after(now, tokens), "tokens per min (TPM)"
         if reason:
-            return Decision(False, max(wait, 0.001), self._remaining_requests(), self._remaining_tokens(),
-                            reset_r, reset_t, reason)
+            return Decision(
+                False, max(wait, 0.001), self._remaining_requests(), self._remaining_tokens(), reset_r, reset_t, reason
+            )
         self._requests.append(now)
         self._tokens.append((now, tokens))
         self._token_sum += tokens
-        return Decision(True, 0.0, self._remaining_requests(), self._remaining_tokens(),
-                        self._requests[0] + self.WINDOW_S - now, self._tokens[0][0] + self.WINDOW_S - now)
+        return Decision(
+            True,
+            0.0,
+            self._remaining_requests(),
+            self._remaining_tokens(),
+            self._requests[0] + self.WINDOW_S - now,
+            self._tokens[0][0] + self.WINDOW_S - now,
+        )
 
     def _tokens_free_after(self, now: float, tokens: int) -> float:
         needed = self._token_sum + tokens - (self.tpm or 0)

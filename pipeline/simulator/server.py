@@ -48,13 +48,23 @@ class _Server(uvicorn.Server):
 class SimulatorServer:
     """``with SimulatorServer(app) as sim: sim.base_url`` — a real HTTP server on 127.0.0.1."""
 
-    def __init__(self, app: SimulatorApp, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
+    def __init__(
+        self, app: SimulatorApp, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+    ) -> None:
         self.app = app
         self._sock = _bind(host, port)
         self.host, self.port = self._sock.getsockname()[:2]
         self._started = threading.Event()
-        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", http="httptools",
-                                loop="asyncio", backlog=2048, timeout_keep_alive=30)
+        config = uvicorn.Config(
+            app,
+            log_level=log_level,
+            access_log=False,
+            lifespan="on",
+            http="httptools",
+            loop="asyncio",
+            backlog=2048,
+            timeout_keep_alive=30,
+        )
         self._server = _Server(config, self._started)
         self._thread: threading.Thread | None = None
         logging.getLogger("uvicorn.error").addFilter(_QuietAbortFilter())
@@ -64,8 +74,9 @@ class SimulatorServer:
         return f"http://{self.host}:{self.port}/v1"
 
     def start(self, *, timeout_s: float = 10.0) -> SimulatorServer:
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name="caption-simulator", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, name="caption-simulator", daemon=True
+        )
         self._thread.start()
         if not self._started.wait(timeout_s):
             raise RuntimeError("the simulator did not start listening in time")
