@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .done_ids import DoneIds
 from .errors import ManifestError
-from .journal import DoneIds
 from .models import Item, RunTotals
 
 ChunkSource = Callable[[], Iterator[list[Item]]]

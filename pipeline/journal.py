@@ -41,6 +41,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .done_ids import DoneIds, is_member
 from .errors import JournalError, UnreadableFileError
 from .folder_lock import FolderLock
 from .models import RESULT_ARROW_SCHEMA, RESULT_SCHEMA, ResultRow, conform, recordable, rows_to_table
@@ -82,14 +83,6 @@ def _ids_disjoint(paths: list[Path]) -> bool:
     return ids.n_unique() == len(ids)
 
 
-def _is_member(candidates: pl.Series, sorted_ids: pl.Series) -> pl.Series:
-    """Vectorised binary search: which ``candidates`` are in the sorted ``sorted_ids``."""
-    if not len(sorted_ids) or not len(candidates):
-        return pl.Series([False] * len(candidates), dtype=pl.Boolean())
-    positions = sorted_ids.search_sorted(candidates, side="left").clip(0, len(sorted_ids) - 1)
-    return (sorted_ids.gather(positions) == candidates).fill_null(False)
-
-
 QUARANTINE_NAME = "unreadable"
 
 
@@ -101,24 +94,6 @@ def unreadable_message(path: Path, problem: str) -> str:
             "afresh (every row in it would be sent again)"
         )
     return f"{path}: {problem}. Move it aside (out of {path.parent}) and re-run: the rows in it will be sent again"
-
-
-@dataclass(frozen=True, slots=True)
-class DoneIds:
-    """Ids a resumed run skips, sorted so a chunk is checked by binary search.
-
-    A semi-join against millions of ids rebuilt its hash table per 256-row chunk
-    (240 ms each: 90 minutes for a 6M-row resume); ``search_sorted`` takes 0.35 ms.
-    """
-
-    ids: pl.Series
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def among(self, candidates: list[str]) -> set[str]:
-        wanted = pl.Series("id", candidates, dtype=pl.String())
-        return set(wanted.filter(_is_member(wanted, self.ids)).to_list())
 
 
 class Journal:
@@ -248,7 +223,7 @@ class Journal:
                         frame = frame.with_columns(
                             pl.lit(None, dtype=RESULT_SCHEMA[c]).alias(c) for c in columns if c not in present
                         )
-                    frame = frame.filter(~_is_member(frame["id"], seen))
+                    frame = frame.filter(~is_member(frame["id"], seen))
                     if frame.height:
                         fresh.append(frame["id"])
                         yield frame

@@ -110,7 +110,7 @@ def test_round_trip_latest_wins_whatever_the_flush_pattern(tmp_path_factory, bat
 
 def test_done_ids_lookup_is_exact_at_both_ends():
     """among() finds ids before the first, after the last, and between sorted neighbours exactly."""
-    from pipeline.journal import DoneIds
+    from pipeline.done_ids import DoneIds
 
     done = DoneIds(pl.Series("id", ["b", "d", "f"]).sort())
     assert done.among(["a", "b", "c", "d", "e", "f", "g"]) == {"b", "d", "f"}

@@ -17,13 +17,14 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import anyio
 import orjson
 
 from ..tokens import TextCounter
+from .asgi import Receive, Send, read_body, send_json, send_raw
 from .behaviour import (
     CLOUDFLARE_502,
     BadRequest,
@@ -40,9 +41,6 @@ from .behaviour import (
 )
 from .config import FAULT_KINDS, SimConfig
 from .limits import Decision, SlidingWindowLimiter, format_go_duration
-
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class _ResetConnection(Exception):
@@ -169,7 +167,7 @@ class SimulatorApp:
         if path.endswith("/chat/completions") and method == "POST":
             await self._chat(scope, receive, send)
         elif path.endswith("/models") and method == "GET":
-            await _send_json(
+            await send_json(
                 send,
                 200,
                 {
@@ -183,19 +181,19 @@ class SimulatorApp:
             await self._image(scope, send)
         elif path == "/stats" and method == "GET":
             query = scope.get("query_string", b"").decode()
-            await _send_json(send, 200, self.stats(images="images=1" in query, timeline="timeline=1" in query))
+            await send_json(send, 200, self.stats(images="images=1" in query, timeline="timeline=1" in query))
         elif path == "/control" and method == "POST":
             try:
-                changes = orjson.loads(await _read_body(receive))
+                changes = orjson.loads(await read_body(receive))
                 if "fault_rates" in changes:
                     changes["fault_rates"] = {str(k): float(v) for k, v in changes["fault_rates"].items()}
                 self.update(**changes)
             except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
-                await _send_json(send, 400, error_body(str(exc), type_="invalid_request_error"))
+                await send_json(send, 400, error_body(str(exc), type_="invalid_request_error"))
                 return
-            await _send_json(send, 200, {"ok": True})
+            await send_json(send, 200, {"ok": True})
         else:
-            await _send_json(send, 404, error_body(f"Unknown route {method} {path}", type_="invalid_request_error"))
+            await send_json(send, 404, error_body(f"Unknown route {method} {path}", type_="invalid_request_error"))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -216,7 +214,7 @@ class SimulatorApp:
         if options.get("delay"):
             await anyio.sleep(float(options["delay"]))
         if options.get("type") == "text":
-            await _send_raw(send, 200, b"<html>not an image</html>", content_type=b"text/html")
+            await send_raw(send, 200, b"<html>not an image</html>", content_type=b"text/html")
             return
         spec = image_spec(name, query)
         if spec not in self._images:
@@ -224,7 +222,7 @@ class SimulatorApp:
                 self._images.pop(next(iter(self._images)))
             self._images[spec] = encode_image(*spec)
         data, content_type = self._images[spec]
-        await _send_raw(send, 200, data, content_type=content_type.encode())
+        await send_raw(send, 200, data, content_type=content_type.encode())
 
     def _authorized(self, scope: dict[str, Any]) -> bool:
         if not self.config.api_key:
@@ -249,15 +247,15 @@ class SimulatorApp:
         return None
 
     async def _chat(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        raw = await _read_body(receive)
+        raw = await read_body(receive)
         config = self.config
         if config.down:
             self._record(503, key=None, fault="down")
-            await _send_json(send, 503, error_body("The service is temporarily unavailable.", type_="server_error"))
+            await send_json(send, 503, error_body("The service is temporarily unavailable.", type_="server_error"))
             return
         if not self._authorized(scope):
             self._record(401, key=None, fault="auth")
-            await _send_json(
+            await send_json(
                 send,
                 401,
                 error_body(
@@ -271,7 +269,7 @@ class SimulatorApp:
             req = parse_request(orjson.loads(raw))
         except orjson.JSONDecodeError:
             self._record(400, key=None, fault=None)
-            await _send_json(
+            await send_json(
                 send,
                 400,
                 error_body("We could not parse the JSON body of your request.", type_="invalid_request_error"),
@@ -279,14 +277,14 @@ class SimulatorApp:
             return
         except BadRequest as exc:
             self._record(400, key=None, fault=None)
-            await _send_json(
+            await send_json(
                 send, 400, error_body(str(exc), type_="invalid_request_error", code=exc.code, param=exc.param)
             )
             return
         key = image_key(req.images[0].url) if req.images else None
         if not config.accept_any_model and req.model.removesuffix("-ocr") not in config.models:
             self._record(404, key=key, fault="model")
-            await _send_json(
+            await send_json(
                 send,
                 404,
                 error_body(
@@ -303,7 +301,7 @@ class SimulatorApp:
         limit_headers = self._limit_headers(decision)
         if not decision.allowed:
             self._record(429, key=key, fault="limit")
-            await _send_json(
+            await send_json(
                 send,
                 429,
                 error_body(
@@ -339,7 +337,7 @@ class SimulatorApp:
         self._record(
             200, key=key, fault=None, tokens=tokens, extras=req.extras, charged=charged, admitted_at=admitted_at
         )
-        await _send_json(send, 200, body, headers=limit_headers)
+        await send_json(send, 200, body, headers=limit_headers)
 
     def _response_id(self) -> str:
         self._next_id += 1
@@ -392,26 +390,26 @@ class SimulatorApp:
         }.get(fault, 200)
         self._record(status, key=key, fault=fault)
         if fault == "500":
-            await _send_json(
+            await send_json(
                 send,
                 500,
                 error_body("The server had an error processing your request. Sorry about that!", type_="server_error"),
             )
         elif fault == "502":
-            await _send_raw(send, 502, CLOUDFLARE_502.encode(), content_type=b"text/html")
+            await send_raw(send, 502, CLOUDFLARE_502.encode(), content_type=b"text/html")
         elif fault == "503":
-            await _send_json(
+            await send_json(
                 send, 503, error_body("That model is currently overloaded with other requests.", type_="server_error")
             )
         elif fault == "429":
-            await _send_json(
+            await send_json(
                 send,
                 429,
                 error_body("Rate limit reached. Please try again in 1s.", type_="requests", code="rate_limit_exceeded"),
                 headers=[(b"retry-after-ms", b"200")],
             )
         elif fault == "quota":
-            await _send_json(
+            await send_json(
                 send,
                 429,
                 error_body(
@@ -421,13 +419,13 @@ class SimulatorApp:
                 ),
             )
         elif fault == "auth":
-            await _send_json(
+            await send_json(
                 send,
                 401,
                 error_body("Incorrect API key provided.", type_="invalid_request_error", code="invalid_api_key"),
             )
         elif fault == "invalid_image_url":
-            await _send_json(
+            await send_json(
                 send,
                 400,
                 error_body(
@@ -438,7 +436,7 @@ class SimulatorApp:
                 ),
             )
         elif fault == "filter_prompt":
-            await _send_json(send, 400, prompt_filter_error())
+            await send_json(send, 400, prompt_filter_error())
         elif fault == "filter_completion":
             body = completion_body(
                 req,
@@ -448,7 +446,7 @@ class SimulatorApp:
                 counter=self._counter,
                 filtered_category="violence",
             )
-            await _send_json(send, 200, body, headers=headers)
+            await send_json(send, 200, body, headers=headers)
         elif fault == "badjson":
             body = completion_body(
                 req,
@@ -458,9 +456,9 @@ class SimulatorApp:
                 counter=self._counter,
                 plain_text=True,
             )
-            await _send_json(send, 200, body, headers=headers)
+            await send_json(send, 200, body, headers=headers)
         elif fault == "nochoices":
-            await _send_json(
+            await send_json(
                 send,
                 200,
                 {
@@ -471,14 +469,12 @@ class SimulatorApp:
                 },
             )
         elif fault == "nonjson":
-            await _send_raw(send, 200, b"upstream returned: <!doctype html>", content_type=b"text/plain")
+            await send_raw(send, 200, b"upstream returned: <!doctype html>", content_type=b"text/plain")
         elif fault == "truncated":
-            await _send_raw(
-                send, 200, b'{"id": "chatcmpl-cut", "object": "chat.compl', content_type=b"application/json"
-            )
+            await send_raw(send, 200, b'{"id": "chatcmpl-cut", "object": "chat.compl', content_type=b"application/json")
         elif fault == "stall":
             await anyio.sleep(self.config.stall_s)
-            await _send_json(send, 504, error_body("Gateway timeout.", type_="server_error"))
+            await send_json(send, 504, error_body("Gateway timeout.", type_="server_error"))
         elif fault == "reset":
             await send(
                 {
@@ -489,33 +485,3 @@ class SimulatorApp:
             )
             await send({"type": "http.response.body", "body": b'{"id": "chat', "more_body": True})
             raise _ResetConnection
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-async def _send_raw(
-    send: Send, status: int, body: bytes, *, content_type: bytes, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _send_json(send: Send, status: int, data: Any, *, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await _send_raw(send, status, orjson.dumps(data), content_type=b"application/json", headers=headers)
