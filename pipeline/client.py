@@ -160,6 +160,11 @@ class AiohttpPoster:
         """The body, or None once it is longer than ``max_bytes`` (decompressed: a gzip bomb counts in full)."""
         if response.content_length is not None and response.content_length > max_bytes:
             return None
+        if response.content_length is not None and not response.headers.get("Content-Encoding"):
+            # The usual answer: a declared length within the cap, not compressed, so read() is
+            # bounded; one call costs less than a loop of iter_any() chunks (~10% of a row's CPU at
+            # concurrency 512).
+            return await response.read()
         parts: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_any():

@@ -50,6 +50,8 @@ def _type_name(value: Any) -> str:
 
 def _token_count(value: Any, field: str) -> int | None:
     """A token count: null, or an integer (an integral float is tolerated) within 0..MAX_USAGE_TOKENS."""
+    if type(value) is int and 0 <= value <= MAX_USAGE_TOKENS:
+        return value  # nearly every count: one check instead of four
     if value is None:
         return None
     if isinstance(value, float) and value.is_integer():

@@ -68,19 +68,16 @@ def row_from_outcome(
     request_key: str | None,
     prior_cost_usd: float | None,
 ) -> ResultRow:
-    common: dict[str, Any] = dict(
-        finished_at=finished_at,
-        prior_cost_usd=prior_cost_usd,
-        attempts=attempts,
-        latency_s=outcome.latency_s,
-        http_status=outcome.http_status,
-        cost_usd=paid_usd,
-    )
     if isinstance(outcome, Failure):
         filters = outcome.filters
         return result_row(
             item,
-            **common,
+            finished_at=finished_at,
+            prior_cost_usd=prior_cost_usd,
+            attempts=attempts,
+            latency_s=outcome.latency_s,
+            http_status=outcome.http_status,
+            cost_usd=paid_usd,
             status="filtered" if outcome.error_type == "content_filter" else "error",
             error_type=outcome.error_type,
             error_message=outcome.message,
@@ -92,24 +89,32 @@ def row_from_outcome(
             # A filtered answer is final: an identical request would be filtered again.
             request_key=request_key if outcome.error_type == "content_filter" else None,
         )
+    # The answered row, the common case, is built in one call: this runs once per row.
     c = outcome.completion
     cut = c.finish_reason == "content_filter"
-    return result_row(
-        item,
-        **common,
+    usage, filters = c.usage, c.filters
+    return ResultRow(
+        id=item.id,
+        url=shorten_data_url(item.url),
+        finished_at=finished_at,
+        prior_cost_usd=prior_cost_usd,
+        attempts=attempts,
+        latency_s=outcome.latency_s,
+        http_status=outcome.http_status,
+        cost_usd=paid_usd,
         status="filtered" if cut else "ok",
         caption=c.caption,
         model=c.model,
         finish_reason=c.finish_reason,
-        prompt_tokens=c.usage.prompt_tokens,
-        completion_tokens=c.usage.completion_tokens,
-        total_tokens=c.usage.total_tokens,
-        cached_tokens=c.usage.cached_tokens,
-        reasoning_tokens=c.usage.reasoning_tokens,
-        flagged=c.filters.flagged,
-        flagged_categories=list(c.filters.categories),
-        max_severity=c.filters.max_severity,
-        filter_results=c.filters.raw_json,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        cached_tokens=usage.cached_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        flagged=filters.flagged,
+        flagged_categories=list(filters.categories),
+        max_severity=filters.max_severity,
+        filter_results=filters.raw_json,
         error_type="content_filter" if cut else None,
         error_message="the completion was cut by the content filter" if cut else c.refusal,
         response_id=c.response_id,
