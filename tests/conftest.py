@@ -86,3 +86,19 @@ def start_cli(args: list[str], *, env: dict[str, str] | None = None) -> subproce
         env=env or cli_env(),
         cwd=ROOT,
     )
+
+
+def run_args(manifest: Path, out: Path, config: Path, base_url: str, *extra: str) -> list[str]:
+    """`caption run` against a test server: the arguments nearly every CLI test starts from."""
+    return [
+        "run",
+        str(manifest),
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+        "--base-url",
+        base_url,
+        "--no-progress",
+        *extra,
+    ]

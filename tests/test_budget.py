@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.budget import Budget
 from pipeline.errors import BudgetExceededError
-from tests.conftest import FAST_CONFIG, remote_rows, run_cli, write_config, write_csv
+from tests.conftest import FAST_CONFIG, remote_rows, run_args, run_cli, write_config, write_csv
 from tests.test_runner import make_config, run_once
 
 
@@ -51,21 +51,7 @@ def test_cli_budget_stop_exits_3_and_says_what_was_spent(simulator, tmp_path):
     """--max-cost: exit 3 and a last line with the spend against the cap and the rows left."""
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
     manifest = write_csv(tmp_path / "m.csv", remote_rows(200))
-    result = run_cli(
-        [
-            "run",
-            str(manifest),
-            "--out",
-            str(tmp_path / "out"),
-            "--config",
-            str(config),
-            "--base-url",
-            simulator.base_url,
-            "--no-progress",
-            "--max-cost",
-            "0.1",
-        ]
-    )
+    result = run_cli(run_args(manifest, tmp_path / "out", config, simulator.base_url, "--max-cost", "0.1"))
     assert result.returncode == 3
     last = result.stderr.strip().splitlines()[-2:]
     assert any("of $0.1000 in this folder" in line and "left" in line for line in last), result.stderr

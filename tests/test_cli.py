@@ -13,22 +13,21 @@ import pytest
 
 from pipeline.models import RESULT_SCHEMA
 from pipeline.simulator import image_key
-from tests.conftest import FAST_CONFIG, ROOT, cli_env, remote_rows, run_cli, start_cli, write_config, write_csv
+from tests.conftest import (
+    FAST_CONFIG,
+    ROOT,
+    cli_env,
+    remote_rows,
+    run_args,
+    run_cli,
+    start_cli,
+    write_config,
+    write_csv,
+)
 
 
 def _run_args(manifest: Path, out: Path, config: Path, base_url: str, *extra: str) -> list[str]:
-    return [
-        "run",
-        str(manifest),
-        "--out",
-        str(out),
-        "--config",
-        str(config),
-        "--base-url",
-        base_url,
-        "--no-progress",
-        *extra,
-    ]
+    return run_args(manifest, out, config, base_url, *extra)
 
 
 def test_readme_demo_command_works_offline(tmp_path):

@@ -13,7 +13,7 @@ from pipeline.config import build_config
 from pipeline.estimate import FormulaTotals, Reservoir, SampledRow, Stratum, extrapolate, row_formula, summarise
 from pipeline.models import Item
 from pipeline.tokens import TextCounter, image_tokens
-from tests.conftest import run_cli, write_config, write_csv
+from tests.conftest import run_args, run_cli, write_config, write_csv
 
 SIZES = [(300, 200), (1024, 768), (2000, 1500), (4000, 3000), (640, 640), (800, 1600), (3000, 1000)]
 
@@ -113,19 +113,7 @@ def test_formula_matches_the_simulators_counted_tokens_for_inlined_images(simula
     assert est.returncode == 0, est.stderr
     estimate = json.loads(est.stdout)
     assert estimate["images_with_known_size"] == 21 and simulator.app.stats()["requests"] == 0
-    run = run_cli(
-        [
-            "run",
-            str(manifest),
-            "--out",
-            str(tmp_path / "out"),
-            "--config",
-            str(config),
-            "--base-url",
-            simulator.base_url,
-            "--no-progress",
-        ]
-    )
+    run = run_cli(run_args(manifest, tmp_path / "out", config, simulator.base_url))
     assert run.returncode == 0, run.stderr
     counted = pl.read_parquet(tmp_path / "out" / "results.parquet")["prompt_tokens"].sum()
     assert counted == simulator.app.stats()["prompt_tokens"]
@@ -192,19 +180,7 @@ def test_sample_of_50_predicts_the_full_run_of_1000(simulator, tmp_path):
     assert simulator.app.stats()["requests"] == 50 and estimate["images_with_known_size"] == estimate["requests"]
     distinct = len({(r["url"], r["note"]) for r in rows})
     assert estimate["requests"] == distinct and estimate["duplicates"] == 1000 - distinct > 0
-    run = run_cli(
-        [
-            "run",
-            str(manifest),
-            "--out",
-            str(out),
-            "--config",
-            str(config),
-            "--base-url",
-            simulator.base_url,
-            "--no-progress",
-        ]
-    )
+    run = run_cli(run_args(manifest, out, config, simulator.base_url))
     assert run.returncode == 0, run.stderr
     assert simulator.app.stats()["requests"] == distinct
     actual = pl.read_parquet(out / "results.parquet")["cost_usd"].sum()

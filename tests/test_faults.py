@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.simulator import SimConfig, SimulatorApp, SimulatorServer, image_key
-from tests.conftest import FAST_CONFIG, remote_rows, run_cli, write_config, write_csv
+from tests.conftest import FAST_CONFIG, remote_rows, run_args, run_cli, write_config, write_csv
 from tests.test_runner import make_config, run_once
 
 TRANSIENT = {
@@ -100,19 +100,7 @@ def _cli_against(app: SimulatorApp, tmp_path: Path, rows: int = 300) -> tuple[in
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
     manifest = write_csv(tmp_path / "m.csv", remote_rows(rows))
     with SimulatorServer(app, log_level="critical") as sim:
-        result = run_cli(
-            [
-                "run",
-                str(manifest),
-                "--out",
-                str(tmp_path / "out"),
-                "--config",
-                str(config),
-                "--base-url",
-                sim.base_url,
-                "--no-progress",
-            ]
-        )
+        result = run_cli(run_args(manifest, tmp_path / "out", config, sim.base_url))
         sent = app.stats()["requests"]
     return result.returncode, result.stderr, sent
 

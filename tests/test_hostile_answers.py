@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from tests.conftest import ROOT, cli_env, run_cli, write_config
+from tests.conftest import run_args as cli_run_args
 from tests.hostile_server import (
     KEY_OFFSET,
     WAIT_A_DAY,
@@ -63,18 +64,7 @@ def manifest(path: Path, markers: list[str]) -> Path:
 
 def run_args(tmp_path: Path, server: HostileServer, markers: list[str], *extra: str) -> list[str]:
     config = write_config(tmp_path / "c.toml", CONFIG)
-    return [
-        "run",
-        str(manifest(tmp_path / "m.csv", markers)),
-        "--out",
-        str(tmp_path / "out"),
-        "--config",
-        str(config),
-        "--base-url",
-        server.base_url,
-        "--no-progress",
-        *extra,
-    ]
+    return cli_run_args(manifest(tmp_path / "m.csv", markers), tmp_path / "out", config, server.base_url, *extra)
 
 
 def results(tmp_path: Path) -> pl.DataFrame:

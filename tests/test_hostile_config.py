@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pipeline.cli import main
 from pipeline.config import BOUNDS, SECTIONS, Price, build_config, load_config, parse_override
 from pipeline.errors import ConfigError
-from tests.conftest import FAST_CONFIG, remote_rows, write_config, write_csv
+from tests.conftest import FAST_CONFIG, remote_rows, run_args, write_config, write_csv
 
 BEYOND_INT64 = str(2**63)
 
@@ -158,20 +158,7 @@ def test_cli_refuses_bad_overrides_with_exit_2_and_sends_nothing(simulator, tmp_
     """`caption run` with a hostile override exits 2, blames the flag, and the endpoint sees no request."""
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
     manifest = write_csv(tmp_path / "m.csv", remote_rows(3))
-    code = main(
-        [
-            "run",
-            str(manifest),
-            "--out",
-            str(tmp_path / "out"),
-            "--config",
-            str(config),
-            "--base-url",
-            simulator.base_url,
-            "--no-progress",
-            *flags,
-        ]
-    )
+    code = main(run_args(manifest, tmp_path / "out", config, simulator.base_url, *flags))
     err = capsys.readouterr().err
     assert code == 2 and words in err and str(config) not in err
     assert simulator.app.stats()["requests"] == 0

@@ -14,7 +14,7 @@ from PIL import Image
 from pipeline.cli import main
 from pipeline.errors import ManifestError
 from pipeline.manifest import derive_id, inspect_manifest, iter_chunks
-from tests.conftest import FAST_CONFIG, write_config
+from tests.conftest import FAST_CONFIG, run_args, write_config
 
 BOM = "\ufeff"
 
@@ -34,20 +34,7 @@ def _all(path, **kw):
 
 def _run(manifest, tmp_path, base_url, *extra: str) -> int:
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
-    return main(
-        [
-            "run",
-            str(manifest),
-            "--out",
-            str(tmp_path / "out"),
-            "--config",
-            str(config),
-            "--base-url",
-            base_url,
-            "--no-progress",
-            *extra,
-        ]
-    )
+    return main(run_args(manifest, tmp_path / "out", config, base_url, *extra))
 
 
 @pytest.mark.parametrize(("name", "sep"), [("m.csv", ","), ("m.tsv", "\t")])

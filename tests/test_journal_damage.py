@@ -15,7 +15,7 @@ import pytest
 from pipeline.errors import JournalError, UnreadableFileError
 from pipeline.journal import Journal
 from pipeline.models import ResultRow
-from tests.conftest import FAST_CONFIG, remote_rows, run_cli, write_config, write_csv
+from tests.conftest import FAST_CONFIG, remote_rows, run_args, run_cli, write_config, write_csv
 
 
 def _rows(ids: range) -> list[ResultRow]:
@@ -56,17 +56,7 @@ def folder(tmp_path, simulator):
     manifest = write_csv(tmp_path / "m.csv", remote_rows(60))
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
     out = tmp_path / "out"
-    args = [
-        "run",
-        str(manifest),
-        "--out",
-        str(out),
-        "--config",
-        str(config),
-        "--base-url",
-        simulator.base_url,
-        "--no-progress",
-    ]
+    args = run_args(manifest, out, config, simulator.base_url)
     return out, args
 
 

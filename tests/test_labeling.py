@@ -11,26 +11,13 @@ from PIL import Image
 
 from pipeline.simulator import SimConfig, SimulatorApp, SimulatorServer, caption_for
 from pipeline.tokens import image_tokens
-from tests.conftest import FAST_CONFIG, remote_rows, run_cli, write_config, write_csv
+from tests.conftest import FAST_CONFIG, remote_rows, run_args, run_cli, write_config, write_csv
 from tests.test_runner import make_config, run_once
 
 
 def _run(simulator, manifest: Path, out: Path, config_text: str = FAST_CONFIG, *extra: str):
     config = write_config(out.parent / f"{out.name}.toml", config_text)
-    result = run_cli(
-        [
-            "run",
-            str(manifest),
-            "--out",
-            str(out),
-            "--config",
-            str(config),
-            "--base-url",
-            simulator.base_url,
-            "--no-progress",
-            *extra,
-        ]
-    )
+    result = run_cli(run_args(manifest, out, config, simulator.base_url, *extra))
     frame = pl.read_parquet(out / "results.parquet") if (out / "results.parquet").exists() else None
     return result, frame
 

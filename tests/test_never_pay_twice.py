@@ -19,7 +19,7 @@ import pytest
 from pipeline.errors import AuthError, QuotaError
 from pipeline.journal import Journal
 from pipeline.simulator import SimConfig, SimulatorApp, SimulatorServer, image_key
-from tests.conftest import FAST_CONFIG, remote_rows, run_cli, start_cli, write_config, write_csv
+from tests.conftest import FAST_CONFIG, remote_rows, run_args, run_cli, start_cli, write_config, write_csv
 from tests.test_runner import make_config, run_once
 
 pytestmark = pytest.mark.slow
@@ -72,34 +72,12 @@ def test_a_second_run_on_a_locked_folder_exits_2_at_once_and_sends_nothing(tmp_p
         SimulatorServer(first_app, log_level="critical") as first_sim,
         SimulatorServer(second_app, log_level="critical") as second_sim,
     ):
-        first = start_cli(
-            [
-                "run",
-                str(manifest),
-                "--out",
-                str(out),
-                "--config",
-                str(config),
-                "--base-url",
-                first_sim.base_url,
-                "--no-progress",
-            ]
-        )
+        first = start_cli(run_args(manifest, out, config, first_sim.base_url))
         try:
             _wait_for_line(first, "locked by pid")
             started = time.monotonic()
             second = run_cli(
-                [
-                    "run",
-                    str(manifest),
-                    "--out",
-                    str(out),
-                    "--config",
-                    str(config),
-                    "--base-url",
-                    second_sim.base_url,
-                    "--no-progress",
-                ],
+                run_args(manifest, out, config, second_sim.base_url),
                 timeout_s=30,
             )
             took = time.monotonic() - started
@@ -125,17 +103,7 @@ def test_a_killed_runs_lock_does_not_block_the_next_run(simulator, tmp_path):
     manifest = write_csv(tmp_path / "m.csv", remote_rows(200, prefix="k9"))
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
     simulator.app.update(latency_median_s=0.05, latency_p99_s=0.1)
-    args = [
-        "run",
-        str(manifest),
-        "--out",
-        str(tmp_path / "out"),
-        "--config",
-        str(config),
-        "--base-url",
-        simulator.base_url,
-        "--no-progress",
-    ]
+    args = run_args(manifest, tmp_path / "out", config, simulator.base_url)
     proc = start_cli(args)
     _wait_for_line(proc, "locked by pid")
     proc.kill()
@@ -177,17 +145,7 @@ def _signal_scenario(tmp_path: Path, signum: int, *, kill_after_s: float | None)
     )
     server = SimulatorServer(app, log_level="critical")
     server.__enter__()
-    args = [
-        "run",
-        str(manifest),
-        "--out",
-        str(tmp_path / "out"),
-        "--config",
-        str(config),
-        "--base-url",
-        server.base_url,
-        "--no-progress",
-    ]
+    args = run_args(manifest, tmp_path / "out", config, server.base_url)
     proc = start_cli(args)
     try:
         assert app.wait_until(lambda s: s["accepted"] >= 12, timeout_s=60)
@@ -249,19 +207,7 @@ def test_a_second_signal_ends_the_grace_period(tmp_path):
     config = write_config(tmp_path / "c.toml", SLOW_FLUSH)
     app = SimulatorApp(SimConfig(latency_median_s=0.002, accept_any_model=True, stall_s=30))
     with SimulatorServer(app, log_level="critical") as sim:
-        proc = start_cli(
-            [
-                "run",
-                str(manifest),
-                "--out",
-                str(tmp_path / "out"),
-                "--config",
-                str(config),
-                "--base-url",
-                sim.base_url,
-                "--no-progress",
-            ]
-        )
+        proc = start_cli(run_args(manifest, tmp_path / "out", config, sim.base_url))
         assert app.wait_until(lambda s: s["held"] >= 8, timeout_s=30)
         proc.send_signal(signal.SIGINT)
         lines = _wait_for_line(proc, "request(s) in flight")
@@ -362,17 +308,7 @@ def test_deleting_run_json_does_not_skip_the_parameter_check(simulator, tmp_path
     """A folder with results but no run.json is refused (exit 2) unless --force, not silently resumed."""
     manifest = write_csv(tmp_path / "m.csv", remote_rows(5, prefix="rj"))
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
-    args = [
-        "run",
-        str(manifest),
-        "--out",
-        str(tmp_path / "out"),
-        "--config",
-        str(config),
-        "--base-url",
-        simulator.base_url,
-        "--no-progress",
-    ]
+    args = run_args(manifest, tmp_path / "out", config, simulator.base_url)
     assert run_cli(args).returncode == 0
     os.unlink(tmp_path / "out" / "run.json")
     refused = run_cli([*args, "--model", "gpt-4o-mini"])
@@ -384,18 +320,6 @@ def test_the_left_count_is_right_when_rows_collapse(simulator, tmp_path):
     """30 rows naming 3 urls with no id column are 3 ids: a finished run says 0 left, not 27."""
     rows = [{"url": f"https://img.example.com/c/{i % 3}.jpg"} for i in range(30)]
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
-    result = run_cli(
-        [
-            "run",
-            str(write_csv(tmp_path / "m.csv", rows)),
-            "--out",
-            str(tmp_path / "out"),
-            "--config",
-            str(config),
-            "--base-url",
-            simulator.base_url,
-            "--no-progress",
-        ]
-    )
+    result = run_cli(run_args(write_csv(tmp_path / "m.csv", rows), tmp_path / "out", config, simulator.base_url))
     assert result.returncode == 0, result.stderr
     assert "3 rows this run" in result.stderr and ", 0 left;" in result.stderr, result.stderr

@@ -15,7 +15,7 @@ import pytest
 from pipeline.journal import Journal
 from pipeline.models import ResultRow
 from pipeline.report import summarise, timeline_bucket_s
-from tests.conftest import FAST_CONFIG, ROOT, remote_rows, run_cli, write_config, write_csv
+from tests.conftest import FAST_CONFIG, ROOT, remote_rows, run_args, run_cli, write_config, write_csv
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -33,19 +33,7 @@ def finished_run(simulator, tmp_path):
     ]
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
     out = tmp_path / "out"
-    result = run_cli(
-        [
-            "run",
-            str(write_csv(tmp_path / "m.csv", rows)),
-            "--out",
-            str(out),
-            "--config",
-            str(config),
-            "--base-url",
-            simulator.base_url,
-            "--no-progress",
-        ]
-    )
+    result = run_cli(run_args(write_csv(tmp_path / "m.csv", rows), out, config, simulator.base_url))
     assert result.returncode == 1, result.stderr
     return out
 
