@@ -32,6 +32,7 @@ from .journal import Journal
 from .manifest import inspect_manifest
 from .models import RunTotals
 from .progress import BarProgress, LogProgress, NoProgress, Progress
+from .providers import PROVIDERS
 from .request import missing_columns
 from .secrets import Scrubber, ScrubbingFilter
 
@@ -58,10 +59,11 @@ def _api_key(config: Config, *, simulate: bool) -> tuple[str | None, Scrubber]:
             key="endpoint.api_key_env",
             path=config.source,
         )
-    if key is None and not simulate and not _is_loopback(config.endpoint.base_url):
+    required = PROVIDERS[config.endpoint.provider].key_required
+    if key is None and required and not simulate and not _is_loopback(config.endpoint.base_url):
         raise ConfigError(
-            f"no API key: set the environment variable {config.endpoint.api_key_env} "
-            "(or point endpoint.api_key_env at the variable that holds it)",
+            f"no API key for provider '{config.endpoint.provider}': set the environment variable "
+            f"{config.endpoint.api_key_env} (or point endpoint.api_key_env at the variable that holds it)",
             key="endpoint.api_key_env",
             path=config.source,
         )
@@ -100,7 +102,9 @@ def _progress(total: int, *, no_progress: bool) -> Progress:
 
 def _load_inputs(args: argparse.Namespace) -> tuple[Config, Any]:
     """Config, then the manifest and the prompt's placeholders: all refused before anything is sent."""
-    config = load_config(args.config, overrides=config_overrides(args))
+    # The only environment the config sees: variables that may name a provider's base URL.
+    environ = {name: os.environ[name] for name in ("OPENAI_BASE_URL",) if os.environ.get(name)}
+    config = load_config(args.config, overrides=config_overrides(args), environ=environ)
     _check_label_schema(config)
     info = inspect_manifest(args.manifest, url_column=config.manifest.url_column, id_column=config.manifest.id_column)
     for template, key in ((config.request.prompt, "request.prompt"), (config.request.system or "", "request.system")):

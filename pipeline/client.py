@@ -287,6 +287,7 @@ class VisionClient:
         api_key: str | None,
         timeout_s: float,
         query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
@@ -299,6 +300,8 @@ class VisionClient:
         self._headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
+            **(headers or {}),
+            # Last, so a configured header can never replace or spoof the key's.
             **dialect.auth_headers(api_key),
         }
         self._kept_headers = dialect.kept_headers

@@ -18,7 +18,7 @@ import anyio
 from .breaker import CircuitBreaker
 from .client import Http, VisionClient
 from .config import Config
-from .dialects import DEFAULT_DIALECT, Dialect, dialect_for
+from .dialects import Dialect, dialect_for
 from .executor import Executor
 from .feed import ChunkSource
 from .journal import Journal
@@ -59,13 +59,17 @@ def build_runner(
     passed in reads headers as it was built to (``read_headers``).
     """
     scrubber = scrubber or Scrubber([api_key])
-    dialect = dialect or dialect_for(DEFAULT_DIALECT)
+    endpoint = config.endpoint
+    dialect = dialect or dialect_for(endpoint.provider)
+    query = {**endpoint.query, **({"api-version": endpoint.api_version} if endpoint.api_version else {})}
     client = VisionClient(
         http.client,
         poster=http.poster,
         dialect=dialect,
         base_url=config.endpoint.base_url,
         api_key=api_key,
+        query=query,
+        headers=endpoint.headers,
         timeout_s=config.endpoint.timeout_s,
         max_response_bytes=config.endpoint.max_response_bytes,
         scrubber=scrubber,

@@ -11,16 +11,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
-from urllib.parse import urlsplit
 
+from .config_checks import base_url_problem, value_problem
 from .errors import ConfigError
+from .providers import PROVIDERS, Provider
 
 Detail = Literal["low", "high", "auto"]
 
@@ -31,8 +32,13 @@ DEFAULT_PRICING_PATH = PACKAGE_ROOT / "pricing.toml"
 
 @dataclass(frozen=True, kw_only=True)
 class EndpointConfig:
-    base_url: str = "https://api.302.ai/v1"
-    api_key_env: str = "OPENAI_API_KEY"
+    # Which wire format, default URL and key variable (providers.py); 302.AI, the seeds' gateway.
+    provider: Provider = "302ai"
+    base_url: str = ""  # "" → the provider's (for openai, $OPENAI_BASE_URL first)
+    api_key_env: str = ""  # "" → the provider's own variable: a key only goes where it belongs
+    api_version: str | None = None  # Azure's api-version, sent as a query parameter
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. OpenRouter's HTTP-Referer, X-Title
+    query: dict[str, str] = field(default_factory=dict)  # extra query parameters on every request
     timeout_s: float = 120.0
     max_response_bytes: int = 8_000_000  # a body over this is invalid_response; its connection is dropped
 
@@ -183,143 +189,6 @@ def _check_value(value: Any, tp: Any) -> bool:
 Origin = typing.Callable[[str], str]
 
 
-@dataclass(frozen=True, slots=True)
-class Range:
-    """The values a numeric key accepts; NaN and inf are refused for every key, bounded or not."""
-
-    low: float
-    high: float
-    low_open: bool = False  # True: the value must be greater than ``low``, not equal to it
-
-    def describe(self) -> str:
-        low = f"greater than {_number(self.low)}" if self.low_open else f"at least {_number(self.low)}"
-        return f"must be {low} and at most {_number(self.high)}"
-
-    def admits(self, value: float) -> bool:
-        above = value > self.low if self.low_open else value >= self.low
-        return above and value <= self.high
-
-
-def _number(value: float) -> str:
-    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
-
-
-_DAY_S = 86_400.0
-_TIMEOUT = Range(0, _DAY_S, low_open=True)  # a wait longer than a day is a typo, not a plan
-_PRICE = Range(0, 1_000_000)  # USD per 1M tokens; negative prices would give the budget cap false headroom
-
-# Bounds per ``section.key`` (``pricing.<field>`` for every model's prices). A new numeric key
-# gets one line here; tests/test_hostile_config.py fails for a numeric key without one.
-BOUNDS: dict[str, Range] = {
-    "endpoint.timeout_s": _TIMEOUT,
-    # The largest completion any current model allows is well under 1M tokens; more is a typo
-    # that would also space requests hours apart under a TPM limit.
-    "request.max_tokens": Range(0, 1_000_000, low_open=True),
-    "request.temperature": Range(0, 2),
-    "request.top_p": Range(0, 1),
-    "request.n": Range(0, 128, low_open=True),  # OpenAI's own ceiling for n
-    "limits.rpm": Range(0, 100_000_000, low_open=True),
-    "limits.tpm": Range(0, 1_000_000_000_000, low_open=True),
-    "limits.concurrency": Range(0, 10_000, low_open=True),  # each slot holds a connection and a prepared image
-    "limits.max_attempts": Range(0, 100, low_open=True),
-    "limits.max_cost_usd": Range(0, 1_000_000_000),
-    # Caps on what a server can make the run do; NaN or inf would switch them off.
-    "limits.max_wait_s": Range(0, _DAY_S * 365, low_open=True),
-    "endpoint.max_response_bytes": Range(0, 2_000_000_000, low_open=True),
-    "images.download_timeout_s": _TIMEOUT,
-    "images.max_side": Range(0, 65_535, low_open=True),  # the largest side JPEG and WebP can encode
-    "images.max_bytes": Range(0, 2_000_000_000, low_open=True),  # a file is held in memory and base64-encoded
-    "images.max_pixels": Range(0, 65_535 * 65_535, low_open=True),
-    "run.part_rows": Range(0, 1_000_000, low_open=True),
-    "run.flush_interval_s": _TIMEOUT,
-    "pricing.input": _PRICE,
-    "pricing.cached_input": _PRICE,
-    "pricing.output": _PRICE,
-}
-
-_INT64 = Range(-(2**63), 2**63 - 1)
-
-# Body keys the pipeline builds itself: an extra_body that replaced them would break every row
-# (model, messages), the parser (stream) or the estimates and label columns (the request.* knobs).
-_OWNED_BODY_KEYS = {
-    "model": "request.model",
-    "messages": "request.prompt and request.system",
-    "stream": None,
-    "stream_options": None,
-    "max_tokens": "request.max_tokens",
-    "temperature": "request.temperature",
-    "top_p": "request.top_p",
-    "n": "request.n",
-    "stop": "request.stop",
-    "response_format": "request.response_format",
-}
-
-
-def _number_problem(value: Any, bounds: Range | None) -> str | None:
-    """Why a number cannot be used, or None. Ints are exact: one beyond int64 is refused, not rounded."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"must be a finite number, got {value!r}"
-    if isinstance(value, int) and not _INT64.admits(value):
-        return f"is beyond a 64-bit integer, got {value!r}"
-    if bounds is not None and not bounds.admits(value):
-        return f"{bounds.describe()}, got {value!r}"
-    return None
-
-
-def _json_problem(value: Any, *, where: str = "", depth: int = 0) -> str | None:
-    """A table sent in the body must be plain JSON: no NaN/inf (invalid JSON), no int over 64 bits."""
-    if depth > 32:
-        return f"{where or 'the value'} is nested too deeply (more than 32 levels)"
-    if isinstance(value, dict):
-        children: Any = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
-    elif isinstance(value, list):
-        children = ((f"{where}[{i}]", v) for i, v in enumerate(value))
-    else:
-        problem = _number_problem(value, None)
-        return f"{where}: {problem}" if problem and where else problem
-    return next((p for w, v in children if (p := _json_problem(v, where=w, depth=depth + 1))), None)
-
-
-def _extra_body_problem(extra: dict[str, Any]) -> str | None:
-    for key in extra:
-        if key in _OWNED_BODY_KEYS:
-            own = _OWNED_BODY_KEYS[key]
-            instead = f"set {own} instead" if own else "the pipeline does not support it"
-            return f"must not set '{key}': the pipeline builds that part of the request ({instead})"
-    return _json_problem(extra)
-
-
-def _base_url_problem(url: str) -> str | None:
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError as exc:
-        return f"is not a valid URL ({exc})"
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        return "must be an http:// or https:// URL with a host"
-    if parts.username is not None or parts.password is not None:
-        return (
-            "must not hold user:pass@ credentials: put the API key in the environment variable "
-            "named by endpoint.api_key_env"
-        )
-    if any(ord(ch) < 0x20 or ch in " \x7f" for ch in url):
-        return "must not contain spaces or control characters"
-    return None
-
-
-def _value_problem(dotted: str, bounds_key: str, value: Any) -> str | None:
-    """Everything beyond the declared type that makes one value unusable."""
-    if dotted == "endpoint.base_url":
-        return _base_url_problem(value)
-    if dotted == "request.extra_body":
-        return _extra_body_problem(value)
-    if dotted == "request.response_format" and value is not None:
-        return _json_problem(value)
-    return _number_problem(value, BOUNDS.get(bounds_key))
-
-
 def _build_section(
     cls: type, values: dict[str, Any], *, section: str, origin: Origin, bounds_section: str | None = None
 ) -> Any:
@@ -331,7 +200,7 @@ def _build_section(
             raise ConfigError(f"unknown key (known keys: {known})", key=dotted, path=origin(dotted))
         if not _check_value(value, hints[key]):
             raise ConfigError(f"expected {_type_name(hints[key])}, got {value!r}", key=dotted, path=origin(dotted))
-        problem = _value_problem(dotted, f"{bounds_section or section}.{key}", value)
+        problem = value_problem(dotted, f"{bounds_section or section}.{key}", value)
         if problem:
             raise ConfigError(problem, key=dotted, path=origin(dotted))
     return cls(**values)
@@ -372,6 +241,7 @@ def build_config(
     path: str = "<defaults>",
     overrides: dict[str, Any] | None = None,
     pricing: dict[str, Price] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Config:
     """Validate a parsed TOML document plus ``section.key`` overrides into a Config.
 
@@ -403,7 +273,38 @@ def build_config(
     if not isinstance(pricing_table, dict):
         raise ConfigError("expected a table", key="pricing", path=origin("pricing"))
     prices.update(_build_pricing(pricing_table, origin=origin))
+    sections["endpoint"] = _resolve_endpoint(sections["endpoint"], environ=environ or {}, origin=origin)
+    if not PROVIDERS[sections["endpoint"].provider].default_limits:
+        given = data.get("limits", {})
+        sections["limits"] = dataclasses.replace(
+            sections["limits"],
+            rpm=sections["limits"].rpm if "rpm" in given else None,
+            tpm=sections["limits"].tpm if "tpm" in given else None,
+        )
     return Config(**sections, pricing=prices, source=path)
+
+
+def _resolve_endpoint(endpoint: EndpointConfig, *, environ: Mapping[str, str], origin: Origin) -> EndpointConfig:
+    """The provider's base URL and key variable where the config left them out.
+
+    ``environ`` is what the CLI read from the environment (``OPENAI_BASE_URL``): the config
+    module never reads it itself.
+    """
+    defaults = PROVIDERS[endpoint.provider]
+    base_url = endpoint.base_url
+    if not base_url and defaults.base_url_env and environ.get(defaults.base_url_env):
+        base_url = environ[defaults.base_url_env]
+        problem = base_url_problem(base_url)
+        if problem:
+            raise ConfigError(problem, key="endpoint.base_url", path=f"${defaults.base_url_env}")
+    base_url = base_url or defaults.base_url
+    if not base_url:
+        raise ConfigError(
+            f"provider '{endpoint.provider}' needs endpoint.base_url (the server's or resource's URL)",
+            key="endpoint.base_url",
+            path=origin("endpoint.base_url"),
+        )
+    return dataclasses.replace(endpoint, base_url=base_url, api_key_env=endpoint.api_key_env or defaults.key_env)
 
 
 def _apply_key_aliases(data: dict[str, Any], *, path: str) -> None:
@@ -435,10 +336,13 @@ def load_config(
     *,
     overrides: dict[str, Any] | None = None,
     pricing: dict[str, Price] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Config:
     """Read a TOML file (or only defaults when ``path`` is None) and apply overrides."""
     data = _read_toml(path) if path is not None else {}
-    return build_config(data, path=str(path) if path else "<defaults>", overrides=overrides, pricing=pricing)
+    return build_config(
+        data, path=str(path) if path else "<defaults>", overrides=overrides, pricing=pricing, environ=environ
+    )
 
 
 def parse_override(flag: str, raw: str) -> tuple[str, Any]:
@@ -451,7 +355,7 @@ def parse_override(flag: str, raw: str) -> tuple[str, Any]:
     tp = typing.get_type_hints(SECTIONS[section])[key]
     value = _coerce(raw, tp, dotted, flag=flag)
     # Checked here, where the flag as typed is known (``--timeout``, not only ``--timeout-s``).
-    problem = _value_problem(dotted, dotted, value)
+    problem = value_problem(dotted, dotted, value)
     if problem:
         raise ConfigError(problem, key=dotted, path=f"command line --{flag}")
     return dotted, value

@@ -11,9 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import EndpointConfig
+from pipeline.providers import PROVIDERS
 from pipeline.simulator import SimConfig, SimulatorApp, SimulatorServer
 
 ROOT = Path(__file__).resolve().parent.parent
+# The variable the default provider reads its key from (tests set the key there).
+KEY_ENV = PROVIDERS[EndpointConfig().provider].key_env
+PROVIDER_KEY_VARS = {p.key_env for p in PROVIDERS.values()}
 SEEDS = ROOT.parent / "shared" / "seeds"
 
 
@@ -58,7 +63,7 @@ flush_interval_s = 0.2
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env = {k: v for k, v in os.environ.items() if k not in PROVIDER_KEY_VARS and k != "OPENAI_BASE_URL"}
     env.update(extra)
     env["PYTHONUNBUFFERED"] = "1"
     return env

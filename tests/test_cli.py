@@ -15,6 +15,7 @@ from pipeline.models import RESULT_SCHEMA
 from pipeline.simulator import image_key
 from tests.conftest import (
     FAST_CONFIG,
+    KEY_ENV,
     ROOT,
     cli_env,
     remote_rows,
@@ -120,7 +121,7 @@ def test_the_api_key_never_reaches_output_files_or_the_terminal(simulator, tmp_p
     out = tmp_path / "out"
     result = run_cli(
         _run_args(write_csv(tmp_path / "m.csv", rows), out, config, simulator.base_url, "-v"),
-        env=cli_env(OPENAI_API_KEY=key),
+        env=cli_env(**{KEY_ENV: key}),
     )
     assert result.returncode == 1, result.stderr
     assert pl.read_parquet(out / "results.parquet").filter(pl.col("status") == "ok").height == 30
@@ -137,10 +138,10 @@ def test_a_refused_key_exits_3_and_says_so_without_printing_it(simulator, tmp_pa
     config = write_config(tmp_path / "c.toml", FAST_CONFIG)
     result = run_cli(
         _run_args(write_csv(tmp_path / "m.csv", remote_rows(200)), tmp_path / "out", config, simulator.base_url),
-        env=cli_env(OPENAI_API_KEY=key),
+        env=cli_env(**{KEY_ENV: key}),
     )
     assert result.returncode == 3
-    assert "refused the API key" in result.stderr and "OPENAI_API_KEY" in result.stderr
+    assert "refused the API key" in result.stderr and KEY_ENV in result.stderr
     assert key not in result.stderr + result.stdout
     assert simulator.app.stats()["requests"] <= 16
 

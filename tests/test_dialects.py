@@ -102,7 +102,7 @@ def test_openai_generic_and_302ai_are_todays_one_dialect():
 
 def test_an_unknown_dialect_is_a_config_error_naming_the_known_ones():
     """A misspelt provider is refused with the list of known ones, not a KeyError."""
-    with pytest.raises(ConfigError, match="known: 302ai, generic, openai"):
+    with pytest.raises(ConfigError, match="known: 302ai, azure, generic, litellm, openai, openrouter, vllm"):
         dialect_for("azrue")
 
 

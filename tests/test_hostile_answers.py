@@ -16,7 +16,7 @@ import polars as pl
 import psutil
 import pytest
 
-from tests.conftest import ROOT, cli_env, run_cli, write_config
+from tests.conftest import KEY_ENV, ROOT, cli_env, run_cli, write_config
 from tests.conftest import run_args as cli_run_args
 from tests.hostile_server import (
     KEY_OFFSET,
@@ -103,7 +103,7 @@ def assert_key_nowhere(key: str, texts: list[str], folder: Path) -> None:
 def test_an_echoed_key_reaches_no_file_no_terminal_and_no_report(server, tmp_path, answer, key):
     """The key the server echoes (raw and stripped) is nowhere under --out, on stdout/stderr or in the report."""
     server.answers = {"echo": answer}
-    result = run_cli(run_args(tmp_path, server, ["echo"] * 6, "-v"), env=cli_env(OPENAI_API_KEY=key))
+    result = run_cli(run_args(tmp_path, server, ["echo"] * 6, "-v"), env=cli_env(**{KEY_ENV: key}))
     assert result.returncode in (1, 3), result.stderr
     assert server.requests >= 1
     frame = results(tmp_path)
@@ -117,7 +117,7 @@ def test_an_echoed_key_reaches_no_file_no_terminal_and_no_report(server, tmp_pat
 def test_the_500_key_is_masked_before_the_body_is_cut(server, tmp_path):
     """The non-JSON 500 row says `***` where the key began, not the key's first characters."""
     server.answers = {"echo": echo_key_in_text_500}
-    result = run_cli(run_args(tmp_path, server, ["echo"]), env=cli_env(OPENAI_API_KEY=KEY))
+    result = run_cli(run_args(tmp_path, server, ["echo"]), env=cli_env(**{KEY_ENV: KEY}))
     assert result.returncode == 1, result.stderr
     (message,) = results(tmp_path)["error_message"].to_list()
     assert "***" in message and KEY[:8] not in message and len(message) <= KEY_OFFSET + 20
@@ -233,7 +233,7 @@ def test_200_mb_bodies_at_concurrency_8_stay_under_600_mb(server, tmp_path):
 def test_a_200_error_object_is_invalid_response_and_its_message_is_masked(server, tmp_path):
     """A 200 carrying {"error": ...} is invalid_response; the message is kept, the key masked at the source."""
     server.answers = {"echo": echo_key_in_200_error, "ok": json_answer(200, completion())}
-    result = run_cli(run_args(tmp_path, server, ["echo", "ok"]), env=cli_env(OPENAI_API_KEY=KEY))
+    result = run_cli(run_args(tmp_path, server, ["echo", "ok"]), env=cli_env(**{KEY_ENV: KEY}))
     assert result.returncode == 1, result.stderr
     rows = {r["id"]: r for r in results(tmp_path).to_dicts()}
     assert rows["echo-0"]["error_type"] == "invalid_response"
@@ -245,6 +245,6 @@ def test_a_key_with_a_line_break_inside_is_refused_before_sending(server, tmp_pa
     """CR/LF inside the key cannot go in a header: exit 2 naming the variable, nothing sent, the key not printed."""
     server.answers = {"echo": echo_key_in_200_error}
     broken = KEY[:12] + "\r\n" + KEY[12:]
-    result = run_cli(run_args(tmp_path, server, ["echo"] * 3), env=cli_env(OPENAI_API_KEY=broken))
-    assert result.returncode == 2 and "OPENAI_API_KEY" in result.stderr and "line break" in result.stderr
+    result = run_cli(run_args(tmp_path, server, ["echo"] * 3), env=cli_env(**{KEY_ENV: broken}))
+    assert result.returncode == 2 and KEY_ENV in result.stderr and "line break" in result.stderr
     assert server.requests == 0 and KEY[:12] not in result.stderr and "Traceback" not in result.stderr

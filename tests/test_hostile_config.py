@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.cli import main
-from pipeline.config import BOUNDS, SECTIONS, Price, build_config, load_config, parse_override
+from pipeline.config import SECTIONS, Price, build_config, load_config, parse_override
+from pipeline.config_checks import BOUNDS
 from pipeline.errors import ConfigError
 from tests.conftest import FAST_CONFIG, remote_rows, run_args, write_config, write_csv
 

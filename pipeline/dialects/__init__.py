@@ -10,16 +10,26 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from ..errors import ConfigError
-from . import openai
+from . import azure, openai
 from .base import BodyBuilder, Dialect, ErrorClassifier
 
 __all__ = ["DEFAULT_DIALECT", "BodyBuilder", "Dialect", "ErrorClassifier", "dialect_for"]
 
-# Until ``endpoint.provider`` exists (issue 13) every endpoint is spoken to as OpenAI is.
 DEFAULT_DIALECT = "openai"
 
-# 302.AI and "anything else OpenAI-compatible" speak OpenAI's format today.
-_DIALECTS = MappingProxyType({"openai": openai.DIALECT, "generic": openai.DIALECT, "302ai": openai.DIALECT})
+# The gateways and self-hosted servers speak OpenAI's format; their differences in errors and
+# headers (OpenRouter's 402, LiteLLM's llm_provider-* headers) are not told apart yet.
+_DIALECTS = MappingProxyType(
+    {
+        "openai": openai.DIALECT,
+        "generic": openai.DIALECT,
+        "302ai": openai.DIALECT,
+        "openrouter": openai.DIALECT,
+        "vllm": openai.DIALECT,
+        "litellm": openai.DIALECT,
+        "azure": azure.DIALECT,
+    }
+)
 
 
 def dialect_for(name: str) -> Dialect:

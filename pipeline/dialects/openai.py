@@ -30,8 +30,13 @@ _KEPT_HEADER_PREFIXES = ("x-ratelimit-", "x-rate-limit-", "retry-after", "x-ms-r
 
 
 def request_url(base_url: str, query: Mapping[str, str]) -> str:
-    url = base_url.rstrip("/") + "/chat/completions"
-    return f"{url}?{urllib.parse.urlencode(query)}" if query else url
+    """``{base_url}/chat/completions``; a query the base URL carries (Azure's ``?api-version=``)
+    stays a query, after the path, merged with the configured one."""
+    parts = urllib.parse.urlsplit(base_url)
+    params = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    params.update(query)
+    path = parts.path.rstrip("/") + "/chat/completions"
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, urllib.parse.urlencode(params), ""))
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
