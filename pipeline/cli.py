@@ -278,13 +278,21 @@ def _print_summary(runner: Any, journal: Journal, *, stopped: PipelineError | No
         folder = f" ({runner.budget.describe()} in this folder)"
     else:
         folder = f" (${totals.folder_spent_usd:.4f} in this folder)" if totals.spent_before_usd else ""
-    print(
+    _say(
         f"caption: {verb}: {totals.done} rows this run (ok {totals.ok}, filtered {totals.filtered}, error {totals.error}, "
         f"flagged {totals.flagged}), {totals.skipped} already done, {remaining} left; {totals.requests} requests, "
         f"{totals.prompt_tokens} prompt + {totals.completion_tokens} completion tokens, ${totals.cost_usd:.4f}{folder}; "
-        f"results: {journal.results_path}",
-        file=sys.stderr,
+        f"results: {journal.results_path}"
     )
+
+
+def _say(line: str) -> None:
+    """A line on stderr that cannot end the run: after SIGHUP the terminal may be gone (EIO), and
+    the run's exit code, not a traceback, is what a supervisor must see."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -430,8 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as exc:
         # Printed outside the log, so masked here: a stop reason quotes the server's message.
         scrub = getattr(args, "scrubber", None) or Scrubber()
-        print(scrub(f"caption: error: {exc}"), file=sys.stderr)
+        _say(scrub(f"caption: error: {exc}"))
         return exc.exit_code
     except KeyboardInterrupt:
-        print("caption: interrupted; re-run the same command to resume", file=sys.stderr)
+        _say("caption: interrupted; re-run the same command to resume")
         return 130

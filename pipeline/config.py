@@ -55,6 +55,8 @@ class RequestConfig:
     n: int | None = None
     stop: str | list[str] | None = None
     response_format: dict[str, Any] | None = None
+    # Sent to reasoning models only (o1, o3, o4-mini, gpt-5 and their variants).
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)
 
 

@@ -77,6 +77,8 @@ _OWNED_BODY_KEYS = {
     "stream": None,
     "stream_options": None,
     "max_tokens": "request.max_tokens",
+    "max_completion_tokens": "request.max_tokens",
+    "reasoning_effort": "request.reasoning_effort",
     "temperature": "request.temperature",
     "top_p": "request.top_p",
     "n": "request.n",

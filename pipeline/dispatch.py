@@ -28,6 +28,7 @@ from .errors import (
     ModelNotFoundError,
     PipelineError,
     QuotaError,
+    RequestRejectedError,
     WaitTooLongError,
 )
 from .executor import PreparedRequest, StopDispatch
@@ -47,6 +48,12 @@ _FATAL_ERRORS: dict[str, tuple[type[PipelineError], str]] = {
     "model_not_found": (
         ModelNotFoundError,
         "the endpoint does not serve model '{model}'; check request.model and endpoint.base_url",
+    ),
+    # Every row would be refused alike: stop at once rather than burn the manifest into error rows.
+    "request_shape": (
+        RequestRejectedError,
+        "the endpoint refuses this request's parameters for model '{model}' (not the image); "
+        "change the request settings (request.*, request.extra_body) and re-run to resume",
     ),
 }
 LABEL_ATTEMPTS = 2  # an answer that does not match the schema is asked for once more
@@ -71,6 +78,7 @@ class _RowState:
     labels: str | None = None
     last: Outcome | None = None  # the latest answer, kept so a paid one outlives a stop
     attempts: int = 0
+    answered: bool = False  # a 200 came back: billed, whether or not the model has a price
 
 
 class OnlineExecutor:
@@ -122,8 +130,8 @@ class OnlineExecutor:
                 rng=self._rng,
             )
         except StopDispatch as stop:
-            if state.paid_usd is None or state.last is None:
-                raise  # nothing was paid for: the next run sends it
+            if not state.answered or state.last is None:
+                raise  # nothing was answered (so nothing billed): the next run sends it
             # Stopped between a paid answer (refused by the label check) and its retry: keep it.
             stop.row = self._row(request, state.last, state.attempts, state)
             raise
@@ -136,6 +144,7 @@ class OnlineExecutor:
                 finished_at=self._now(),
                 prior_cost_usd=request.prior_cost_usd,
                 paid_usd=state.paid_usd,
+                answered=state.answered,
             )
         return self._row(request, outcome, attempts, state)
 
@@ -203,6 +212,7 @@ class OnlineExecutor:
         limiter, breaker = self._limiter, self._breaker
         limiter.observe(outcome.headers)
         if isinstance(outcome, Reply):
+            state.answered = True
             breaker.record(None)
             limiter.settle(grant, prompt_tokens=outcome.completion.usage.prompt_tokens)
             state.last = self._check_labels(outcome, state)

@@ -10,12 +10,14 @@
     │   ├── AuthError                 401/403: the key was refused
     │   ├── QuotaError                insufficient_quota / no credit left
     │   ├── ModelNotFoundError        the endpoint does not serve the model
+    │   ├── RequestRejectedError      the endpoint refuses the request's shape (a parameter) for the model
     │   ├── BudgetExceededError       max_cost_usd reached
     │   ├── WaitTooLongError          the server asked for a wait over limits.max_wait_s
     │   └── CircuitOpenError          most recent requests failed: the endpoint looks down
     ├── InterruptedRunError   exit 130 Ctrl-C / SIGTERM; resumable
     ├── JournalError          exit 2  the output folder cannot be read or written
-    │   └── UnreadableFileError       one named file of the folder is damaged
+    │   ├── UnreadableFileError       one named file of the folder is damaged
+    │   └── FolderChangedError        a file vanished while being read (a live run merged it)
     └── RowError                        one row's failure; caught at the per-row boundary
         └── ImageUnreadableError      the image is missing, empty, not an image, too big
 
@@ -76,6 +78,10 @@ class UnreadableFileError(JournalError):
         self.path = path
 
 
+class FolderChangedError(JournalError):
+    """A file listed a moment ago is gone: a running writer merged or folded it. Read again."""
+
+
 class RunStoppedError(PipelineError):
     """The run stopped before the manifest was done; re-running resumes it."""
 
@@ -92,6 +98,10 @@ class QuotaError(RunStoppedError):
 
 class ModelNotFoundError(RunStoppedError):
     pass
+
+
+class RequestRejectedError(RunStoppedError):
+    """Every row would fail the same way: the request's parameters, not the row, are refused."""
 
 
 class BudgetExceededError(RunStoppedError):

@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .done_ids import DoneIds, is_member
-from .errors import JournalError, UnreadableFileError
+from .errors import FolderChangedError, JournalError, UnreadableFileError
 from .folder_lock import FolderLock
 from .models import RESULT_ARROW_SCHEMA, RESULT_SCHEMA, ResultRow, conform, recordable, rows_to_table
 from .parquet_files import (
@@ -54,6 +54,7 @@ from .parquet_files import (
     data_problem,
     footer_problem,
     fsync_dir,
+    unreadable_message,
     write_in_row_groups,
 )
 
@@ -84,16 +85,6 @@ def _ids_disjoint(paths: list[Path]) -> bool:
 
 
 QUARANTINE_NAME = "unreadable"
-
-
-def unreadable_message(path: Path, problem: str) -> str:
-    problem = " ".join(problem.split())  # Arrow's and thrift's messages span lines; this is one
-    if path.name == RESULTS_NAME:
-        return (
-            f"{path}: {problem}. Restore it from a backup, or move it aside to start the folder "
-            "afresh (every row in it would be sent again)"
-        )
-    return f"{path}: {problem}. Move it aside (out of {path.parent}) and re-run: the rows in it will be sent again"
 
 
 class Journal:
@@ -154,6 +145,10 @@ class Journal:
         """
         for path in self._sources():
             problem = footer_problem(path)
+            if problem is not None and not path.exists():
+                raise FolderChangedError(
+                    f"{self.out_dir} changed while being read (a run is writing it); read it again"
+                )
             if problem is not None:
                 raise UnreadableFileError(unreadable_message(path, problem), path=str(path))
 
@@ -227,6 +222,11 @@ class Journal:
                     if frame.height:
                         fresh.append(frame["id"])
                         yield frame
+            except FileNotFoundError:
+                # Listed a moment ago, gone now: a running writer merged or folded it. Not damage.
+                raise FolderChangedError(
+                    f"{self.out_dir} changed while being read (a run is writing it); read it again"
+                ) from None
             except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
                 raise UnreadableFileError(unreadable_message(path, f"cannot be read ({exc})"), path=str(path)) from None
             if fresh:
@@ -328,7 +328,12 @@ class Journal:
         A part found damaged only now (its footer was sound at start) is moved aside with a
         warning, so the folder never fails every later run: its rows count as not done and
         are sent again. A damaged results.parquet is never moved: it holds every earlier row.
+
+        Only the default writer folds: a shard's finalize would race the others' parts (a shard
+        that finished leaves its parts for the coordinator's run).
         """
+        if self.writer_id:
+            return self.results_path
         while True:
             try:
                 return self._finalize_once(extend)
@@ -368,7 +373,13 @@ class Journal:
 
     def _quarantine(self, path: Path, why: str) -> None:
         self.quarantine_dir.mkdir(exist_ok=True)
+        # Part numbers restart after each finalize: a name already set aside gets a suffix, so an
+        # earlier damaged part (the only copy of its rows for anyone salvaging them) is kept.
         target = self.quarantine_dir / path.name
+        n = 1
+        while target.exists():
+            target = self.quarantine_dir / f"{path.stem}.{n}{path.suffix}"
+            n += 1
         try:
             os.replace(path, target)
         except OSError as exc:

@@ -110,6 +110,24 @@ def label_extender(spec: LabelSpec | None) -> Callable[[pl.DataFrame], pl.DataFr
     struct = pl.Struct([pl.Field(prop, dtype) for c, (prop, dtype) in columns.items() if c not in nested])
 
     def extend(frame: pl.DataFrame) -> pl.DataFrame:
+        try:
+            return typed(frame)
+        except (pl.exceptions.PolarsError, ValueError):
+            # Labels made under another schema (a run continued with --force): the values that do
+            # not fit a column's type are null there; the JSON itself stays in ``labels``.
+            return leniently_typed(frame)
+
+    def leniently_typed(frame: pl.DataFrame) -> pl.DataFrame:
+        answers = [_json_object(text) for text in frame.get_column("labels").to_list()]
+        derived = []
+        for column, (prop, dtype) in columns.items():
+            values = [a.get(prop) for a in answers]
+            if column in nested:
+                values = [None if v is None else json.dumps(v) for v in values]
+            derived.append(_lenient_series(column, values, dtype))
+        return frame.with_columns(derived)
+
+    def typed(frame: pl.DataFrame) -> pl.DataFrame:
         decoded = frame.get_column("labels").str.json_decode(struct) if struct.fields else None
         derived = []
         for column, (prop, dtype) in columns.items():
@@ -120,6 +138,25 @@ def label_extender(spec: LabelSpec | None) -> Callable[[pl.DataFrame], pl.DataFr
         return frame.with_columns(derived)
 
     return extend
+
+
+def _json_object(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _lenient_series(name: str, values: list[Any], dtype: pl.DataType) -> pl.Series:
+    """``values`` as ``dtype``, with whatever does not fit (a string where a number is due) null."""
+    fitting = []
+    for value in values:
+        try:
+            fitting.append(pl.Series([value]).cast(dtype, strict=True)[0] if value is not None else None)
+        except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
+            fitting.append(None)
+    return pl.Series(name, fitting, dtype=dtype)
 
 
 def _is_nested(prop: Any) -> bool:

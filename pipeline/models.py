@@ -239,7 +239,7 @@ def rows_to_frame(rows: list[ResultRow]) -> pl.DataFrame:
     return frame
 
 
-FatalKind = Literal["auth", "quota", "model_not_found"]
+FatalKind = Literal["auth", "quota", "model_not_found", "request_shape"]
 
 
 @dataclass(frozen=True, slots=True)

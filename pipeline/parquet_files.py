@@ -112,3 +112,14 @@ def data_problem(path: Path) -> str | None:
     except (OSError, pa.ArrowException, ValueError) as exc:
         return f"its data cannot be read ({exc})"
     return None
+
+
+def unreadable_message(path: Path, problem: str, *, results_name: str = "results.parquet") -> str:
+    """One line naming the damaged file and what to do; results.parquet is never to be moved lightly."""
+    problem = " ".join(problem.split())  # Arrow's and thrift's messages span lines; this is one
+    if path.name == results_name:
+        return (
+            f"{path}: {problem}. Restore it from a backup, or move it aside to start the folder "
+            "afresh (every row in it would be sent again)"
+        )
+    return f"{path}: {problem}. Move it aside (out of {path.parent}) and re-run: the rows in it will be sent again"

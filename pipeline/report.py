@@ -22,10 +22,13 @@ import polars as pl
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
+from .errors import FolderChangedError
 from .images import is_data_url, is_remote
 from .journal import Journal
 
 T = TypeVar("T")
+# A report on a live run can list a part the run merges away before it is read: read again.
+_READ_ATTEMPTS = 5
 _SUMMARY_COLUMNS = [
     "id",
     "status",
@@ -277,12 +280,20 @@ def report(out_dir: Path) -> dict[str, Any]:
 
 def reading(out_dir: Path, read: Callable[[], T]) -> T:
     """``read()`` with a damaged file of the folder named in a one-line error, not a traceback."""
-    folder = Journal.reader(out_dir)
-    folder.check_files()
-    try:
-        return read()
-    except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as exc:
-        raise folder.explain(exc, doing="cannot read the results") from None
+    for attempt in range(_READ_ATTEMPTS):
+        folder = Journal.reader(out_dir)
+        try:
+            folder.check_files()
+            return read()
+        except FolderChangedError:
+            if attempt == _READ_ATTEMPTS - 1:
+                raise
+        except FileNotFoundError:  # listed, then merged away by the live run before it was read
+            if attempt == _READ_ATTEMPTS - 1:
+                raise FolderChangedError(f"{out_dir} keeps changing while being read; try again") from None
+        except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as exc:
+            raise folder.explain(exc, doing="cannot read the results") from None
+    raise AssertionError("unreachable")
 
 
 def to_json(summary: dict[str, Any]) -> str:

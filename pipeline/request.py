@@ -40,6 +40,14 @@ def render_prompt(template: str, fields: Mapping[str, Any]) -> str:
 
 
 _OPTIONAL_KNOBS = ("temperature", "top_p", "n", "stop", "response_format")
+_REASONING_FAMILIES = ("o1", "o3", "o4", "gpt-5")
+
+
+def is_reasoning_model(model: str) -> bool:
+    """o1, o3, o4-mini, gpt-5 and their snapshots and -mini/-nano variants, with or without a
+    gateway's ``vendor/`` prefix: they take ``max_completion_tokens``, never ``max_tokens``."""
+    name = model.rsplit("/", 1)[-1].lower()
+    return any(name == family or name.startswith(family + "-") for family in _REASONING_FAMILIES)
 
 
 def build_body(request: RequestConfig, *, image_url: str, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -51,7 +59,15 @@ def build_body(request: RequestConfig, *, image_url: str, fields: Mapping[str, A
     if request.system:
         messages.append({"role": "system", "content": render_prompt(request.system, fields)})
     messages.append({"role": "user", "content": content})
-    body: dict[str, Any] = {"model": request.model, "messages": messages, "max_tokens": request.max_tokens}
+    body: dict[str, Any] = {"model": request.model, "messages": messages}
+    if is_reasoning_model(request.model):
+        # Reasoning models refuse max_tokens (400 unsupported_parameter): the limit covers the
+        # reasoning tokens too, under its newer name.
+        body["max_completion_tokens"] = request.max_tokens
+        if request.reasoning_effort is not None:
+            body["reasoning_effort"] = request.reasoning_effort
+    else:
+        body["max_tokens"] = request.max_tokens
     for knob in _OPTIONAL_KNOBS:
         value = getattr(request, knob)
         if value is not None:

@@ -28,12 +28,14 @@ def unexpected_error_row(
     finished_at: datetime,
     prior_cost_usd: float | None = None,
     paid_usd: float | None = None,
+    answered: bool = False,
 ) -> ResultRow:
     """An exception nobody foresaw, as this row's error, classified by where it happened.
 
     Preparing the image: the image or its reference is unusable (``image_unreadable``,
     not retried: the same input fails the same way). Anywhere else it is a bug of ours
-    (``internal``): retried by the next run unless the row was already paid for.
+    (``internal``): retried by the next run unless an answer already came back (and was billed,
+    priced or not).
     """
     reason = f"{type(exc).__name__}: {exc}"
     if stage == "prepare":
@@ -52,7 +54,7 @@ def unexpected_error_row(
         status="error",
         error_type="internal",
         cost_usd=paid_usd,
-        retryable=paid_usd is None,
+        retryable=not answered,
         error_message=f"internal error while {stage} ({reason}); please report it",
     )
 

@@ -37,7 +37,7 @@ from .config import Config
 from .dedup import DEDUP_WINDOW, RequestDedup, SharedRequest, request_key
 from .dialects import Dialect
 from .dispatch import OnlineExecutor
-from .errors import ImageUnreadableError, JournalError, PipelineError, UnreadableFileError
+from .errors import ImageUnreadableError, JournalError, PipelineError
 from .executor import Executor, PreparedRequest, StopDispatch
 from .feed import ChunkSource, ManifestFeed, next_item
 from .images import ImageLimits, PreparedImage, inline_bytes, is_remote, prepare_image, remote_url
@@ -198,9 +198,11 @@ class Runner:
         if self._stop_reason is None and feed.error is not None:
             self._stop_reason = feed.error
         with anyio.CancelScope(shield=True):
-            await self._flush()
-            await anyio.to_thread.run_sync(self._finalize)
-            self._write_meta(status="stopped" if self._stop_reason else "finished")
+            try:
+                await self._flush()
+                await anyio.to_thread.run_sync(self._finalize)
+            finally:  # a run that ends on an error must not leave run.json saying "running"
+                self._write_meta(status="stopped" if self._stop_reason else "finished")
         self.deps.progress.close(self.totals)
         if self._stop_reason is not None:
             raise self._stop_reason
@@ -220,8 +222,8 @@ class Runner:
         problem: JournalError | None = None
         try:
             journal.finalize(extend=label_extender(self._labels))
-        except UnreadableFileError as exc:
-            problem = exc  # results.parquet itself is damaged: the parts stay, nothing recorded is lost
+        except JournalError as exc:
+            problem = exc  # the parts stay, so nothing recorded is lost; the run ends on it, resumable
         if journal.quarantined and problem is None:
             problem = JournalError(
                 f"{len(journal.quarantined)} damaged journal part(s) were moved to {journal.quarantine_dir}; "

@@ -73,6 +73,15 @@ def _is_content_filter(err: ErrorBody) -> bool:
     return err.code == "content_filter" or err.inner_filter is not None
 
 
+# 400 codes that say the request's parameters are wrong for the model (max_tokens to a reasoning
+# model, a temperature it does not allow, an unknown body key): the same for every row.
+_REQUEST_SHAPE_CODES = frozenset({"unsupported_parameter", "unsupported_value", "unknown_parameter"})
+
+
+def _is_request_shape(err: ErrorBody) -> bool:
+    return err.code in _REQUEST_SHAPE_CODES or err.message.startswith("Unrecognized request argument")
+
+
 def classify_http(status: int, body: bytes, headers: Mapping[str, str], *, now_epoch: float | None = None) -> Failure:
     """What a non-200 answer means for this row and for the run."""
     err = parse_error_body(body)
@@ -102,6 +111,8 @@ def classify_http(status: int, body: bytes, headers: Mapping[str, str], *, now_e
         return failure("quota", retryable=False, fatal="quota")
     if status == 404 or err.code == "model_not_found":
         return failure("model_not_found", retryable=False, fatal="model_not_found")
+    if status == 400 and _is_request_shape(err):
+        return failure("bad_request", retryable=False, fatal="request_shape")
     if _is_content_filter(err):
         try:
             filters = filter_verdict(err.inner_filter or {}, [])

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlparse
 
 from PIL import Image, UnidentifiedImageError
 
+from ..request import is_reasoning_model
 from ..tokens import MESSAGE_OVERHEAD_TOKENS, TextCounter, image_tokens
 
 _ADJECTIVES = ("red", "quiet", "sunlit", "blurry", "small", "crowded", "wooden", "snowy", "bright", "old")
@@ -142,6 +143,24 @@ def parse_request(body: Any) -> ParsedRequest:
             else:
                 raise BadRequest(
                     f"Invalid content part at 'messages[{i}].content[{j}]'.", param=f"messages[{i}].content[{j}]"
+                )
+    if is_reasoning_model(model):
+        # As the real API: o-series and gpt-5 models take max_completion_tokens and only the
+        # default temperature / top_p.
+        if "max_tokens" in body:
+            raise BadRequest(
+                "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead.",
+                param="max_tokens",
+                code="unsupported_parameter",
+            )
+        for knob in ("temperature", "top_p"):
+            if knob in body and body[knob] != 1:
+                raise BadRequest(
+                    f"Unsupported value: '{knob}' does not support {body[knob]} with this model. "
+                    "Only the default (1) value is supported.",
+                    param=knob,
+                    code="unsupported_value",
                 )
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
