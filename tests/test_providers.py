@@ -154,3 +154,63 @@ def test_providers_default_their_key_variable_url_and_limits():
         build_config({"endpoint": {"provider": "azure"}})
     with pytest.raises(ConfigError, match="endpoint.headers"):
         build_config({"endpoint": {"headers": {"X": "a\nb"}}})
+
+
+def _run_openrouter(tmp_path, answer):
+    """Six rows through provider = openrouter over a MockTransport; returns (stop error or totals, rows)."""
+    config = build_config(
+        {"endpoint": {"provider": "openrouter"}, "limits": {"rpm": None, "tpm": None, "concurrency": 1}}
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return answer(json.loads(request.content)["messages"][0]["content"][1]["image_url"]["url"])
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            with Journal(tmp_path / "out") as journal:
+                items = [Item(id=f"r{i}", url=f"https://img.test/{i}.png") for i in range(6)]
+                runner = build_runner(
+                    config,
+                    http=Http(client=http, poster=HttpxPoster(http, timeout_s=5)),
+                    journal=journal,
+                    chunks=lambda: iter([items]),
+                    base_dir=tmp_path,
+                    total_rows=6,
+                    api_key="sk-or-test",
+                )
+                try:
+                    return await runner.run()
+                except Exception as exc:  # noqa: BLE001 - the test inspects the stop reason
+                    return exc
+
+    result = anyio.run(go)
+    return result, {r["id"]: r for r in Journal.reader(tmp_path / "out").latest_frame().to_dicts()}
+
+
+def _openrouter_error(status: int, message: str, metadata: dict | None = None) -> httpx.Response:
+    return httpx.Response(status, json={"error": {"code": status, "message": message, "metadata": metadata or {}}})
+
+
+def test_openrouter_402_is_out_of_credits_and_stops_the_run(tmp_path):
+    from pipeline.errors import QuotaError
+
+    result, rows = _run_openrouter(
+        tmp_path,
+        lambda url: _openrouter_error(402, "Insufficient credits. Add more using https://openrouter.ai/credits"),
+    )
+    assert isinstance(result, QuotaError) and result.exit_code == 3
+    assert not any(r["status"] == "error" for r in rows.values())  # not burnt into error rows
+
+
+def test_openrouter_403_moderation_is_that_rows_filter_verdict_and_the_run_goes_on(tmp_path):
+    def answer(url: str) -> httpx.Response:
+        if url.endswith("/2.png"):
+            return _openrouter_error(
+                403, "Input was flagged by moderation", {"reasons": ["violence"], "flagged_input": "..."}
+            )
+        return httpx.Response(200, json=completion())
+
+    result, rows = _run_openrouter(tmp_path, answer)
+    assert not isinstance(result, Exception), result
+    assert rows["r2"]["status"] == "filtered" and rows["r2"]["flagged_categories"] == ["violence"]
+    assert all(rows[f"r{i}"]["status"] == "ok" for i in (0, 1, 3, 4, 5))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from ..errors import ConfigError
-from . import azure, openai
+from . import azure, openai, openrouter
 from .base import BodyBuilder, Dialect, ErrorClassifier
 
 __all__ = ["DEFAULT_DIALECT", "BodyBuilder", "Dialect", "ErrorClassifier", "dialect_for"]
@@ -18,13 +18,13 @@ __all__ = ["DEFAULT_DIALECT", "BodyBuilder", "Dialect", "ErrorClassifier", "dial
 DEFAULT_DIALECT = "openai"
 
 # The gateways and self-hosted servers speak OpenAI's format; their differences in errors and
-# headers (OpenRouter's 402, LiteLLM's llm_provider-* headers) are not told apart yet.
+# headers (LiteLLM's llm_provider-* headers) are not told apart yet; OpenRouter's 402/403 are.
 _DIALECTS = MappingProxyType(
     {
         "openai": openai.DIALECT,
         "generic": openai.DIALECT,
         "302ai": openai.DIALECT,
-        "openrouter": openai.DIALECT,
+        "openrouter": openrouter.DIALECT,
         "vllm": openai.DIALECT,
         "litellm": openai.DIALECT,
         "azure": azure.DIALECT,
