@@ -56,6 +56,8 @@ _FATAL_ERRORS: dict[str, tuple[type[PipelineError], str]] = {
         "change the request settings (request.*, request.extra_body) and re-run to resume",
     ),
 }
+# What reading an answer of an unforeseen shape raises (the parser classifies the shapes it knows).
+_UNREADABLE_ANSWER = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError)
 LABEL_ATTEMPTS = 2  # an answer that does not match the schema is asked for once more
 _ESTIMATES_KEPT = 4096  # (prompt, image size) estimates remembered; templated prompts vary per row
 
@@ -135,7 +137,7 @@ class OnlineExecutor:
             # Stopped between a paid answer (refused by the label check) and its retry: keep it.
             stop.row = self._row(request, state.last, state.attempts, state)
             raise
-        except Exception as exc:
+        except Exception as exc:  # the per-row boundary: a bug costs its row, not the run
             log.exception("unexpected error on row %s", item.id)
             return unexpected_error_row(
                 item,
@@ -238,20 +240,23 @@ class OnlineExecutor:
     async def _send_once(self, body: dict[str, Any], est: RequestEstimate) -> Outcome:
         """One request, counted in flight; an answer that cannot be read is that answer's failure."""
         self._in_flight += 1
+        answered = False
         try:
-            return await self._client.complete(body)
-        except Exception as exc:
+            outcome = await self._client.complete(body)
+            answered = True
+            return outcome
+        except _UNREADABLE_ANSWER as exc:
             # A number past what Python holds, a shape the parser did not expect: the server
             # answered, so this is that answer's problem, recorded (and settled) like any bad answer.
+            answered = True
             log.debug("unreadable answer", exc_info=True)
             return Failure(
                 "invalid_response", f"the answer could not be read ({type(exc).__name__}: {exc})", retryable=False
             )
-        except BaseException:
-            self._budget.settle(est.max_cost_usd, 0.0)  # cancelled mid-request: nothing is known to be billed
-            raise
         finally:
             self._in_flight -= 1
+            if not answered:  # cancelled (or a bug) mid-request: nothing is known to be billed
+                self._budget.settle(est.max_cost_usd, 0.0)
 
     def _check_labels(self, reply: Reply, state: _RowState) -> Outcome:
         """With a response_format schema, an answer that does not match it is retried once, then an error."""

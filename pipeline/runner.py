@@ -195,6 +195,8 @@ class Runner:
                         tg.start_soon(self._work, items_recv.clone())
                     items_recv.close()
             outer.cancel_scope.cancel()
+        # Counted by the executor (a request that stopped the run records no row): read once, here.
+        self.totals.requests = self._executor.requests
         if self._stop_reason is None and feed.error is not None:
             self._stop_reason = feed.error
         with anyio.CancelScope(shield=True):
@@ -250,7 +252,6 @@ class Runner:
         if self.deps.scrub is not None:
             row = self.deps.scrub(row)
         self.totals.add(row)
-        self.totals.requests = self._executor.requests
         self._buffer.append(row)
         # While stopping, every answer that still arrives is written at once: a SIGKILL may follow.
         if len(self._buffer) >= self.config.run.part_rows or self._stopping.is_set():
@@ -343,7 +344,7 @@ class Runner:
                 except JournalError:
                     self._buffer[:0] = rows  # kept for the next try: they are paid for
                     raise
-                except Exception as exc:
+                except Exception as exc:  # the flush boundary: whatever failed, paid rows stay
                     self._buffer[:0] = rows
                     raise JournalError(
                         f"{self.deps.journal.out_dir}: cannot write results ({type(exc).__name__}: {exc})"

@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import json
 
-import anyio
 import httpx
 import pytest
 
-from pipeline.client import Http, HttpxPoster
-from pipeline.compose import build_runner
 from pipeline.config import build_config, load_config
 from pipeline.errors import ConfigError
-from pipeline.journal import Journal
 from pipeline.models import Item
 from pipeline.simulator import SimConfig, SimulatorApp, SimulatorServer
 from tests.conftest import FAST_CONFIG, cli_env, remote_rows, run_args, run_cli, write_config, write_csv
-from tests.test_row_boundary import completion
+from tests.test_row_boundary import Endpoint, completion, run
 
 OPENAI_KEY = "sk-openai-" + "x" * 40
 
@@ -65,29 +61,9 @@ def test_openai_reads_openai_base_url_and_its_own_key(tmp_path):
 
 
 def _sent(config, tmp_path) -> list[httpx.Request]:
-    requests: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        requests.append(request)
-        return httpx.Response(200, json=completion())
-
-    async def go() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-            with Journal(tmp_path / "out") as journal:
-                items = [Item(id="a", url="https://img.test/a.png")]
-                runner = build_runner(
-                    config,
-                    http=Http(client=http, poster=HttpxPoster(http, timeout_s=5)),
-                    journal=journal,
-                    chunks=lambda: iter([items]),
-                    base_dir=tmp_path,
-                    total_rows=1,
-                    api_key="azure-key-123",
-                )
-                await runner.run()
-
-    anyio.run(go)
-    return requests
+    endpoint = Endpoint()
+    run(config, [Item(id="a", url="https://img.test/a.png")], tmp_path / "out", endpoint, api_key="azure-key-123")
+    return endpoint.requests
 
 
 @pytest.mark.parametrize(
@@ -161,30 +137,10 @@ def _run_openrouter(tmp_path, answer):
     config = build_config(
         {"endpoint": {"provider": "openrouter"}, "limits": {"rpm": None, "tpm": None, "concurrency": 1}}
     )
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        return answer(json.loads(request.content)["messages"][0]["content"][1]["image_url"]["url"])
-
-    async def go():
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-            with Journal(tmp_path / "out") as journal:
-                items = [Item(id=f"r{i}", url=f"https://img.test/{i}.png") for i in range(6)]
-                runner = build_runner(
-                    config,
-                    http=Http(client=http, poster=HttpxPoster(http, timeout_s=5)),
-                    journal=journal,
-                    chunks=lambda: iter([items]),
-                    base_dir=tmp_path,
-                    total_rows=6,
-                    api_key="sk-or-test",
-                )
-                try:
-                    return await runner.run()
-                except Exception as exc:  # noqa: BLE001 - the test inspects the stop reason
-                    return exc
-
-    result = anyio.run(go)
-    return result, {r["id"]: r for r in Journal.reader(tmp_path / "out").latest_frame().to_dicts()}
+    items = [Item(id=f"r{i}", url=f"https://img.test/{i}.png") for i in range(6)]
+    endpoint = Endpoint(lambda body: answer(body["messages"][0]["content"][1]["image_url"]["url"]))
+    result, frame = run(config, items, tmp_path / "out", endpoint, api_key="sk-or-test")
+    return result, {r["id"]: r for r in frame.to_dicts()}
 
 
 def _openrouter_error(status: int, message: str, metadata: dict | None = None) -> httpx.Response:
