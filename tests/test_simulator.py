@@ -188,9 +188,11 @@ def test_go_durations_round_trip_with_the_client_parser(seconds, text):
         (
             "429",
             429,
-            lambda r: r.headers["retry-after-ms"] == "1000"
-            and r.headers["retry-after"] == "1"
-            and "try again in 1s." in r.json()["error"]["message"],
+            lambda r: (
+                r.headers["retry-after-ms"] == "1000"
+                and r.headers["retry-after"] == "1"
+                and "try again in 1s." in r.json()["error"]["message"]
+            ),
         ),
         ("quota", 429, lambda r: r.json()["error"]["code"] == "insufficient_quota"),
         ("auth", 401, lambda r: r.json()["error"]["code"] == "invalid_api_key"),

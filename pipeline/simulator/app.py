@@ -167,7 +167,7 @@ class SimulatorApp:
 
     async def _models(self, scope: dict[str, Any], send: Send, model_id: str) -> None:
         """``GET /v1/models`` and ``/v1/models/{id}``, behind the key like every API route."""
-        refusal = self._auth_refusal(_headers(scope))
+        refusal = self._auth_refusal(_headers(scope), scope["path"])
         if refusal is not None:
             await self._send_error(send, refusal, self._peek())
             return
@@ -218,11 +218,11 @@ class SimulatorApp:
             headers += self._limit_headers(decision)
         await send_json(send, answer.status, answer.body, headers=headers)
 
-    def _auth_refusal(self, headers: dict[str, str]) -> ErrorAnswer | None:
+    def _auth_refusal(self, headers: dict[str, str], path: str) -> ErrorAnswer | None:
         cfg = self.config
         if not cfg.api_key:
             return None
-        presented = profiles.presented_key(cfg.profile, headers)
+        presented = profiles.presented_key(cfg.profile, headers, path=path)
         if presented == cfg.api_key:
             return None
         if cfg.profile == "litellm":
@@ -260,7 +260,7 @@ class SimulatorApp:
             self._record(503, key=None, fault="down", extras=tuple(info.items()))
             await self._send_error(send, self._error("overloaded"), self._peek())
             return
-        refusal = self._auth_refusal(headers)
+        refusal = self._auth_refusal(headers, scope["path"])
         if refusal is not None:
             self._record(refusal.status, key=None, fault="auth", extras=tuple(info.items()))
             await self._send_error(send, refusal, self._peek())

@@ -74,9 +74,10 @@ def chat_route(profile: Profile, path: str, query: Mapping[str, str]) -> ChatRou
     return ChatRoute(deployment=parts[3], api_version=version)
 
 
-def presented_key(profile: Profile, headers: Mapping[str, str]) -> str | None:
-    """The key the request carries where ``profile`` looks for it (Azure: ``api-key`` only)."""
-    if profile == "azure":
+def presented_key(profile: Profile, headers: Mapping[str, str], *, path: str = "") -> str | None:
+    """The key the request carries where ``profile`` looks for it. Azure: ``api-key`` (a Bearer token
+    there is an Entra ID token, never the key), except on its v1 API, which takes the key either way."""
+    if profile == "azure" and (not path.startswith("/openai/v1/") or "api-key" in headers):
         return headers.get("api-key")
     value = headers.get("authorization", "")
     return value[len("Bearer ") :] if value.startswith("Bearer ") else None
