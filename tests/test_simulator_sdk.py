@@ -187,7 +187,7 @@ def test_azure_openai_client_works_and_the_key_goes_only_in_api_key(tmp_path: Pa
     assert answer.model == "gpt-4o-mini-2024-07-18"
     first = json.loads(log.read_text().splitlines()[0])
     assert first["path"] == "/openai/deployments/gpt-4o-mini/chat/completions"
-    assert first["query"] == {"api-version": "2024-10-21"} and first["auth"] == "api-key"
+    assert first["query"] == {"api-version": "2024-10-21"} and first["auth"] == ["api-key"]
     assert KEY not in log.read_text()
 
 

@@ -235,7 +235,7 @@ class SimulatorApp:
         return {
             "path": scope["path"],
             "query": query,
-            "auth": "api-key" if "api-key" in headers else ("bearer" if "authorization" in headers else None),
+            "auth": sorted(name for name in ("api-key", "authorization") if name in headers),
             "credential": profiles.credential_digest(headers),
             "headers": {k: v for k, v in headers.items() if k not in _SECRET_HEADERS},
         }
