@@ -21,9 +21,10 @@ IMAGE = "https://images.example.com/sdk/a.jpg"
 
 
 @contextmanager
-def served(profile: str, **knobs: Any) -> Iterator[SimulatorServer]:
+def served(profile: str, *, clock: Any = None, **knobs: Any) -> Iterator[SimulatorServer]:
     config = SimConfig(latency_median_s=0.001, latency_p99_s=0.002, profile=profile, **knobs)  # type: ignore[arg-type]
-    with SimulatorServer(SimulatorApp(config), log_level="critical") as server:
+    app = SimulatorApp(config) if clock is None else SimulatorApp(config, clock=clock)
+    with SimulatorServer(app, log_level="critical") as server:
         yield server
 
 
@@ -121,7 +122,8 @@ def test_each_error_is_the_sdk_exception_with_the_providers_code(profile, change
 def test_litellm_passes_the_upstream_quota_error_as_a_generic_429_and_hides_its_own_wait():
     """Behind LiteLLM, insufficient_quota is only words in a 429's message; the proxy's own limiter
     puts its wait in llm_provider-retry-after alone (no retry-after, no x-ratelimit-*)."""
-    with served("litellm", api_key=KEY, rpm=60, burst_factor=60.0) as server:
+    # A stopped clock: the bucket does not refill while the 60 requests are sent.
+    with served("litellm", api_key=KEY, rpm=60, burst_factor=60.0, clock=lambda: 0.0) as server:
         client = client_for(server, "litellm")
         with pytest.raises(openai.RateLimitError) as quota:
             client.chat.completions.create(model="gpt-4o", messages=messages(f"{IMAGE}?sim=quota"), max_tokens=60)

@@ -315,7 +315,13 @@ class SimulatorApp:
                 self.ledger.holding(-1)
             fault = None
         if fault is not None:
-            failed = fault_answer(config.profile, fault, model=model, api_version=api_version)
+            failed = fault_answer(
+                config.profile, fault, model=model, api_version=api_version, limit=config.rpm, now_epoch=time.time()
+            )
+            if fault == "429":  # the headers of a refusal: nothing left, back after the fault's wait
+                decision = dataclasses.replace(
+                    decision, allowed=False, retry_after_s=FAULT_429_WAIT_S, remaining_requests=0
+                )
             status = failed.status if failed is not None else _TRANSPORT_FAULT_STATUS.get(fault, 200)
             self._record(status, key=key, fault=fault, extras=tuple(info.items()))
             await self._send_fault(fault, failed, send, decision=decision, req=req, model=model)
@@ -338,7 +344,13 @@ class SimulatorApp:
             f"Please try again in {format_go_duration(decision.retry_after_s)}."
         )
         answer = self._error(
-            "rate_limit", model=model, message=message, wait_s=decision.retry_after_s, api_version=api_version
+            "rate_limit",
+            model=model,
+            message=message,
+            wait_s=decision.retry_after_s,
+            api_version=api_version,
+            limit=cfg.rpm,
+            now_epoch=time.time(),
         )
         answer = dataclasses.replace(answer, headers=profiles.wait_headers(cfg.profile, decision.retry_after_s))
         await self._send_error(send, answer, decision)

@@ -146,7 +146,9 @@ def _azure(kind: Kind, *, model: str, api_version: str, wait_s: float) -> ErrorA
     return None  # what the model service itself says: OpenAI's envelope
 
 
-def _openrouter(kind: Kind, *, model: str, message: str, wait_s: float) -> ErrorAnswer | None:
+def _openrouter(
+    kind: Kind, *, model: str, message: str, wait_s: float, limit: int | None, now_epoch: float
+) -> ErrorAnswer | None:
     def native(status: int, text: str, metadata: dict[str, Any] | None = None) -> ErrorAnswer:
         error: dict[str, Any] = {"code": status, "message": text}
         if metadata is not None:
@@ -176,7 +178,10 @@ def _openrouter(kind: Kind, *, model: str, message: str, wait_s: float) -> Error
             },
         )
     if kind == "rate_limit":
-        return native(429, f"Rate limit exceeded: limit_rpm/{slug}. {message}", {"provider_name": None})
+        # No Retry-After: the wait is X-RateLimit-Reset (epoch milliseconds), also echoed in metadata.
+        reset_ms = int((now_epoch + wait_s) * 1000)
+        headers = {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset_ms)}
+        return native(429, f"Rate limit exceeded: limit_rpm/{slug}.", {"headers": headers, "provider_name": None})
     if kind in ("server", "overloaded", "bad_request", "invalid_image_url"):
         status = {"server": 500, "overloaded": 503}.get(kind, 400)
         return native(status, "Provider returned error", {"provider_name": "OpenAI", "raw": message or None})
@@ -278,13 +283,15 @@ def error_answer(
     code: str | None = None,
     wait_s: float = 0.0,
     api_version: str = "2024-10-21",
+    limit: int | None = None,
+    now_epoch: float = 0.0,
 ) -> ErrorAnswer:
     """What ``profile`` answers for ``kind``; OpenAI's shape where the provider has no word of its own."""
     found: ErrorAnswer | None = None
     if profile == "azure":
         found = _azure(kind, model=model, api_version=api_version, wait_s=wait_s)
     elif profile == "openrouter":
-        found = _openrouter(kind, model=model, message=message, wait_s=wait_s)
+        found = _openrouter(kind, model=model, message=message, wait_s=wait_s, limit=limit, now_epoch=now_epoch)
     elif profile == "vllm":
         found = _vllm(kind, model=model, message=message)
     if found is not None:

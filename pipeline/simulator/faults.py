@@ -24,7 +24,9 @@ _KINDS: dict[str, Kind] = {
 }
 
 
-def fault_answer(profile: Profile, fault: str, *, model: str, api_version: str) -> ErrorAnswer | None:
+def fault_answer(
+    profile: Profile, fault: str, *, model: str, api_version: str, limit: int | None = None, now_epoch: float = 0.0
+) -> ErrorAnswer | None:
     """The error answer for ``fault`` in ``profile``; None for a fault that is not one."""
     kind = _KINDS.get(fault)
     if kind is None:

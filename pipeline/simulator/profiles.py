@@ -173,7 +173,8 @@ def limit_headers(
     elif profile == "openrouter":
         out = []
         if rpm is not None:
-            reset_ms = int((now_epoch + d.reset_requests_s) * 1000)
+            # When the window lets a request through again: after a refusal, its wait.
+            reset_ms = int((now_epoch + (d.reset_requests_s if d.allowed else d.retry_after_s)) * 1000)
             out = [
                 ("x-ratelimit-limit", str(rpm)),
                 ("x-ratelimit-remaining", str(d.remaining_requests)),
@@ -195,8 +196,9 @@ def limit_headers(
 
 
 def wait_headers(profile: Profile, wait_s: float) -> list[tuple[bytes, bytes]]:
-    """How ``profile`` says how long to wait on a 429 (LiteLLM passes no upstream wait on)."""
-    if profile in ("litellm", "vllm"):
+    """How ``profile`` says how long to wait on a 429 (LiteLLM passes no upstream wait on;
+    OpenRouter says it only in ``X-RateLimit-Reset``)."""
+    if profile in ("litellm", "vllm", "openrouter"):
         return []
     seconds = max(1, round(wait_s + 0.499))  # delay-seconds is an integer: rounded up, never shorter
     return [(b"retry-after", str(seconds).encode()), (b"retry-after-ms", str(round(wait_s * 1000)).encode())]
