@@ -242,3 +242,41 @@ def test_control_endpoint_takes_the_endpoint_down_and_back():
     call(app, {"down": False}, path="/control")
     assert call(app, body()).status_code == 200
     assert call(app, {"nonsense": 1}, path="/control").status_code == 400
+
+
+def test_azure_profile_wants_its_deployment_path_and_a_known_api_version():
+    """Azure: no api-version 404, an unknown one 400, the OpenAI path 404; the deployment names the
+    model whatever the body says; the key only in api-key."""
+    app = fast(profile="azure", api_key="az-key")
+    key = {"api-key": "az-key"}
+    path = "/openai/deployments/gpt-4o-mini/chat/completions"
+    assert call(app, body(), path=path, headers=key).status_code == 404
+    assert call(app, body(), path=path + "?api-version=1999-01-01", headers=key).status_code == 400
+    assert call(app, body(), path="/v1/chat/completions", headers=key).status_code == 404
+    ok = call(app, body(model="ignored"), path=path + "?api-version=2024-10-21", headers=key)
+    assert ok.status_code == 200 and ok.json()["model"] == "gpt-4o-mini-2024-07-18"
+    bearer = call(app, body(), path=path + "?api-version=2024-10-21", headers={"Authorization": "Bearer az-key"})
+    assert bearer.status_code == 401 and bearer.json()["error"]["code"] == "401"
+    gone = call(app, body(), path="/openai/deployments/nope/chat/completions?api-version=2024-10-21", headers=key)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "DeploymentNotFound"
+
+
+@pytest.mark.parametrize(
+    ("profile", "extra", "status"),
+    [
+        ("openai", {"foo": 1}, 400),
+        ("azure", {"foo": 1}, 400),
+        ("openai", {"ocr_model": "gpt-4o-mini"}, 200),  # the 302.AI gateway's own key, accepted by default
+        ("openrouter", {"foo": 1}, 200),
+        ("vllm", {"foo": 1}, 200),
+        ("openrouter", {"stream": True}, 400),
+    ],
+)
+def test_unknown_parameters_are_refused_where_openai_refuses_them(profile, extra, status):
+    """OpenAI (and Azure) refuse a body key they do not know with their words; OpenRouter and vLLM
+    ignore it; streaming is refused everywhere (the pipeline does not stream)."""
+    path = "/openai/v1/chat/completions" if profile == "azure" else "/v1/chat/completions"
+    r = call(fast(profile=profile), body(**extra), path=path)
+    assert r.status_code == status and "x-request-id" in r.headers
+    if status == 400 and "foo" in extra:
+        assert r.json()["error"]["message"] == "Unrecognized request argument supplied: foo"
