@@ -50,7 +50,7 @@ from .bodies import (
     openai_error,
 )
 from .config import FAULT_KINDS, SimConfig
-from .faults import FAULT_429_WAIT_S, fault_answer
+from .faults import fault_answer
 from .ledger import Ledger
 from .limits import Decision, TokenBucketLimiter, format_go_duration
 
@@ -316,11 +316,17 @@ class SimulatorApp:
             fault = None
         if fault is not None:
             failed = fault_answer(
-                config.profile, fault, model=model, api_version=api_version, limit=config.rpm, now_epoch=time.time()
+                config.profile,
+                fault,
+                model=model,
+                api_version=api_version,
+                wait_s=config.fault_wait_s,
+                limit=config.rpm,
+                now_epoch=time.time(),
             )
             if fault == "429":  # the headers of a refusal: nothing left, back after the fault's wait
                 decision = dataclasses.replace(
-                    decision, allowed=False, retry_after_s=FAULT_429_WAIT_S, remaining_requests=0
+                    decision, allowed=False, retry_after_s=self.config.fault_wait_s, remaining_requests=0
                 )
             status = failed.status if failed is not None else _TRANSPORT_FAULT_STATUS.get(fault, 200)
             self._record(status, key=key, fault=fault, extras=tuple(info.items()))
@@ -402,7 +408,7 @@ class SimulatorApp:
         if answer is not None:
             if fault == "429":
                 answer = dataclasses.replace(
-                    answer, headers=answer.headers + profiles.wait_headers(profile, FAULT_429_WAIT_S)
+                    answer, headers=answer.headers + profiles.wait_headers(profile, self.config.fault_wait_s)
                 )
             if fault == "quota" and profile == "azure":
                 answer = dataclasses.replace(answer, headers=profiles.wait_headers(profile, 86400.0))

@@ -59,6 +59,9 @@ class SimConfig:
     accept_any_model: bool = False
     fault_rates: dict[str, float] = field(default_factory=dict)
     stall_s: float = 30.0
+    # The wait a 429 fault asks for, in its message, its retry-after-ms and its Retry-After (whole
+    # seconds, rounded up: an integer header can only err on the long side).
+    fault_wait_s: float = 1.0
     # Only the rate-limit header format (the profile's unless set): kept for ``--header-style``.
     header_style: HeaderStyle | None = None
     profile: Profile = "openai"

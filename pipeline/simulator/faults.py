@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from .bodies import ErrorAnswer, Kind, error_answer, litellm_wrapped
 from .config import Profile
-
-# The ``?sim=429`` fault: an upstream limit whose message, Retry-After and retry-after-ms agree.
-FAULT_429_WAIT_S = 1.0
+from .limits import format_go_duration
 
 _KINDS: dict[str, Kind] = {
     "500": "server",
@@ -25,9 +23,17 @@ _KINDS: dict[str, Kind] = {
 
 
 def fault_answer(
-    profile: Profile, fault: str, *, model: str, api_version: str, limit: int | None = None, now_epoch: float = 0.0
+    profile: Profile,
+    fault: str,
+    *,
+    model: str,
+    api_version: str,
+    wait_s: float = 1.0,
+    limit: int | None = None,
+    now_epoch: float = 0.0,
 ) -> ErrorAnswer | None:
-    """The error answer for ``fault`` in ``profile``; None for a fault that is not one."""
+    """The error answer for ``fault`` in ``profile``; None for a fault that is not one. A 429's
+    message says ``wait_s`` as its Retry-After and retry-after-ms do (``wait_headers``)."""
     kind = _KINDS.get(fault)
     if kind is None:
         return None
@@ -35,9 +41,18 @@ def fault_answer(
     if kind == "rate_limit":
         message = (
             f"Rate limit reached for {model} in organization org-simulator on requests per min (RPM): "
-            "Limit 3, Used 3, Requested 1. Please try again in 1s."
+            f"Limit 3, Used 3, Requested 1. Please try again in {format_go_duration(wait_s)}."
         )
-    answer = error_answer(profile, kind, model=model, message=message, wait_s=FAULT_429_WAIT_S, api_version=api_version)
+    answer = error_answer(
+        profile,
+        kind,
+        model=model,
+        message=message,
+        wait_s=wait_s,
+        api_version=api_version,
+        limit=limit,
+        now_epoch=now_epoch,
+    )
     if kind == "auth" and profile == "litellm":
         # The proxy's own key was accepted: it is the upstream's key that is refused.
         return litellm_wrapped(401, error_answer("openai", "auth", model=model).body, model=model)
