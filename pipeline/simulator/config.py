@@ -53,6 +53,8 @@ class SimConfig:
         "gpt-5",
         "gpt-5-mini",
         "gpt-5-nano",
+        "o1",
+        "o3",
         "o4-mini",
         "gpt-3.5-turbo",
     )
