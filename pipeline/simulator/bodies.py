@@ -227,7 +227,10 @@ def litellm_wrapped(status: int, upstream: dict[str, Any] | str, *, model: str, 
         f"litellm.{name}: {name}: OpenAIException - {text}. Received Model Group={model}\n"
         "Available Model Group Fallbacks=None"
     )
-    return ErrorAnswer(status, {"error": {"message": message, "type": None, "param": None, "code": str(status)}})
+    # The upstream's rate-limit headers do not survive the proxy's error path (only its 200s carry them).
+    return ErrorAnswer(
+        status, {"error": {"message": message, "type": None, "param": None, "code": str(status)}}, upstream=False
+    )
 
 
 def litellm_auth(presented: str | None) -> ErrorAnswer:

@@ -109,8 +109,8 @@ class TokenBucketLimiter:
         if self._requests is not None and self._requests.level < 1:
             return self._decision(False, max(self._requests.wait_for(1), 0.001), "requests per min (RPM)")
         if self._burst_cap is not None and len(self._recent) >= self._burst_cap:
-            wait = self._recent[0] + self._burst_window_s - now
-            return self._decision(False, max(wait, 0.001), "requests per second (burst)")
+            # A short-window limiter asks for its whole window, as Azure's 1-10 s checks answer.
+            return self._decision(False, self._burst_window_s, "requests per second (burst)")
         if self._tokens is not None and self._tokens.level < tokens:
             return self._decision(False, max(self._tokens.wait_for(tokens), 0.001), "tokens per min (TPM)")
         if self._requests is not None:
