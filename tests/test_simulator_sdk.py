@@ -28,13 +28,25 @@ def served(profile: str, *, clock: Any = None, **knobs: Any) -> Iterator[Simulat
         yield server
 
 
+def loopback() -> Any:
+    """The SDK's own HTTP client, blind to HTTP(S)_PROXY: these requests stay on 127.0.0.1."""
+    return openai.DefaultHttpx2Client(trust_env=False)
+
+
 def client_for(server: SimulatorServer, profile: str, *, key: str | None = KEY) -> openai.OpenAI:
     """The client a user of that provider writes (Azure: ``AzureOpenAI`` on the deployments path)."""
     if profile == "azure":
         return openai.AzureOpenAI(
-            azure_endpoint=server.root_url, api_version="2024-10-21", api_key=key, max_retries=0, timeout=5
+            azure_endpoint=server.root_url,
+            api_version="2024-10-21",
+            api_key=key,
+            max_retries=0,
+            http_client=loopback(),
+            timeout=5,
         )
-    return openai.OpenAI(base_url=server.base_url, api_key=key or "unused", max_retries=0, timeout=5)
+    return openai.OpenAI(
+        base_url=server.base_url, api_key=key or "unused", max_retries=0, http_client=loopback(), timeout=5
+    )
 
 
 def messages(url: str = IMAGE) -> list[dict[str, Any]]:
@@ -177,13 +189,21 @@ def test_azure_openai_client_works_and_the_key_goes_only_in_api_key(tmp_path: Pa
             client_for(server, "azure", key="wrong-key").chat.completions.create(model="gpt-4o", messages=messages())
         deployment = f"{server.root_url}/openai/deployments/gpt-4o"
         bearer = openai.OpenAI(
-            base_url=deployment, api_key=KEY, default_query={"api-version": "2024-10-21"}, max_retries=0
+            base_url=deployment,
+            api_key=KEY,
+            default_query={"api-version": "2024-10-21"},
+            max_retries=0,
+            http_client=loopback(),
         )
         with pytest.raises(openai.AuthenticationError):
             bearer.chat.completions.create(model="gpt-4o", messages=messages())
-        v1 = openai.OpenAI(base_url=f"{server.root_url}/openai/v1", api_key=KEY, max_retries=0, timeout=5)
+        v1 = openai.OpenAI(
+            base_url=f"{server.root_url}/openai/v1", api_key=KEY, max_retries=0, http_client=loopback(), timeout=5
+        )
         assert v1.chat.completions.create(model="gpt-4o", messages=messages()).model == "gpt-4o-2024-08-06"
-        unversioned = openai.OpenAI(base_url=deployment, api_key="x", default_headers={"api-key": KEY}, max_retries=0)
+        unversioned = openai.OpenAI(
+            base_url=deployment, api_key="x", default_headers={"api-key": KEY}, max_retries=0, http_client=loopback()
+        )
         with pytest.raises(openai.NotFoundError):
             unversioned.chat.completions.create(model="gpt-4o", messages=messages())
     assert answer.model == "gpt-4o-mini-2024-07-18"
