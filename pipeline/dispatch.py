@@ -43,7 +43,7 @@ from .tokens import TextCounter, image_tokens, max_image_tokens, request_tokens
 log = logging.getLogger("caption")
 
 _FATAL_ERRORS: dict[str, tuple[type[PipelineError], str]] = {
-    "auth": (AuthError, "the endpoint refused the API key (401/403); check the key in ${env}"),
+    "auth": (AuthError, "the endpoint refused the API key; check the key in ${env}"),
     "quota": (QuotaError, "the account has no quota or credit left; top it up, then re-run to resume"),
     "model_not_found": (
         ModelNotFoundError,
@@ -219,7 +219,7 @@ class OnlineExecutor:
             limiter.settle(grant, prompt_tokens=outcome.completion.usage.prompt_tokens)
             state.last = self._check_labels(outcome, state)
             return state.last
-        breaker.record(outcome.error_type)
+        breaker.record(outcome)
         if outcome.error_type == "rate_limited":
             try:
                 limiter.rate_limited(outcome.retry_after_s)
@@ -229,7 +229,14 @@ class OnlineExecutor:
             cls, hint = _FATAL_ERRORS[outcome.fatal]
             hint = hint.replace("{env}", self.config.endpoint.api_key_env).replace("{model}", self.config.request.model)
             raise StopDispatch(cls(f"{hint} ({outcome.message})"))
-        if breaker.is_open:
+        if breaker.refuses_every_row:
+            raise StopDispatch(
+                RequestRejectedError(
+                    f"every row is refused alike: {breaker.describe()} ({outcome.message}); it is about the "
+                    "request, the model or the account, not the images: fix that, then re-run to resume"
+                )
+            )
+        if breaker.looks_down:
             raise StopDispatch(
                 CircuitOpenError(
                     f"the endpoint looks down: {breaker.describe()} (last: {outcome.message}). Re-run to resume once it is back."

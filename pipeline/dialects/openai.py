@@ -85,8 +85,10 @@ def _is_request_shape(err: ErrorBody) -> bool:
 def classify_http(status: int, body: bytes, headers: Mapping[str, str], *, now_epoch: float | None = None) -> Failure:
     """What a non-200 answer means for this row and for the run."""
     err = parse_error_body(body)
+    # One line: a gateway's message may span several (LiteLLM's "...\nAvailable Model Group Fallbacks").
+    words = " ".join(err.message.split())
     detail = " ".join(
-        x for x in (f"HTTP {status}", f"[{err.code or err.type}]" if (err.code or err.type) else "", err.message) if x
+        x for x in (f"HTTP {status}", f"[{err.code or err.type}]" if (err.code or err.type) else "", words) if x
     )
     wait = retry_after_s(headers, now_epoch=now_epoch)
     if wait is None:
