@@ -158,24 +158,17 @@ def _check_label_schema(config: Config) -> None:
 
 
 def _check_budget_is_priced(config: Config) -> None:
-    from .cost import row_cost_usd
-    from .models import Usage
+    from .cost import is_priced
 
-    if config.limits.max_cost_usd is None:
+    if config.limits.max_cost_usd is None or is_priced(config):
         return
     model = config.request.model
-    if (
-        row_cost_usd(
-            model, Usage(prompt_tokens=1), config.pricing, ocr_model=config.request.extra_body.get("ocr_model")
-        )
-        is None
-    ):
-        raise ConfigError(
-            f"limits.max_cost_usd needs a price for model '{model}': add [pricing.\"{model}\"] "
-            "with input and output (USD per 1M tokens)",
-            key="limits.max_cost_usd",
-            path=config.source,
-        )
+    raise ConfigError(
+        f"limits.max_cost_usd needs a price for model '{model}': add [pricing.\"{model}\"] "
+        "with input and output (USD per 1M tokens)",
+        key="limits.max_cost_usd",
+        path=config.source,
+    )
 
 
 def _with_base_url(config: Config, base_url: str) -> Config:

@@ -287,6 +287,8 @@ class RunTotals:
     cost_usd: float = 0.0
     # What earlier runs in the same folder spent: the folder's spend is one figure everywhere.
     spent_before_usd: float = 0.0
+    # False when the pricing table has no price for the model: costs then read "unpriced", not $0.
+    priced: bool = True
 
     @property
     def folder_spent_usd(self) -> float:

@@ -34,6 +34,7 @@ from .breaker import CircuitBreaker
 from .budget import Budget
 from .client import VisionClient
 from .config import Config
+from .cost import is_priced
 from .dedup import DEDUP_WINDOW, RequestDedup, SharedRequest, request_key
 from .dialects import Dialect
 from .dispatch import OnlineExecutor
@@ -101,7 +102,7 @@ class Runner:
         self.manifest_label = manifest_label
         self.retry_errors = retry_errors
         self.grace_s = grace_s
-        self.totals = RunTotals(total=total_rows)
+        self.totals = RunTotals(total=total_rows, priced=is_priced(config))
         self._limits = ImageLimits(
             max_bytes=config.images.max_bytes, max_pixels=config.images.max_pixels, max_side=config.images.max_side
         )
