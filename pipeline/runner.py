@@ -137,7 +137,8 @@ class Runner:
         """Stop dispatching and flush what finished now; the first reason given wins."""
         if self._stop_reason is None:
             self._stop_reason = reason
-            log.warning("stopping: %s", reason)
+            # -v only: the reason is printed once, on the run's last line (the CLI's error line).
+            log.debug("stopping: %s", reason)
         self._stopping.set()
         self._buffer_full.set()
 
@@ -159,7 +160,7 @@ class Runner:
         # to come back and be recorded (the work scope ends sooner once they all have).
         if self.in_flight:
             log.warning(
-                "waiting up to %gs for %d request(s) in flight, whose answers are paid for "
+                "stopping: waiting up to %gs for %d request(s) in flight, whose answers are paid for "
                 "(interrupt again to stop now)",
                 self.grace_s,
                 self.in_flight,
