@@ -113,6 +113,31 @@ def test_html_page_is_self_contained_with_one_card_per_row(finished_run, tmp_pat
     assert "<svg" in text and 'id="f-status"' in text
 
 
+def test_html_page_says_the_state_config_units_and_errors(finished_run, tmp_path):
+    """--html: the run's state and config at the top, axes with units, the aria-label in the bars' unit, errors by type."""
+    page = tmp_path / "report.html"
+    assert run_cli(["report", str(finished_run), "--html", str(page)]).returncode == 0
+    text = page.read_text()
+    assert 'id="state">finished: 18 of 18 rows done; 2 error rows are not retried' in text
+    assert "<td>model</td><td>gpt-4o</td>" in text and "<td>endpoint</td><td>127.0.0.1:" in text
+    bucket_s = re.search(r'aria-label="rows finished per (\d+) s \(bars\) and median latency in seconds', text)
+    assert bucket_s is not None and "per minute" not in text
+    assert f"rows per {bucket_s.group(1)} s</text>" in text and "time (UTC), one bar per" in text
+    assert "p50 latency (s)" in text
+    assert 'id="error-bad_request">bad_request: 1 rows' in text and 'id="error-image_unreadable"' in text
+    assert text.count('<tr class="error-example">') == 2
+
+
+def test_remote_thumbnails_are_lazy_images_only_when_asked(finished_run, tmp_path):
+    """--remote-thumbnails: each remote image is a lazy <img>; without it the page loads nothing from the network."""
+    page = tmp_path / "report.html"
+    assert run_cli(["report", str(finished_run), "--html", str(page), "--remote-thumbnails"]).returncode == 0
+    text = page.read_text()
+    lazy = re.findall(r'<img loading="lazy" src="(https://images\.example\.com/[^"]+)"', text)
+    assert len(lazy) == 15 and text.count('src="data:image/jpeg;base64,') == 2
+    assert 'src="https://images.example.com/x.jpg?sim=invalid_image_url"' in text
+
+
 def test_html_page_renders_in_headless_chromium(finished_run, tmp_path):
     """A real browser renders the page: a screenshot is taken and the live DOM holds one card per row."""
     if CHROMIUM is None:
@@ -143,3 +168,7 @@ def test_html_page_renders_in_headless_chromium(finished_run, tmp_path):
     ).stdout
     assert len(re.findall(r'<div class="card ', dom)) == 18
     assert "showing 18" in dom  # the page's own script ran over every card
+    # The sections above the gallery are in the live DOM too: state, config, chart axes, errors by type.
+    assert "finished: 18 of 18 rows done" in dom and "<td>prompt</td>" in dom
+    assert "time (UTC), one bar per" in dom and "Errors by type" in dom
+    assert dom.count('<tr class="error-example">') == 2
