@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import http.server
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
+import threading
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
+from PIL import Image
 
 from pipeline.journal import Journal
 from pipeline.models import ResultRow
@@ -138,15 +142,12 @@ def test_remote_thumbnails_are_lazy_images_only_when_asked(finished_run, tmp_pat
     assert 'src="https://images.example.com/x.jpg?sim=invalid_image_url"' in text
 
 
-def test_html_page_renders_in_headless_chromium(finished_run, tmp_path):
-    """A real browser renders the page: a screenshot is taken and the live DOM holds one card per row."""
+def _chromium_flags(tmp_path):
     if CHROMIUM is None:
         if os.environ.get("CI") == "true":
             pytest.fail("chromium is not installed, and CI must render the report (.ci/run installs Debian's chromium)")
         pytest.skip("chromium is not installed (apt-get install chromium)")
-    page = tmp_path / "report.html"
-    run_cli(["report", str(finished_run), "--html", str(page)])
-    flags = [
+    return [
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
@@ -158,6 +159,13 @@ def test_html_page_renders_in_headless_chromium(finished_run, tmp_path):
         f"--user-data-dir={tmp_path / 'profile'}",
         "--window-size=1200,1600",
     ]
+
+
+def test_html_page_renders_in_headless_chromium(finished_run, tmp_path):
+    """A real browser renders the page: a screenshot is taken and the live DOM holds one card per row."""
+    flags = _chromium_flags(tmp_path)
+    page = tmp_path / "report.html"
+    run_cli(["report", str(finished_run), "--html", str(page)])
     shot = tmp_path / "shot.png"
     subprocess.run(
         [CHROMIUM, *flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=90, check=False
@@ -172,3 +180,53 @@ def test_html_page_renders_in_headless_chromium(finished_run, tmp_path):
     assert "finished: 18 of 18 rows done" in dom and "<td>prompt</td>" in dom
     assert "time (UTC), one bar per" in dom and "Errors by type" in dom
     assert dom.count('<tr class="error-example">') == 2
+
+
+class _ImageHost(http.server.BaseHTTPRequestHandler):
+    """A loopback image host that counts what a browser fetches from it."""
+
+    fetched: list[str]
+
+    def do_GET(self) -> None:
+        self.fetched.append(self.path)
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 48), (200, 80, 40)).save(buffer, format="PNG")
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(buffer.getvalue())))
+        self.end_headers()
+        self.wfile.write(buffer.getvalue())
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_remote_thumbnails_load_in_chromium_only_when_asked(tmp_path):
+    """In a real browser: the default page fetches nothing; with --remote-thumbnails the visible images are fetched."""
+    flags = _chromium_flags(tmp_path)
+    fetched: list[str] = []
+    handler = type("Host", (_ImageHost,), {"fetched": fetched})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as host:
+        threading.Thread(target=host.serve_forever, daemon=True).start()
+        try:
+            _render_with_and_without_remote_thumbnails(host, fetched, flags, tmp_path)
+        finally:
+            host.shutdown()
+
+
+def _render_with_and_without_remote_thumbnails(host, fetched, flags, tmp_path):
+    """Render the page without, then with, --remote-thumbnails; count the images the browser fetched."""
+    base = f"http://127.0.0.1:{host.server_address[1]}"
+    out = tmp_path / "out"
+    with Journal(out) as journal:
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        journal.write_rows(
+            [ResultRow(id=f"r{i}", url=f"{base}/{i}.png", status="ok", caption="c", finished_at=now) for i in range(4)]
+        )
+        journal.finalize()
+    for option, expected in (([], 0), (["--remote-thumbnails"], 4)):
+        page = tmp_path / f"report{len(option)}.html"
+        assert run_cli(["report", str(out), "--html", str(page), *option]).returncode == 0
+        fetched.clear()
+        subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, timeout=90)
+        assert len(set(fetched)) == expected, (option, fetched)
