@@ -85,10 +85,12 @@ def synthesize(path: Path, rows: int) -> None:
             pl.format("chatcmpl-{}{}", (pl.col("i") * 2654435761 % 4294967296), pl.col("i")).alias("response_id"),
             (pl.lit(start) + pl.duration(milliseconds=pl.col("i") * 28)).alias("finished_at"),
         )
-        .select(list(RESULT_SCHEMA))
-        .cast(RESULT_SCHEMA)
     )
-    frame.write_parquet(path)
+    # Columns added to the schema since (request_key, labels, ...): null, as older files read them.
+    frame = frame.with_columns(
+        pl.lit(None, dtype=dtype).alias(name) for name, dtype in RESULT_SCHEMA.items() if name not in frame.columns
+    )
+    frame.select(list(RESULT_SCHEMA)).cast(RESULT_SCHEMA).write_parquet(path)
 
 
 def timed(args: list[str]) -> dict:
