@@ -42,8 +42,8 @@ _SUMMARY_COLUMNS = [
     "dedup_of",
     "retryable",
 ]
-# What stopped a run, as a person says it (run.json keeps the error's class name, never its text:
-# a stop reason can quote the server, and run.json is written unscrubbed).
+# What stopped a run, as a person says it. run.json keeps the error's class name, not its text:
+# a stop reason can quote the server's message, and run.json holds no server text.
 STOP_WHY = {
     "InterruptedRunError": "interrupted",
     "BudgetExceededError": "the budget was reached",
@@ -162,8 +162,9 @@ def format_table(summary: dict[str, Any]) -> str:
     if run is not None:
         lines += [run["headline"], ""]
         config = run["config"]
-        lines.append(f"model         {config['model']} at {config['endpoint_host']}")
-        lines.append(f"prompt        {config['prompt']}")
+        if config["model"] is not None:  # a folder without run.json does not say
+            lines.append(f"model         {config['model']} at {config['endpoint_host']}")
+            lines.append(f"prompt        {config['prompt']}")
     active = summary["throughput"].get("active_s")
     lines += [
         f"rows          {summary['rows']:,}",
