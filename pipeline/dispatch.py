@@ -9,6 +9,7 @@ open breaker raise ``StopDispatch`` with the reason; the runner stops the run.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -130,6 +131,7 @@ class OnlineExecutor:
                 max_attempts=self.config.limits.max_attempts,
                 sleep=self._sleep,
                 rng=self._rng,
+                on_retry=functools.partial(self._log_retry, item.id),
             )
         except StopDispatch as stop:
             if not state.answered or state.last is None:
@@ -149,6 +151,19 @@ class OnlineExecutor:
                 answered=state.answered,
             )
         return self._row(request, outcome, attempts, state)
+
+    def _log_retry(self, row_id: str, failure: Failure, attempt: int, wait_s: float) -> None:
+        """``-v``: each retry once, with what came back and how long it waits."""
+        status = f"HTTP {failure.http_status}" if failure.http_status is not None else "no response"
+        log.debug(
+            "retry: row %s got %s (%s) on attempt %d of %d; next attempt in %.2f s",
+            row_id,
+            failure.error_type,
+            status,
+            attempt,
+            self.config.limits.max_attempts,
+            wait_s,
+        )
 
     def _row(self, request: PreparedRequest, outcome: Outcome, attempts: int, state: _RowState) -> ResultRow:
         return row_from_outcome(

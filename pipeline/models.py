@@ -287,6 +287,10 @@ class RunTotals:
     cost_usd: float = 0.0
     # What earlier runs in the same folder spent: the folder's spend is one figure everywhere.
     spent_before_usd: float = 0.0
+    # False when the pricing table has no price for the model: costs then read "unpriced", not $0.
+    priced: bool = True
+    # Error rows of this run a re-run skips unless --retry-errors.
+    errors_not_retried: int = 0
 
     @property
     def folder_spent_usd(self) -> float:
@@ -296,6 +300,7 @@ class RunTotals:
         self.done += 1
         setattr(self, row.status, getattr(self, row.status) + 1)
         self.flagged += row.flagged
+        self.errors_not_retried += row.status == "error" and row.retryable is False
         self.prompt_tokens += row.prompt_tokens or 0
         self.completion_tokens += row.completion_tokens or 0
         self.cost_usd += row.cost_usd or 0.0
