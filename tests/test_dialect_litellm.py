@@ -29,7 +29,7 @@ def classify(name: str, dialect=LITELLM):
         ("wrong_proxy_key", "auth", "auth", False),  # 400 "No connected db.": no key can be checked
         ("unknown_model", "model_not_found", "model_not_found", False),
         ("filter_prompt", "content_filter", None, False),  # that row's verdict; the run goes on
-        ("invalid_image_url", "bad_request", None, False),
+        ("invalid_image_url", "timeout", None, True),  # "Timeout while downloading the image"
         ("429", "rate_limited", None, True),
         ("cooldown", "rate_limited", None, True),
         ("503", "server_error", None, True),

@@ -17,6 +17,7 @@ Measured against litellm 1.80.0's proxy in front of the simulator (scripts/check
   - a filtered prompt: 400 "...content management policy..." / ``ContentPolicyViolationError``,
     its categories lost on the way: that row's ``content_filter`` verdict.
   - its router's cooldown: 429 "No deployments available ... Try again in 5 seconds".
+  - upstream's image download timed out: 400 "Timeout while downloading": retried, as OpenAI's.
 - Headers: the limits and remainders are passed on plainly, but the resets only as
   ``llm_provider-x-ratelimit-reset-*``; its own limiters put their wait in ``retry-after``, a
   wait upstream asked for arrives as ``llm_provider-retry-after[-ms]``.
@@ -51,6 +52,7 @@ _REQUEST_SHAPE = re.compile(
     r"Unrecognized request argument|UnsupportedParamsError|unsupported_parameter|unsupported_value", re.I
 )
 _PROMPT_FILTERED = re.compile(r"content management policy|ContentPolicyViolationError", re.I)
+_DOWNLOAD_TIMEOUT = re.compile(r"Timeout while downloading", re.I)
 
 
 def _with_upstream_waits(headers: Mapping[str, str]) -> Mapping[str, str]:
@@ -88,6 +90,8 @@ def classify_http(status: int, body: bytes, headers: Mapping[str, str], *, now_e
         return dataclasses.replace(
             failure, error_type="content_filter", retryable=False, retry_after_s=None, filters=verdict
         )
+    if status == 400 and _DOWNLOAD_TIMEOUT.search(words):  # upstream's image host was slow: transient
+        return dataclasses.replace(failure, error_type="timeout", retryable=True)
     return failure
 
 
