@@ -6,10 +6,12 @@ is never in it.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .config import Config
 from .errors import PipelineError, ResumeMismatchError
 from .journal import Journal
@@ -79,3 +81,20 @@ def updated_meta(
             "spent_usd_in_folder": round(totals.folder_spent_usd, 6),
         }
     return meta
+
+
+def results_metadata(config: Config, *, now: datetime) -> dict[str, str]:
+    """The key-value pairs results.parquet carries, so the file alone says what made it
+    (``pq.read_schema(path).metadata``, ``pl.read_parquet_metadata(path)``)."""
+    request = config.request
+    metadata = {
+        "model": request.model,
+        "prompt": request.prompt,
+        "fingerprint": config.request_fingerprint(),
+        "version": __version__,
+        "created": now.isoformat(),
+        "request": json.dumps(config.request_identity(), sort_keys=True, default=str),
+    }
+    if request.system:
+        metadata["system"] = request.system
+    return metadata
