@@ -89,6 +89,25 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML page with a gallery")
     rep.add_argument("--gallery", type=int, default=1000, metavar="N", help="at most N cards in the HTML gallery")
 
+    exp = sub.add_parser(
+        "export",
+        help="a run's ok rows as caption .txt files, JSONL, CSV or WebDataset shards",
+        parents=[common],
+        epilog="examples:\n  caption export runs/night1 --format txt            # photo.jpg -> photo.txt beside it\n"
+        "  caption export runs/night1 --format txt --to captions/ --field tags\n"
+        "  caption export runs/night1 --format webdataset --to shards/ --shard-size 1000\n"
+        "  caption export runs/night1 --format jsonl --to exports/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    exp.add_argument("out", type=Path, metavar="DIR", help="a `caption run --out` folder (finished or not)")
+    exp.add_argument("--format", required=True, choices=["txt", "jsonl", "csv", "webdataset"])
+    exp.add_argument(
+        "--to", type=Path, metavar="FOLDER", help="where to write (default: txt beside each image; else in DIR)"
+    )
+    exp.add_argument("--field", default="caption", help="caption text from this column: caption or a label column")
+    exp.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per WebDataset shard")
+    exp.add_argument("--force", action="store_true", help="overwrite files an earlier export wrote")
+
     sim = sub.add_parser(
         "simulate",
         help="serve a local OpenAI-compatible vision endpoint",
