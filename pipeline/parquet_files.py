@@ -143,25 +143,28 @@ def order_rows(source: Path, target: Path, *, column: str, compression: str) -> 
     file = pq.ParquetFile(source)
     keys = pl.from_arrow(file.read(columns=[column]).column(0))
     assert isinstance(keys, pl.Series)
+    if keys.is_sorted(nulls_last=True):
+        os.replace(source, target)
+        fsync_dir(target.parent)
+        return
     n = len(keys)
     order = (
         pl.DataFrame({"key": keys, "at": pl.int_range(n, eager=True, dtype=pl.Int64)})
         .sort(["key", "at"], nulls_last=True)
         .get_column("at")
     )
-    if order.equals(pl.int_range(n, eager=True, dtype=pl.Int64)):
-        os.replace(source, target)
-        fsync_dir(target.parent)
-        return
     sizes = [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)]
     starts = pl.Series([0, *sizes]).cum_sum().head(len(sizes))
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    # Consecutive blocks mostly need the same row groups: keep the last block's decoded.
+    cache: dict[int, pa.Table] = {}
     with pq.ParquetWriter(tmp, file.schema_arrow, compression=compression, write_statistics=True) as writer:
         for begin in range(0, n, BATCH_ROWS):
             at = order.slice(begin, BATCH_ROWS)
             group = starts.search_sorted(at, side="right") - 1
             needed = group.unique().sort().to_list()
-            tables = [file.read_row_group(g) for g in needed]
+            tables = [cache[g] if g in cache else file.read_row_group(g) for g in needed]
+            cache = dict(zip(needed, tables, strict=True))
             # Where each needed group starts in the concatenation of just those groups.
             base = dict(zip(needed, pl.Series([0, *(t.num_rows for t in tables)]).cum_sum().to_list(), strict=False))
             local = at - starts.gather(group) + group.replace_strict(base, return_dtype=pl.Int64)
