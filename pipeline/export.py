@@ -52,7 +52,7 @@ REMOTE_NOT_PACKED = "remote image (a shard holds local images only)"
 IMAGE_MISSING = "image file not found"
 NOT_AN_IMAGE_NAME = "image file name has no image suffix"
 NAME_TAKEN = "same caption file name as an earlier image"
-OUTSIDE_TO = "its folder resolves outside --to (a symlink)"
+OUTSIDE_TO = "a symlink on the way would write it elsewhere"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,7 +83,7 @@ class ExportReport:
         lines = [head]
         if self.left_out:
             counts = ", ".join(f"{status} {n}" for status, n in sorted(self.left_out.items()))
-            lines.append(f"left out {sum(self.left_out.values())} rows that are not ok ({counts})")
+            lines.append(f"left out {_rows(sum(self.left_out.values()))} not ok ({counts})")
         if self.skipped:
             reasons = "; ".join(f"{n} {why}" for why, n in self.skipped.most_common())
             lines.append(f"skipped {self.skipped.total()}: {reasons}")
@@ -93,6 +93,10 @@ class ExportReport:
                 "re-run the same `caption run` to finish it"
             )
         return lines
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +185,16 @@ def _relative_caption(row: dict[str, Any], image: Path | None, base_dir: Path) -
     return caption_name(relative) if relative is not None else id_caption_name(str(row["id"]))
 
 
-def _inside(folder: Path, root: Path) -> bool:
-    return folder.resolve().is_relative_to(root.resolve())
+def _inside(target: Path, root: Path) -> bool:
+    """``target`` would be written inside ``root``: its nearest existing folder resolves there (checked
+    before any folder is made, so a symlink inside ``root`` cannot have one made elsewhere), and it is
+    not itself a symlink (writing would follow it)."""
+    if target.is_symlink():
+        return False
+    existing = target.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing.resolve().is_relative_to(root.resolve())
 
 
 def _refuse_existing(targets: list[Path], *, force: bool) -> None:
@@ -218,11 +230,13 @@ def _export_txt(folder: _Folder, options: ExportOptions) -> ExportReport:
             continue
         planned[target] = text
     _refuse_existing(list(planned), force=options.force)
+    if options.to is not None:
+        options.to.mkdir(parents=True, exist_ok=True)
     for target, text in planned.items():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if options.to is not None and not _inside(target.parent, options.to):
+        if not _inside(target, options.to or target.parent):
             report.skipped[OUTSIDE_TO] += 1
             continue
+        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text + "\n", encoding="utf-8")
         report.written += 1
     return report

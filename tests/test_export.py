@@ -64,7 +64,7 @@ def test_txt_writes_one_caption_file_beside_each_ok_image(folder_run, capsys):
         "sub/c.txt",
         "sub/d.txt",
     ]
-    assert "wrote 4 caption files" in said and "left out 1 rows that are not ok (error 1)" in said
+    assert "wrote 4 caption files" in said and "left out 1 row not ok (error 1)" in said
 
 
 def test_txt_to_a_folder_mirrors_sub_folders(folder_run, tmp_path, capsys):
@@ -112,6 +112,19 @@ def test_hostile_ids_stay_inside_to(simulator, tmp_path, capsys):
     assert len(written) == len(hostile)
     assert all(p.parent == target and len(p.name.encode()) <= 255 for p in written)
     assert (target / "ok-id.txt").exists()
+
+
+def test_a_symlink_inside_to_cannot_send_captions_elsewhere(folder_run, tmp_path, capsys):
+    """--to/sub pointing outside: its captions are skipped (said why), nothing is written through it."""
+    _, out, _ = folder_run
+    target, elsewhere = tmp_path / "captions", tmp_path / "elsewhere"
+    target.mkdir()
+    elsewhere.mkdir()
+    (target / "sub").symlink_to(elsewhere, target_is_directory=True)
+    (target / "a.txt").symlink_to(elsewhere / "a-link.txt")
+    code, said, _ = _export(capsys, out, "--format", "txt", "--to", target, "--force")
+    assert code == 0 and "wrote 1 caption files" in said and "skipped 3: 3 a symlink on the way" in said
+    assert list(elsewhere.iterdir()) == [] and (target / "b.txt").exists()
 
 
 def test_remote_images_without_to_are_skipped_with_the_reason(simulator, tmp_path, capsys):
@@ -197,7 +210,7 @@ def test_an_unfinished_folder_exports_what_is_ok_so_far_and_says_so(tmp_path, ca
     code, said, _ = _export(capsys, out, "--format", "txt", "--to", tmp_path / "t", "--field", "tags")
     assert code == 0
     assert (tmp_path / "t" / "a.txt").read_text() == "cat, sofa\n"
-    assert "left out 1 rows that are not ok (filtered 1)" in said
+    assert "left out 1 row not ok (filtered 1)" in said
     assert "unfinished (run.json says stopped)" in said
 
 
