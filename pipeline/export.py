@@ -9,7 +9,8 @@
 Only ``ok`` rows are exported; errors and filtered rows are counted as left out. Nothing is
 overwritten without ``force``: every target is worked out first and the first existing one
 is named. Names come from ``export_names`` (ids and paths are untrusted); a caption file is
-also refused when its folder resolves outside ``--to`` (a symlink inside it).
+also refused when its folder resolves outside ``--to`` (a symlink inside it) or it is itself a
+symlink (opened with ``O_NOFOLLOW``).
 
 Reads a folder with ``Journal.reader``, so a stopped or still-running run exports what is
 ok so far (and says it is unfinished).
@@ -17,6 +18,7 @@ ok so far (and says it is unfinished).
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -112,10 +114,9 @@ def export_folder(out_dir: Path, options: ExportOptions) -> ExportReport:
         raise ExportError(f"{out_dir}: not a folder; give the --out folder of a `caption run`")
     if options.shard_size < 1:
         raise ExportError(f"--shard-size must be at least 1, not {options.shard_size}")
-    folder = reading(out_dir, lambda: _read(out_dir))
-    if options.field not in folder.rows.columns:
-        extra = [c for c in folder.rows.columns if c in ("caption", "labels") or c not in _BASE_COLUMNS]
-        raise ExportError(f"--field {options.field}: {out_dir} has no such column (choose from: {', '.join(extra)})")
+    # A caption file or shard needs a few columns; reading only those keeps a million-row folder small.
+    columns = None if options.format in ("jsonl", "csv") else ["id", "url", "path", "status", "row", options.field]
+    folder = reading(out_dir, lambda: _read(out_dir, field=options.field, columns=columns))
     if options.format == "txt":
         report = _export_txt(folder, options)
     elif options.format == "webdataset":
@@ -135,14 +136,20 @@ _BASE_COLUMNS = frozenset(
 )
 
 
-def _read(out_dir: Path) -> _Folder:
+def _read(out_dir: Path, *, field: str, columns: list[str] | None) -> _Folder:
     journal = Journal.reader(out_dir)
     meta = journal.read_meta() or {}
-    frame = journal.scan().collect()
+    rows = journal.scan()
     request = meta.get("request") if isinstance(meta.get("request"), dict) else {}
     extend = label_extender(label_spec(request.get("response_format"))) if request else None
     if extend is not None and journal.part_count():
-        frame = extend(frame)  # an unfinished folder's label columns are made at finalize: make them here
+        # An unfinished folder's label columns are made at finalize: make them here.
+        rows = extend(rows.collect()).lazy()
+    names = rows.collect_schema().names()
+    if field not in names:
+        choices = [c for c in names if c in ("caption", "labels") or c not in _BASE_COLUMNS]
+        raise ExportError(f"--field {field}: {out_dir} has no such column (choose from: {', '.join(choices)})")
+    frame = (rows if columns is None else rows.select(list(dict.fromkeys(columns)))).collect()
     statuses = frame.get_column("status").value_counts()
     left_out = {s: int(n) for s, n in statuses.iter_rows() if s != "ok"}
     status = meta.get("status")
@@ -185,16 +192,28 @@ def _relative_caption(row: dict[str, Any], image: Path | None, base_dir: Path) -
     return caption_name(relative) if relative is not None else id_caption_name(str(row["id"]))
 
 
-def _inside(target: Path, root: Path) -> bool:
-    """``target`` would be written inside ``root``: its nearest existing folder resolves there (checked
-    before any folder is made, so a symlink inside ``root`` cannot have one made elsewhere), and it is
-    not itself a symlink (writing would follow it)."""
-    if target.is_symlink():
-        return False
-    existing = target.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    return existing.resolve().is_relative_to(root.resolve())
+def _inside(folder: Path, root: Path, checked: dict[Path, bool]) -> bool:
+    """``folder`` is, or would be made, inside ``root`` (resolved): its nearest existing folder resolves
+    there. Checked before any folder is made, so a symlink inside --to cannot have one made elsewhere."""
+    if folder not in checked:
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        checked[folder] = existing.resolve().is_relative_to(root)
+    return checked[folder]
+
+
+def _write_caption(target: Path, text: str) -> bool:
+    """Write ``text`` to ``target`` unless it is a symlink (O_NOFOLLOW: writing would follow it)."""
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return False
+        raise ExportError(f"{target}: cannot be written ({exc.strerror})") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text + "\n")
+    return True
 
 
 def _refuse_existing(targets: list[Path], *, force: bool) -> None:
@@ -230,15 +249,20 @@ def _export_txt(folder: _Folder, options: ExportOptions) -> ExportReport:
             continue
         planned[target] = text
     _refuse_existing(list(planned), force=options.force)
+    checked: dict[Path, bool] = {}
     if options.to is not None:
         options.to.mkdir(parents=True, exist_ok=True)
+        root = options.to.resolve()
     for target, text in planned.items():
-        if not _inside(target, options.to or target.parent):
+        if options.to is not None:
+            if not _inside(target.parent, root, checked):
+                report.skipped[OUTSIDE_TO] += 1
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+        if _write_caption(target, text):
+            report.written += 1
+        else:
             report.skipped[OUTSIDE_TO] += 1
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text + "\n", encoding="utf-8")
-        report.written += 1
     return report
 
 
