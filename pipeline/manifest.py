@@ -272,7 +272,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 _DELIMITERS = {"csv": ",", "tsv": "\t"}
-# A folder record's path relative to the folder (a NUL cannot be in a manifest's column name).
+# A folder record's path relative to the folder; read only from folder records (see iter_chunks).
 _FOLDER_PATH = "\0path"
 _BOM = "\ufeff".encode()
 
@@ -401,7 +401,13 @@ def _iter_raw_lines(path: Path, *, chunk_size: int) -> Iterator[list[str]]:
 
 
 def _items_from_records(
-    records: list[dict[str, Any]], *, first_row: int, url_column: str, id_column: str, seen_derived: set[str]
+    records: list[dict[str, Any]],
+    *,
+    first_row: int,
+    folder: bool,
+    url_column: str,
+    id_column: str,
+    seen_derived: set[str],
 ) -> list[Item]:
     items = []
     for row, record in enumerate(records, start=first_row):
@@ -411,8 +417,7 @@ def _items_from_records(
             if item_id in seen_derived:
                 continue
             seen_derived.add(item_id)
-        path = record.pop(_FOLDER_PATH, None)
-        path = path if isinstance(path, str) else None
+        path = record.pop(_FOLDER_PATH) if folder else None
         fields = {k: v for k, v in record.items() if k not in (url_column, id_column)}
         items.append(Item(id=item_id, url=url, fields=fields, row=row, path=path))
     return items
@@ -435,8 +440,14 @@ def iter_chunks(
     # Derived ids only: a given id is unique by inspect_manifest.
     seen_derived: set[str] = set()
     first_row = 0
-    for records in _iter_records(path, detect_format(path), url_column=url_column, chunk_size=chunk_size):
+    fmt = detect_format(path)
+    for records in _iter_records(path, fmt, url_column=url_column, chunk_size=chunk_size):
         yield _items_from_records(
-            records, first_row=first_row, url_column=url_column, id_column=id_column, seen_derived=seen_derived
+            records,
+            first_row=first_row,
+            folder=fmt == "folder",
+            url_column=url_column,
+            id_column=id_column,
+            seen_derived=seen_derived,
         )
         first_row += len(records)

@@ -129,3 +129,16 @@ def test_an_older_folder_without_row_and_path_resumes_and_folds_quietly(simulato
     # --force folding under another prompt rewrites the same mix without complaint.
     assert _run(manifest, out, tmp_path, simulator.base_url, "--prompt", "Other.", "--force") == 0
     assert pl.read_parquet(out / "results.parquet").height == 8
+
+
+def test_parts_from_before_the_columns_fold_with_nulls_after_the_rows_that_have_them(tmp_path):
+    """A killed older run's part (no row, no path) and a newer part fold into one file: old rows last."""
+    journal = Journal(tmp_path)
+    journal.write_rows([_row(i, row=None) for i in range(3)])
+    old_part = next((tmp_path / "journal").glob("*.parquet"))
+    pq.write_table(pq.read_table(old_part).drop_columns(["row", "path"]), old_part)
+    journal.write_rows([_row(i, row=i - 3) for i in range(3, 6)])
+    journal.finalize()
+    frame = pl.read_parquet(tmp_path / "results.parquet")
+    assert frame["id"].to_list() == ["id3", "id4", "id5", "id0", "id1", "id2"]
+    assert frame["row"].to_list() == [0, 1, 2, None, None, None] and frame["path"].null_count() == 6
