@@ -102,10 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("out", type=Path, metavar="DIR", help="a `caption run --out` folder (finished or not)")
     exp.add_argument("--format", required=True, choices=["txt", "jsonl", "csv", "webdataset"])
     exp.add_argument(
-        "--to", type=Path, metavar="FOLDER", help="where to write (default: txt beside each image; else in DIR)"
+        "--to",
+        type=Path,
+        metavar="FOLDER",
+        help="where to write (default: txt beside each image, jsonl/csv in DIR, webdataset in DIR/webdataset)",
     )
-    exp.add_argument("--field", default="caption", help="caption text from this column: caption or a label column")
-    exp.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per WebDataset shard")
+    exp.add_argument(
+        "--field",
+        default="caption",
+        metavar="COLUMN",
+        help="text from this column: caption (default) or a label column",
+    )
+    exp.add_argument(
+        "--shard-size", type=int, default=1000, metavar="N", help="samples per WebDataset shard (default: 1000)"
+    )
     exp.add_argument("--force", action="store_true", help="overwrite files an earlier export wrote")
 
     sim = sub.add_parser(
