@@ -53,7 +53,8 @@ REMOTE_NEEDS_TO = "remote image (give --to to write its caption there, named by 
 REMOTE_NOT_PACKED = "remote image (a shard holds local images only)"
 IMAGE_MISSING = "image file not found"
 NOT_AN_IMAGE_NAME = "image file name has no image suffix"
-NAME_TAKEN = "same caption file name as an earlier image"
+NAME_TAKEN = "same caption file name as an earlier, different image"
+SAME_IMAGE = "same image file as an earlier row (captioned once, by the first)"
 OUTSIDE_TO = "a symlink on the way would write it elsewhere"
 
 
@@ -228,6 +229,7 @@ def _refuse_existing(targets: list[Path], *, force: bool) -> None:
 def _export_txt(folder: _Folder, options: ExportOptions) -> ExportReport:
     report = ExportReport(noun="caption files", where=f"under {options.to}" if options.to else "beside their images")
     planned: dict[Path, str] = {}
+    sources: dict[Path, Path] = {}  # the local image each planned caption file is for
     for row in folder.rows.select("id", "url", "path", options.field).iter_rows(named=True):
         text = caption_text(row[options.field])
         image = _local_image(row["url"], folder.base_dir)
@@ -244,10 +246,15 @@ def _export_txt(folder: _Folder, options: ExportOptions) -> ExportReport:
             continue
         else:
             target = image.with_name(caption_name(PurePosixPath(image.name)).name)
-        if target in planned or target == image:
+        if target in planned:
+            report.skipped[SAME_IMAGE if image is not None and sources.get(target) == image else NAME_TAKEN] += 1
+            continue
+        if target == image:
             report.skipped[NAME_TAKEN] += 1
             continue
         planned[target] = text
+        if image is not None:
+            sources[target] = image
     _refuse_existing(list(planned), force=options.force)
     checked: dict[Path, bool] = {}
     if options.to is not None:

@@ -219,3 +219,21 @@ def test_an_unknown_field_is_a_one_line_usage_error(folder_run, capsys):
     _, out, _ = folder_run
     code, _, err = _export(capsys, out, "--format", "txt", "--field", "tagz")
     assert code == 2 and err.count("\n") == 1 and "no such column (choose from: caption" in err
+
+
+def test_two_rows_of_one_caption_file_write_it_once_and_say_why(simulator, tmp_path, capsys):
+    """photo.jpg listed twice: captioned once (same image); photo.png beside it: skipped (name taken)."""
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.new("RGB", (16, 16), "red").save(images / "photo.jpg")
+    Image.new("RGB", (16, 16), "blue").save(images / "photo.png")
+    rows = [
+        {"id": "a", "url": "imgs/photo.jpg"},
+        {"id": "b", "url": "imgs/photo.jpg"},
+        {"id": "c", "url": "imgs/photo.png"},
+    ]
+    out, frame = _run(write_csv(tmp_path / "m.csv", rows), tmp_path, simulator.base_url)
+    code, said, _ = _export(capsys, out, "--format", "txt")
+    assert code == 0 and "wrote 1 caption files" in said
+    assert "1 same image file as an earlier row" in said and "1 same caption file name as an earlier, different" in said
+    assert (images / "photo.txt").read_text() == frame.filter(pl.col("id") == "a")["caption"].item() + "\n"
