@@ -44,6 +44,7 @@ from .images import is_data_url, is_remote
 from .journal import Journal
 from .labels import label_extender, label_spec
 from .manifest import IMAGE_SUFFIXES
+from .models import RESULT_SCHEMA
 from .report import reading
 
 ExportFormat = Literal["txt", "jsonl", "csv", "webdataset"]
@@ -129,14 +130,6 @@ def export_folder(out_dir: Path, options: ExportOptions) -> ExportReport:
     return report
 
 
-_BASE_COLUMNS = frozenset(
-    "id url status model finish_reason prompt_tokens completion_tokens total_tokens cached_tokens reasoning_tokens "
-    "cost_usd flagged flagged_categories max_severity filter_results error_type error_message http_status "
-    "retryable attempts latency_s response_id finished_at captions dedup_of request_key prior_cost_usd row "
-    "path".split()
-)
-
-
 def _read(out_dir: Path, *, field: str, columns: list[str] | None) -> _Folder:
     journal = Journal.reader(out_dir)
     meta = journal.read_meta() or {}
@@ -148,7 +141,7 @@ def _read(out_dir: Path, *, field: str, columns: list[str] | None) -> _Folder:
         rows = extend(rows.collect()).lazy()
     names = rows.collect_schema().names()
     if field not in names:
-        choices = [c for c in names if c in ("caption", "labels") or c not in _BASE_COLUMNS]
+        choices = ["caption", "labels", *(c for c in names if c not in RESULT_SCHEMA)]
         raise ExportError(f"--field {field}: {out_dir} has no such column (choose from: {', '.join(choices)})")
     frame = (rows if columns is None else rows.select(list(dict.fromkeys(columns)))).collect()
     statuses = frame.get_column("status").value_counts()
