@@ -403,6 +403,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportOptions, export_folder
+
+    options = ExportOptions(
+        format=args.format, to=args.to, field=args.field, force=args.force, shard_size=args.shard_size
+    )
+    print("\n".join(export_folder(args.out, options).lines()))
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .simulator import FAULT_KINDS, SimConfig, SimulatorApp, SimulatorServer
 
@@ -446,7 +456,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    handlers = {"run": cmd_run, "estimate": cmd_estimate, "report": cmd_report, "simulate": cmd_simulate}
+    handlers = {
+        "run": cmd_run,
+        "estimate": cmd_estimate,
+        "report": cmd_report,
+        "export": cmd_export,
+        "simulate": cmd_simulate,
+    }
     try:
         return handlers[args.command](args)
     except PipelineError as exc:

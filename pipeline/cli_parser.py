@@ -95,6 +95,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="show remote images in the HTML gallery as lazy <img> tags (the page then loads them from their hosts)",
     )
 
+    exp = sub.add_parser(
+        "export",
+        help="a run's ok rows as caption .txt files, JSONL, CSV or WebDataset shards",
+        parents=[common],
+        epilog="examples:\n  caption export runs/night1 --format txt            # photo.jpg -> photo.txt beside it\n"
+        "  caption export runs/night1 --format txt --to captions/ --field tags\n"
+        "  caption export runs/night1 --format webdataset --to shards/ --shard-size 1000\n"
+        "  caption export runs/night1 --format jsonl --to exports/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    exp.add_argument("out", type=Path, metavar="DIR", help="a `caption run --out` folder (finished or not)")
+    exp.add_argument("--format", required=True, choices=["txt", "jsonl", "csv", "webdataset"])
+    exp.add_argument(
+        "--to",
+        type=Path,
+        metavar="FOLDER",
+        help="where to write (default: txt beside each image, jsonl/csv in DIR, webdataset in DIR/webdataset)",
+    )
+    exp.add_argument(
+        "--field",
+        default="caption",
+        metavar="COLUMN",
+        help="text from this column: caption (default) or a label column",
+    )
+    exp.add_argument(
+        "--shard-size", type=int, default=1000, metavar="N", help="samples per WebDataset shard (default: 1000)"
+    )
+    exp.add_argument("--force", action="store_true", help="overwrite files an earlier export wrote")
+
     sim = sub.add_parser(
         "simulate",
         help="serve a local OpenAI-compatible vision endpoint",

@@ -6,10 +6,12 @@ is never in it.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .config import Config
 from .errors import PipelineError, ResumeMismatchError
 from .journal import Journal
@@ -97,3 +99,20 @@ def session_s(meta: dict[str, Any], until: datetime) -> float:
         return max(0.0, (until - datetime.fromisoformat(started)).total_seconds())
     except (ValueError, TypeError):  # a hand-edited or naive timestamp: no session time, not a crash
         return 0.0
+
+
+def results_metadata(config: Config, *, now: datetime) -> dict[str, str]:
+    """The key-value pairs results.parquet carries, so the file alone says what made it
+    (``pq.read_schema(path).metadata``, ``pl.read_parquet_metadata(path)``)."""
+    request = config.request
+    metadata = {
+        "model": request.model,
+        "prompt": request.prompt,
+        "fingerprint": config.request_fingerprint(),
+        "version": __version__,
+        "created": now.isoformat(),
+        "request": json.dumps(config.request_identity(), sort_keys=True, default=str),
+    }
+    if request.system:
+        metadata["system"] = request.system
+    return metadata

@@ -48,7 +48,7 @@ from .models import Item, ResultRow, RunTotals
 from .progress import NoProgress, Progress
 from .ratelimit import RateLimiter
 from .rows import dedup_copy, result_row, unexpected_error_row
-from .run_meta import updated_meta
+from .run_meta import results_metadata, updated_meta
 from .tokens import TextCounter
 
 log = logging.getLogger("caption")
@@ -225,7 +225,9 @@ class Runner:
         journal = self.deps.journal
         problem: JournalError | None = None
         try:
-            journal.finalize(extend=label_extender(self._labels))
+            journal.finalize(
+                extend=label_extender(self._labels), metadata=results_metadata(self.config, now=self.deps.now())
+            )
         except JournalError as exc:
             problem = exc  # the parts stay, so nothing recorded is lost; the run ends on it, resumable
         if journal.quarantined and problem is None:
