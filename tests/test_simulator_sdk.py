@@ -132,8 +132,9 @@ def test_each_error_is_the_sdk_exception_with_the_providers_code(profile, change
 
 
 def test_litellm_passes_the_upstream_quota_error_as_a_generic_429_and_hides_its_own_wait():
-    """Behind LiteLLM, insufficient_quota is only words in a 429's message; the proxy's own limiter
-    puts its wait in llm_provider-retry-after alone (no retry-after, no x-ratelimit-*)."""
+    """Behind LiteLLM, insufficient_quota is only the upstream's words in a 429's message; the proxy's
+    own limiter puts its wait in llm_provider-retry-after alone (no retry-after, no x-ratelimit-*); a
+    key other than the master key is the captured proxy's 400 no_db_connection."""
     # A stopped clock: the bucket does not refill while the 60 requests are sent.
     with served("litellm", api_key=KEY, rpm=60, burst_factor=60.0, clock=lambda: 0.0) as server:
         client = client_for(server, "litellm")
@@ -143,11 +144,16 @@ def test_litellm_passes_the_upstream_quota_error_as_a_generic_429_and_hides_its_
             client.chat.completions.create(model="gpt-4o", messages=messages(), max_tokens=60)
         with pytest.raises(openai.RateLimitError) as limited:
             client.chat.completions.create(model="gpt-4o", messages=messages(), max_tokens=60)
-    assert "insufficient_quota" in quota.value.message and quota.value.code == "429"
-    assert quota.value.body["type"] is None  # type: ignore[index]
+        with pytest.raises(openai.BadRequestError) as stranger:
+            client_for(server, "litellm", key="sk-someone-else").chat.completions.create(
+                model="gpt-4o", messages=messages()
+            )
+    assert "You exceeded your current quota" in quota.value.message and quota.value.code == "429"
+    assert quota.value.body["type"] == "throttling_error"  # type: ignore[index]  # not insufficient_quota
     headers = limited.value.response.headers
     assert headers["llm_provider-retry-after"] == "1" and "retry-after" not in headers
     assert not any(name.startswith("x-ratelimit-") for name in headers)
+    assert stranger.value.code == "400" and stranger.value.message.endswith("No connected db.")
 
 
 def test_with_raw_response_shows_the_request_id_and_rate_limits_on_every_answer():

@@ -11,10 +11,11 @@ Shapes, from shared/reference/providers.md and the providers' own docs and issue
   and ``flagged_input``; an unknown model is a 400.
 - vllm: ``{"error": {"message", "type": "BadRequestError" | "NotFoundError", "param", "code": <int>}}``;
   a wrong key (``--api-key``) is ``{"error": "Unauthorized"}``.
-- litellm (the proxy, in front of an OpenAI upstream): every error is ``{"error": {"message", "type",
-  "param", "code": "<status>"}}``; an upstream error's words are inside the message
-  (``litellm.RateLimitError: RateLimitError: OpenAIException - Error code: 429 - {...}``), so an
-  ``insufficient_quota`` arrives as a 429 whose only trace of it is that text.
+- litellm (the proxy, 1.80.0, in front of an OpenAI upstream; tests/fixtures/litellm_proxy_1.80.0.json
+  is a capture of the real proxy): every error is ``{"error": {"message", "type", "param", "code":
+  "<status>"}}``; an upstream error's message is inside the proxy's
+  (``litellm.RateLimitError: RateLimitError: OpenAIException - You exceeded your current quota...``),
+  so an ``insufficient_quota`` arrives as a generic 429 whose only trace of it is those words.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ Kind = Literal[
     "server",  # 500
     "overloaded",  # 503
     "invalid_image_url",  # the image could not be fetched
+    "image_timeout",  # fetching the image timed out (the same code: only the message differs)
     "filter_prompt",  # the prompt (image) was blocked
 ]
 
@@ -95,15 +97,15 @@ def _openai(kind: Kind, *, model: str, message: str, param: str | None, code: st
         return ErrorAnswer(
             503, openai_error("That model is currently overloaded with other requests.", type_="server_error")
         )
-    if kind == "invalid_image_url":
+    if kind in ("invalid_image_url", "image_timeout"):
+        # The same code for both, as the real API: only the message tells a slow host from a bad URL.
+        text = (
+            "Timeout while downloading the image."
+            if kind == "image_timeout"
+            else "Invalid image URL: the image could not be downloaded."
+        )
         return ErrorAnswer(
-            400,
-            openai_error(
-                "Timeout while downloading the image.",
-                type_="invalid_request_error",
-                code="invalid_image_url",
-                param="url",
-            ),
+            400, openai_error(text, type_="invalid_request_error", code="invalid_image_url", param="url")
         )
     return ErrorAnswer(400, prompt_filter_error())
 
@@ -182,7 +184,7 @@ def _openrouter(
         reset_ms = int((now_epoch + wait_s) * 1000)
         headers = {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset_ms)}
         return native(429, f"Rate limit exceeded: limit_rpm/{slug}.", {"headers": headers, "provider_name": None})
-    if kind in ("server", "overloaded", "bad_request", "invalid_image_url"):
+    if kind in ("server", "overloaded", "bad_request", "invalid_image_url", "image_timeout"):
         status = {"server": 500, "overloaded": 503}.get(kind, 400)
         return native(status, "Provider returned error", {"provider_name": "OpenAI", "raw": message or None})
     return None
@@ -196,7 +198,7 @@ def _vllm(kind: Kind, *, model: str, message: str) -> ErrorAnswer | None:
         return ErrorAnswer(401, {"error": "Unauthorized"})
     if kind == "model":
         return native(404, "NotFoundError", f"The model `{model}` does not exist.")
-    if kind in ("bad_request", "invalid_image_url"):
+    if kind in ("bad_request", "invalid_image_url", "image_timeout"):
         return native(400, "BadRequestError", message or "Invalid image URL.")
     if kind == "server":
         return native(500, "InternalServerError", "Internal server error.")
@@ -213,40 +215,29 @@ _LITELLM_CLASSES = {
 }
 
 
-def _python_repr(body: dict[str, Any]) -> str:
-    """How LiteLLM quotes an upstream body in its message: the openai SDK's ``Error code: N - {...}``
-    (a Python dict's repr: single quotes, ``None``)."""
-    return repr(body)
-
-
-def litellm_wrapped(status: int, upstream: dict[str, Any] | str, *, model: str, cls: str | None = None) -> ErrorAnswer:
-    """An upstream error as the proxy passes it on: the status kept, the words inside its message."""
-    name = cls or _LITELLM_CLASSES.get(status, "APIError")
-    text = upstream if isinstance(upstream, str) else f"Error code: {status} - {_python_repr(upstream)}"
-    message = (
-        f"litellm.{name}: {name}: OpenAIException - {text}. Received Model Group={model}\n"
-        "Available Model Group Fallbacks=None"
-    )
+def litellm_wrapped(status: int, upstream: dict[str, Any], *, model: str) -> ErrorAnswer:
+    """An upstream error as LiteLLM 1.80.0 passes it on (tests/fixtures/litellm_proxy_1.80.0.json, captured
+    from a real proxy in front of this simulator): the status kept, the upstream's *message* inside its
+    own, its code and type gone (a 429 is a ``throttling_error``, whatever the upstream's type was)."""
+    name = _LITELLM_CLASSES.get(status, "APIError")
+    text = str(upstream.get("error", {}).get("message", ""))
+    prefix = f"litellm.{name}: " if status == 400 else f"litellm.{name}: {name}: "
+    message = f"{prefix}OpenAIException - {text}. Received Model Group={model}\nAvailable Model Group Fallbacks=None"
+    type_ = "throttling_error" if status == 429 else None
     # The upstream's rate-limit headers do not survive the proxy's error path (only its 200s carry them).
     return ErrorAnswer(
-        status, {"error": {"message": message, "type": None, "param": None, "code": str(status)}}, upstream=False
+        status, {"error": {"message": message, "type": type_, "param": None, "code": str(status)}}, upstream=False
     )
 
 
 def litellm_auth(presented: str | None) -> ErrorAnswer:
+    """The proxy's own key check, as the captured proxy runs (a master key, no database): no key is a
+    401; any other key than the master key cannot be looked up, a 400 ``no_db_connection``."""
     if not presented:
         body = {"message": "Authentication Error, No api key passed in.", "type": "auth_error", "param": "None"}
-    else:
-        digest = hashlib.sha256(presented.encode()).hexdigest()
-        body = {
-            "message": (
-                f"Authentication Error, Invalid proxy server token passed. Received API Key = sk-...{presented[-4:]}, "
-                f"Key Hash (Token) ={digest}. Unable to find token in cache or `LiteLLM_VerificationTokenTable`"
-            ),
-            "type": "token_not_found_in_db",
-            "param": "key",
-        }
-    return ErrorAnswer(401, {"error": {**body, "code": "401"}}, upstream=False)
+        return ErrorAnswer(401, {"error": {**body, "code": "401"}}, upstream=False)
+    body = {"message": "No connected db.", "type": "no_db_connection", "param": None}
+    return ErrorAnswer(400, {"error": {**body, "code": "400"}}, upstream=False)
 
 
 def litellm_unknown_model(model: str) -> ErrorAnswer:
@@ -303,8 +294,7 @@ def error_answer(
     if profile == "litellm":
         if kind == "model":
             return litellm_unknown_model(model)
-        cls = "ContentPolicyViolationError" if kind == "filter_prompt" else None
-        return litellm_wrapped(answer.status, answer.body, model=model, cls=cls)
+        return litellm_wrapped(answer.status, answer.body, model=model)
     return answer
 
 

@@ -18,6 +18,7 @@ _KINDS: dict[str, Kind] = {
     "quota": "quota",
     "auth": "auth",
     "invalid_image_url": "invalid_image_url",
+    "image_timeout": "image_timeout",
     "filter_prompt": "filter_prompt",
 }
 

@@ -120,11 +120,16 @@ def dress_answer(profile: Profile, body: dict[str, Any], *, requested: str) -> d
     if profile == "vllm":
         body.pop("system_fingerprint", None)
     if profile == "litellm":
-        # LiteLLM keeps only the fields its Choices type knows; the rest of a choice moves into
-        # provider_specific_fields.
+        # LiteLLM keeps only the fields its Choices and Message types know; the rest moves into
+        # provider_specific_fields (as captured from LiteLLM 1.80.0).
         for choice in body["choices"]:
             results = choice.pop("content_filter_results", None)
+            choice.pop("logprobs", None)
             choice["provider_specific_fields"] = {"content_filter_results": results} if results else {}
+            message = choice["message"]
+            message["provider_specific_fields"] = {"refusal": message.pop("refusal", None)}
+            if message.get("content") is None:  # a filtered answer's null content is left out
+                message.pop("content", None)
     return body
 
 
