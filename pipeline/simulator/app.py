@@ -288,8 +288,8 @@ class SimulatorApp:
         key = image_key(req.images[0].url) if req.images else None
         api_version = route.api_version or "2024-10-21"
         if not config.accept_any_model and not profiles.known_model(config.profile, model, config.models):
-            self._record(404, key=key, fault="model", extras=tuple(info.items()))
             answer = litellm_unknown_model(model) if config.profile == "litellm" else self._error("model", model=model)
+            self._record(answer.status, key=key, fault="model", extras=tuple(info.items()))
             await self._send_error(send, answer, self._peek())
             return
         tokens = prompt_tokens(req, self._counter)
