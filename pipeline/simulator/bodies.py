@@ -234,10 +234,10 @@ def litellm_auth(presented: str | None) -> ErrorAnswer:
     """The proxy's own key check, as the captured proxy runs (a master key, no database): no key is a
     401; any other key than the master key cannot be looked up, a 400 ``no_db_connection``."""
     if not presented:
-        body = {"message": "Authentication Error, No api key passed in.", "type": "auth_error", "param": "None"}
-        return ErrorAnswer(401, {"error": {**body, "code": "401"}}, upstream=False)
-    body = {"message": "No connected db.", "type": "no_db_connection", "param": None}
-    return ErrorAnswer(400, {"error": {**body, "code": "400"}}, upstream=False)
+        missing = {"message": "Authentication Error, No api key passed in.", "type": "auth_error", "param": "None"}
+        return ErrorAnswer(401, {"error": {**missing, "code": "401"}}, upstream=False)
+    unknown: dict[str, Any] = {"message": "No connected db.", "type": "no_db_connection", "param": None}
+    return ErrorAnswer(400, {"error": {**unknown, "code": "400"}}, upstream=False)
 
 
 def litellm_unknown_model(model: str) -> ErrorAnswer:
