@@ -439,6 +439,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         fault_rates=rates,
         stall_s=args.stall,
         header_style=args.header_style,
+        profile=args.profile,
         accept_any_model=args.any_model,
         seed=args.seed,
         log_path=args.log,
@@ -447,7 +448,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         SimulatorApp(sim_config), host=args.host, port=args.port, log_level="debug" if args.verbose else "warning"
     )
     # The actual port (--port 0 picks a free one) on a line scripts can read.
-    print(f"caption simulate: listening on {server.base_url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    where = server.base_url
+    if args.profile == "azure":
+        where = f"{server.root_url}/openai/deployments/<model> (api-version=2024-10-21; or {server.root_url}/openai/v1)"
+    print(f"caption simulate ({args.profile}): listening on {where} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     server.serve_forever()
     return 0
 

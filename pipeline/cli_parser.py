@@ -128,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate",
         help="serve a local OpenAI-compatible vision endpoint",
         parents=[common],
-        epilog="example: caption simulate --port 8000 --rpm 600 --latency-median 1.5 --fault 503=0.02",
+        epilog="examples:\n  caption simulate --port 8000 --rpm 600 --latency-median 1.5 --fault 503=0.02\n"
+        "  AZ_KEY=k caption simulate --profile azure --api-key-env AZ_KEY  # POST /openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sim.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on start)")
     sim.add_argument("--host", default="127.0.0.1")
@@ -148,7 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--stall", type=float, default=30.0, help="seconds a 'stall' fault holds the response")
     sim.add_argument("--api-key-env", help="require the key held in this environment variable")
-    sim.add_argument("--header-style", choices=["openai", "azure"], default="openai")
+    sim.add_argument(
+        "--profile",
+        choices=["openai", "azure", "openrouter", "vllm", "litellm"],
+        default="openai",
+        help="the provider to imitate: its URLs, auth header, rate-limit headers, error bodies and model names",
+    )
+    sim.add_argument("--header-style", choices=["openai", "azure"], help="only the rate-limit headers' format")
     sim.add_argument("--any-model", action="store_true", help="accept any model name")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--log", help="append one JSON line per request to this file")

@@ -1,7 +1,7 @@
 """PURE: the price of a model and the cost of a usage.
 
-A dated snapshot the server reports (``gpt-4o-2024-08-06``) is priced as its base
-model unless the table names the snapshot itself; 302.AI's ``-ocr`` suffix is the
+A dated snapshot the server reports (``gpt-4o-2024-08-06``, ``gpt-3.5-turbo-0125``) is priced as
+its base model unless the table names the snapshot itself; 302.AI's ``-ocr`` suffix is the
 base model plus the OCR model (``gpt-4o-mini`` unless ``ocr_model`` says otherwise).
 """
 
@@ -13,7 +13,8 @@ from .config import Config, Price
 from .models import Usage
 
 DEFAULT_OCR_MODEL = "gpt-4o-mini"
-_SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+# Dated snapshots: ``gpt-4o-2024-08-06``, and the older month-day form ``gpt-3.5-turbo-0125``.
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
 
 
 def price_for(model: str | None, table: dict[str, Price]) -> Price | None:

@@ -7,8 +7,8 @@
     python scripts/bench_throughput.py scale --concurrency 2000 --latency-median 5 --rows 10000
     python scripts/bench_throughput.py limit --server-rpm 30000 --rows 90000 --client-knows --latency-median 0.4 --concurrency 512
 
-limit / scale: the simulator (its own process) enforces the limit over a
-sliding 60 s window plus a per-second cap, with lognormal latency; the
+limit / scale: the simulator (its own process) enforces the limit as buckets refilled
+continuously (as OpenAI's) plus a per-second cap, with lognormal latency; the
 pipeline runs here. Reported: achieved rate / limit (requests or tokens the
 server accepted per minute over the span it accepted them), 429s as a share of
 requests, latency p50/p99, client CPU seconds per 1,000 requests, peak RSS.

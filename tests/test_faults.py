@@ -61,6 +61,7 @@ def test_every_fault_class_at_realistic_rates(tmp_path):
             seed=11,
             fault_rates={**TRANSIENT, **PERMANENT},
             stall_s=2.0,
+            fault_wait_s=0.2,  # each 429 pauses the whole run for its wait: 1 s each would double the test
             log_path=str(log),
         )
     )

@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipeline.ratelimit import parse_duration_s
 from pipeline.simulator import SimConfig, SimulatorApp, caption_for
-from pipeline.simulator.limits import SlidingWindowLimiter, format_go_duration
+from pipeline.simulator.limits import TokenBucketLimiter, format_go_duration
 from pipeline.tokens import image_tokens
 
 
@@ -121,23 +121,36 @@ def test_prompt_tokens_count_inlined_images_by_their_real_size():
     assert remote == high
 
 
-def test_limits_are_enforced_over_a_sliding_window_with_a_burst_cap():
-    """rpm 120 with a 1 s burst window: at most 4 per second; at most 120 in any 60 s; then 429 with a wait."""
-    limiter = SlidingWindowLimiter(rpm=120, tpm=None, burst_window_s=1.0, burst_factor=2.0)
+def test_limits_refill_continuously_under_a_burst_cap():
+    """rpm 120 with a 1 s burst window: at most 4 per second; a full bucket of 120, then 2 a second
+    (120/60) as it refills; a refused request says how long until one is back."""
+    limiter = TokenBucketLimiter(rpm=120, tpm=None, burst_window_s=1.0, burst_factor=2.0)
     assert [limiter.check(0.0, 10).allowed for _ in range(5)] == [True, True, True, True, False]
-    admitted = 4 + sum(limiter.check(0.5 + 0.25 * i, 10).allowed for i in range(230))  # up to t = 57.75 s
+    admitted = 4 + sum(limiter.check(1.0 + 0.25 * i, 10).allowed for i in range(116))  # 4 a second: all fit
     assert admitted == 120
-    refused = limiter.check(59.0, 10)
-    assert not refused.allowed and "RPM" in refused.reason and 0 < refused.retry_after_s <= 60
+    drained = TokenBucketLimiter(rpm=60, tpm=None, burst_factor=60.0)
+    assert sum(drained.check(0.0, 1).allowed for _ in range(61)) == 60
+    refused = drained.check(0.25, 1)
+    assert not refused.allowed and "RPM" in refused.reason and refused.retry_after_s == pytest.approx(0.75)
+    assert drained.check(1.0, 1).allowed
 
 
 def test_tpm_counts_prompt_plus_max_tokens_and_says_when_tokens_free_up():
-    """tpm 1000: two 400-token requests pass, the third waits until the first leaves the window."""
-    limiter = SlidingWindowLimiter(rpm=None, tpm=1000)
-    assert limiter.check(0.0, 400).allowed and limiter.check(10.0, 400).allowed
-    refused = limiter.check(20.0, 400)
-    assert not refused.allowed and "TPM" in refused.reason and refused.retry_after_s == pytest.approx(40.0)
-    assert limiter.check(60.5, 400).allowed
+    """tpm 600 (10 a second): two 300-token requests empty the bucket; the third waits 30 s for 300 more."""
+    limiter = TokenBucketLimiter(rpm=None, tpm=600)
+    assert limiter.check(0.0, 300).allowed and limiter.check(0.0, 300).allowed
+    refused = limiter.check(0.0, 300)
+    assert not refused.allowed and "TPM" in refused.reason and refused.retry_after_s == pytest.approx(30.0)
+    assert not limiter.check(29.0, 300).allowed and limiter.check(30.0, 300).allowed
+
+
+def test_reset_times_are_the_time_to_refill_as_openai_reports_them():
+    """One request at 3,000 rpm: remaining 2999, reset 20ms (1/50 s), not a minute's window."""
+    limiter = TokenBucketLimiter(rpm=3000, tpm=250_000)
+    decision = limiter.check(0.0, 11)
+    assert decision.remaining_requests == 2999 and format_go_duration(decision.reset_requests_s) == "20ms"
+    assert decision.remaining_tokens == 249_989 and format_go_duration(decision.reset_tokens_s) == "3ms"
+    assert limiter.peek(0.02).remaining_requests == 3000
 
 
 def test_429_and_200_carry_openai_rate_limit_headers_in_their_formats():
@@ -172,7 +185,15 @@ def test_go_durations_round_trip_with_the_client_parser(seconds, text):
         ("500", 500, lambda r: r.json()["error"]["type"] == "server_error"),
         ("502", 502, lambda r: "502: Bad gateway" in r.text and r.headers["content-type"] == "text/html"),
         ("503", 503, lambda r: "overloaded" in r.json()["error"]["message"]),
-        ("429", 429, lambda r: r.headers["retry-after-ms"] == "200"),
+        (
+            "429",
+            429,
+            lambda r: (
+                r.headers["retry-after-ms"] == "1000"
+                and r.headers["retry-after"] == "1"
+                and "try again in 1s." in r.json()["error"]["message"]
+            ),
+        ),
         ("quota", 429, lambda r: r.json()["error"]["code"] == "insufficient_quota"),
         ("auth", 401, lambda r: r.json()["error"]["code"] == "invalid_api_key"),
         ("invalid_image_url", 400, lambda r: r.json()["error"]["code"] == "invalid_image_url"),
@@ -221,3 +242,41 @@ def test_control_endpoint_takes_the_endpoint_down_and_back():
     call(app, {"down": False}, path="/control")
     assert call(app, body()).status_code == 200
     assert call(app, {"nonsense": 1}, path="/control").status_code == 400
+
+
+def test_azure_profile_wants_its_deployment_path_and_a_known_api_version():
+    """Azure: no api-version 404, an unknown one 400, the OpenAI path 404; the deployment names the
+    model whatever the body says; the key only in api-key."""
+    app = fast(profile="azure", api_key="az-key")
+    key = {"api-key": "az-key"}
+    path = "/openai/deployments/gpt-4o-mini/chat/completions"
+    assert call(app, body(), path=path, headers=key).status_code == 404
+    assert call(app, body(), path=path + "?api-version=1999-01-01", headers=key).status_code == 400
+    assert call(app, body(), path="/v1/chat/completions", headers=key).status_code == 404
+    ok = call(app, body(model="ignored"), path=path + "?api-version=2024-10-21", headers=key)
+    assert ok.status_code == 200 and ok.json()["model"] == "gpt-4o-mini-2024-07-18"
+    bearer = call(app, body(), path=path + "?api-version=2024-10-21", headers={"Authorization": "Bearer az-key"})
+    assert bearer.status_code == 401 and bearer.json()["error"]["code"] == "401"
+    gone = call(app, body(), path="/openai/deployments/nope/chat/completions?api-version=2024-10-21", headers=key)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "DeploymentNotFound"
+
+
+@pytest.mark.parametrize(
+    ("profile", "extra", "status"),
+    [
+        ("openai", {"foo": 1}, 400),
+        ("azure", {"foo": 1}, 400),
+        ("openai", {"ocr_model": "gpt-4o-mini"}, 200),  # the 302.AI gateway's own key, accepted by default
+        ("openrouter", {"foo": 1}, 200),
+        ("vllm", {"foo": 1}, 200),
+        ("openrouter", {"stream": True}, 400),
+    ],
+)
+def test_unknown_parameters_are_refused_where_openai_refuses_them(profile, extra, status):
+    """OpenAI (and Azure) refuse a body key they do not know with their words; OpenRouter and vLLM
+    ignore it; streaming is refused everywhere (the pipeline does not stream)."""
+    path = "/openai/v1/chat/completions" if profile == "azure" else "/v1/chat/completions"
+    r = call(fast(profile=profile), body(**extra), path=path)
+    assert r.status_code == status and "x-request-id" in r.headers
+    if status == 400 and "foo" in extra:
+        assert r.json()["error"]["message"] == "Unrecognized request argument supplied: foo"

@@ -83,6 +83,22 @@ def test_snapshot_priced_as_base_unless_named_and_unknown_is_null():
     assert row_cost_usd("mystery", Usage(prompt_tokens=10), table) is None
 
 
+def test_every_snapshot_the_simulator_reports_is_priced_as_its_base_model():
+    """The answers' dated snapshots (gpt-4o-2024-08-06, gpt-4.1-mini-2025-04-14, the month-day
+    gpt-3.5-turbo-0125, OpenRouter's openai/gpt-4o) find the shipped price of the alias they stand for."""
+    from pipeline.config import load_config
+    from pipeline.simulator.profiles import SNAPSHOTS
+
+    table = load_config(None).pricing
+    priced = {alias: snapshot for alias, snapshot in SNAPSHOTS.items() if alias in table}
+    assert {"gpt-4o", "gpt-4o-mini", "gpt-4.1-mini", "gpt-5-nano"} <= set(priced)
+    for alias, snapshot in priced.items():
+        assert price_for(snapshot, table) == table[alias], snapshot
+    month_day = {"gpt-3.5-turbo": Price(input=0.5, output=1.5)}
+    assert price_for("gpt-3.5-turbo-0125", month_day) == month_day["gpt-3.5-turbo"]
+    assert price_for("openai/gpt-4o-2024-08-06", table) == table["gpt-4o"]
+
+
 def test_ocr_suffix_adds_the_ocr_model():
     """A -ocr model costs its base model plus the OCR model on the prompt."""
     table = {"gpt-3.5-turbo": Price(input=0.5, output=1.5), "gpt-4o-mini": Price(input=0.15, output=0.6)}

@@ -16,7 +16,7 @@ import io
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlparse
 
 from PIL import Image, UnidentifiedImageError
@@ -27,6 +27,7 @@ from ..tokens import MESSAGE_OVERHEAD_TOKENS, TextCounter, image_tokens
 _ADJECTIVES = ("red", "quiet", "sunlit", "blurry", "small", "crowded", "wooden", "snowy", "bright", "old")
 _NOUNS = ("bicycle", "cat", "lighthouse", "kitchen", "mountain", "street", "teapot", "garden", "bridge", "robot")
 _PLACES = ("a window", "the sea", "a market", "a forest", "a wall", "a river", "the city", "a table")
+REASONING_TOKENS = 64
 _SIM_RULE = re.compile(r"^([a-z0-9_]+?)(?:x(\d+))?$")
 
 
@@ -96,8 +97,61 @@ def _image_size(url: str) -> tuple[int | None, int | None]:
     return None, None
 
 
-def parse_request(body: Any) -> ParsedRequest:
-    """Validate like the real API: model, messages, and well-formed content parts."""
+# OpenAI's chat-completions body keys: anything else is refused with its words.
+KNOWN_PARAMS = frozenset(
+    {
+        "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop",
+        "stream", "stream_options", "response_format", "seed", "user", "presence_penalty", "frequency_penalty",
+        "logit_bias", "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls", "functions",
+        "function_call", "reasoning_effort", "service_tier", "store", "metadata", "modalities", "audio",
+        "prediction", "web_search_options", "verbosity", "prompt_cache_key", "safety_identifier",
+    }
+)  # fmt: skip
+# How strictly a profile checks parameters: OpenAI's own API (and Azure, and an OpenAI upstream behind
+# LiteLLM) refuses unknown keys and reasoning models' max_tokens / temperature; LiteLLM maps
+# max_tokens itself but refuses a temperature; OpenRouter and vLLM accept and ignore.
+ParamChecks = Literal["openai", "litellm", "lenient"]
+
+
+def _check_parameters(body: dict[str, Any], model: str, *, checks: ParamChecks, extra_params: tuple[str, ...]) -> None:
+    if body.get("stream") is True:
+        # The pipeline never streams; a silent non-stream answer would hide a client bug.
+        raise BadRequest(
+            "This simulator does not stream: send 'stream': false (or leave it out).",
+            param="stream",
+            code="unsupported_value",
+        )
+    if checks == "lenient":
+        return
+    if checks == "openai":
+        unknown = sorted(set(body) - KNOWN_PARAMS - set(extra_params))
+        if unknown:
+            raise BadRequest(f"Unrecognized request argument supplied: {unknown[0]}")
+    if not is_reasoning_model(model):
+        return
+    # As the real API: o-series and gpt-5 models take max_completion_tokens and only the default
+    # temperature / top_p.
+    if "max_tokens" in body and checks == "openai":
+        raise BadRequest(
+            "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            "Use 'max_completion_tokens' instead.",
+            param="max_tokens",
+            code="unsupported_parameter",
+        )
+    for knob in ("temperature", "top_p"):
+        if knob in body and body[knob] != 1:
+            raise BadRequest(
+                f"Unsupported value: '{knob}' does not support {body[knob]} with this model. "
+                "Only the default (1) value is supported.",
+                param=knob,
+                code="unsupported_value",
+            )
+
+
+def parse_request(
+    body: Any, *, checks: ParamChecks = "openai", extra_params: tuple[str, ...] = ("ocr_model",)
+) -> ParsedRequest:
+    """Validate like the real API: model, messages, well-formed content parts, parameters."""
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     model = body.get("model")
@@ -144,24 +198,7 @@ def parse_request(body: Any) -> ParsedRequest:
                 raise BadRequest(
                     f"Invalid content part at 'messages[{i}].content[{j}]'.", param=f"messages[{i}].content[{j}]"
                 )
-    if is_reasoning_model(model):
-        # As the real API: o-series and gpt-5 models take max_completion_tokens and only the
-        # default temperature / top_p.
-        if "max_tokens" in body:
-            raise BadRequest(
-                "Unsupported parameter: 'max_tokens' is not supported with this model. "
-                "Use 'max_completion_tokens' instead.",
-                param="max_tokens",
-                code="unsupported_parameter",
-            )
-        for knob in ("temperature", "top_p"):
-            if knob in body and body[knob] != 1:
-                raise BadRequest(
-                    f"Unsupported value: '{knob}' does not support {body[knob]} with this model. "
-                    "Only the default (1) value is supported.",
-                    param=knob,
-                    code="unsupported_value",
-                )
+    _check_parameters(body, model, checks=checks, extra_params=extra_params)
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
         raise BadRequest("Invalid 'max_tokens': must be a positive integer.", param="max_tokens")
@@ -310,6 +347,9 @@ def completion_body(
                 "content_filter_results": results,
             }
         )
+    # A reasoning model thinks before it answers: those tokens are billed inside completion_tokens.
+    reasoning_tokens = REASONING_TOKENS * req.n if is_reasoning_model(req.model) else 0
+    completion_tokens += reasoning_tokens
     return {
         "id": response_id,
         "object": "chat.completion",
@@ -324,37 +364,10 @@ def completion_body(
             "total_tokens": prompt_tokens_ + completion_tokens,
             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
             "completion_tokens_details": {
-                "reasoning_tokens": 0,
+                "reasoning_tokens": reasoning_tokens,
                 "audio_tokens": 0,
                 "accepted_prediction_tokens": 0,
                 "rejected_prediction_tokens": 0,
             },
         },
     }
-
-
-def error_body(message: str, *, type_: str | None, code: str | None = None, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def prompt_filter_error() -> dict[str, Any]:
-    """Azure's 400 for a prompt its filter blocked (`innererror.content_filter_result`, singular)."""
-    body = error_body(
-        "The response was filtered due to the prompt triggering Azure OpenAI's content management policy. "
-        "Please modify your prompt and retry.",
-        type_=None,
-        code="content_filter",
-        param="prompt",
-    )
-    body["error"]["status"] = 400
-    body["error"]["innererror"] = {
-        "code": "ResponsibleAIPolicyViolation",
-        "content_filter_result": _filter_block("violence", "medium"),
-    }
-    return body
-
-
-CLOUDFLARE_502 = (
-    "<html>\r\n<head><title>api.openai.com | 502: Bad gateway</title></head>\r\n"
-    "<body><h1>502 Bad Gateway</h1><p>cloudflare</p></body>\r\n</html>\r\n"
-)

@@ -1,4 +1,4 @@
-"""The simulator's knobs: latency, enforced limits, faults, key, header style."""
+"""The simulator's knobs: profile, latency, enforced limits, faults, key, header style."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 HeaderStyle = Literal["openai", "azure"]
+# Which provider the simulator stands in for: its URLs, auth, headers, error bodies and model names.
+Profile = Literal["openai", "azure", "openrouter", "vllm", "litellm"]
+PROFILES: tuple[Profile, ...] = ("openai", "azure", "openrouter", "vllm", "litellm")
 
 # Fault kinds, usable by rate (``fault_rates``) or by rule in an image URL (``?sim=KIND`` or ``?sim=KINDxN``).
 FAULT_KINDS = (
@@ -54,13 +57,23 @@ class SimConfig:
         "gpt-5",
         "gpt-5-mini",
         "gpt-5-nano",
+        "o1",
+        "o3",
         "o4-mini",
         "gpt-3.5-turbo",
     )
     accept_any_model: bool = False
     fault_rates: dict[str, float] = field(default_factory=dict)
     stall_s: float = 30.0
-    header_style: HeaderStyle = "openai"
+    # The wait a 429 fault asks for, in its message, its retry-after-ms and its Retry-After (whole
+    # seconds, rounded up: an integer header can only err on the long side).
+    fault_wait_s: float = 1.0
+    # Only the rate-limit header format (the profile's unless set): kept for ``--header-style``.
+    header_style: HeaderStyle | None = None
+    profile: Profile = "openai"
+    # Body keys accepted beyond OpenAI's own: the default simulator also stands for the 302.AI
+    # gateway, whose ``ocr_model`` the pipeline may send.
+    extra_params: tuple[str, ...] = ("ocr_model",)
     down: bool = False
     seed: int = 0
     log_path: str | None = None

@@ -1,4 +1,9 @@
-"""The simulator's enforced limits: RPM and TPM over a sliding 60 s window, plus a burst cap.
+"""The simulator's enforced limits: RPM and TPM as buckets refilled continuously, plus a burst cap.
+
+OpenAI's limiter refills continuously (``limit / 60`` per second) rather than
+forgetting a sliding 60 s window: a bucket starts full, a request takes one
+request and its tokens, and ``x-ratelimit-reset-*`` is the time until the bucket
+is full again, so one request at 3,000 rpm reports ``20ms``.
 
 Tokens are charged on arrival as OpenAI does: the prompt estimate plus ``max_tokens``.
 Rejected requests are not charged. ``format_go_duration`` writes reset times the
@@ -33,75 +38,84 @@ class Decision:
     reason: str = ""
 
 
-class SlidingWindowLimiter:
-    WINDOW_S = 60.0
+class _Bucket:
+    """``capacity`` units refilled at ``capacity / 60`` per second, full at the start."""
 
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.rate = capacity / 60.0
+        self.level = float(capacity)
+
+    def refill(self, elapsed_s: float) -> None:
+        self.level = min(float(self.capacity), self.level + elapsed_s * self.rate)
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until ``amount`` is available (a request larger than the bucket: a full minute)."""
+        if amount > self.capacity:
+            return 60.0
+        return max(0.0, (amount - self.level) / self.rate)
+
+    def reset_s(self) -> float:
+        return (self.capacity - self.level) / self.rate
+
+    def remaining(self) -> int:
+        return max(0, math.floor(self.level + 1e-9))
+
+
+class TokenBucketLimiter:
     def __init__(
         self, *, rpm: int | None, tpm: int | None, burst_window_s: float = 1.0, burst_factor: float = 2.0
     ) -> None:
         self.rpm = rpm
         self.tpm = tpm
+        self._requests = _Bucket(rpm) if rpm else None
+        self._tokens = _Bucket(tpm) if tpm else None
         self._burst_window_s = burst_window_s
+        # A short-window cap on top of the minute's, as Azure checks RPM over 1-10 s windows.
         self._burst_cap = max(1, math.ceil(rpm / 60.0 * burst_window_s * burst_factor)) if rpm else None
-        self._requests: deque[float] = deque()
-        self._tokens: deque[tuple[float, int]] = deque()
-        self._token_sum = 0
+        self._recent: deque[float] = deque()
+        self._last: float | None = None
 
-    def _expire(self, now: float) -> None:
-        horizon = now - self.WINDOW_S
-        while self._requests and self._requests[0] <= horizon:
-            self._requests.popleft()
-        while self._tokens and self._tokens[0][0] <= horizon:
-            self._token_sum -= self._tokens.popleft()[1]
-
-    def _recent(self, now: float) -> int:
+    def _refill(self, now: float) -> None:
+        elapsed = 0.0 if self._last is None else max(0.0, now - self._last)
+        self._last = now if self._last is None else max(self._last, now)
+        for bucket in (self._requests, self._tokens):
+            if bucket is not None:
+                bucket.refill(elapsed)
         horizon = now - self._burst_window_s
-        count = 0
-        for t in reversed(self._requests):
-            if t <= horizon:
-                break
-            count += 1
-        return count
+        while self._recent and self._recent[0] <= horizon:
+            self._recent.popleft()
+
+    def _decision(self, allowed: bool, wait: float = 0.0, reason: str = "") -> Decision:
+        r, t = self._requests, self._tokens
+        return Decision(
+            allowed,
+            wait,
+            None if r is None else r.remaining(),
+            None if t is None else t.remaining(),
+            0.0 if r is None else r.reset_s(),
+            0.0 if t is None else t.reset_s(),
+            reason,
+        )
+
+    def peek(self, now: float) -> Decision:
+        """The state as headers report it, charging nothing (for answers the limiter did not admit)."""
+        self._refill(now)
+        return self._decision(True)
 
     def check(self, now: float, tokens: int) -> Decision:
         """Admit (and charge) one request of ``tokens``, or say how long to wait."""
-        self._expire(now)
-        reset_r = (self._requests[0] + self.WINDOW_S - now) if self._requests else 0.0
-        reset_t = (self._tokens[0][0] + self.WINDOW_S - now) if self._tokens else 0.0
-        wait, reason = 0.0, ""
-        if self.rpm is not None and len(self._requests) >= self.rpm:
-            wait, reason = reset_r, "requests per min (RPM)"
-        elif self._burst_cap is not None and self._recent(now) >= self._burst_cap:
-            wait, reason = self._burst_window_s, "requests per second (burst)"
-        elif self.tpm is not None and self._token_sum + tokens > self.tpm:
-            wait, reason = self._tokens_free_after(now, tokens), "tokens per min (TPM)"
-        if reason:
-            return Decision(
-                False, max(wait, 0.001), self._remaining_requests(), self._remaining_tokens(), reset_r, reset_t, reason
-            )
-        self._requests.append(now)
-        self._tokens.append((now, tokens))
-        self._token_sum += tokens
-        return Decision(
-            True,
-            0.0,
-            self._remaining_requests(),
-            self._remaining_tokens(),
-            self._requests[0] + self.WINDOW_S - now,
-            self._tokens[0][0] + self.WINDOW_S - now,
-        )
-
-    def _tokens_free_after(self, now: float, tokens: int) -> float:
-        needed = self._token_sum + tokens - (self.tpm or 0)
-        freed = 0
-        for t, n in self._tokens:
-            freed += n
-            if freed >= needed:
-                return t + self.WINDOW_S - now
-        return self.WINDOW_S
-
-    def _remaining_requests(self) -> int | None:
-        return None if self.rpm is None else max(0, self.rpm - len(self._requests))
-
-    def _remaining_tokens(self) -> int | None:
-        return None if self.tpm is None else max(0, self.tpm - self._token_sum)
+        self._refill(now)
+        if self._requests is not None and self._requests.level < 1:
+            return self._decision(False, max(self._requests.wait_for(1), 0.001), "requests per min (RPM)")
+        if self._burst_cap is not None and len(self._recent) >= self._burst_cap:
+            # A short-window limiter asks for its whole window, as Azure's 1-10 s checks answer.
+            return self._decision(False, self._burst_window_s, "requests per second (burst)")
+        if self._tokens is not None and self._tokens.level < tokens:
+            return self._decision(False, max(self._tokens.wait_for(tokens), 0.001), "tokens per min (TPM)")
+        if self._requests is not None:
+            self._requests.level -= 1
+            self._recent.append(now)
+        if self._tokens is not None:
+            self._tokens.level -= tokens
+        return self._decision(True)

@@ -70,8 +70,13 @@ class SimulatorServer:
         logging.getLogger("uvicorn.error").addFilter(_QuietAbortFilter())
 
     @property
+    def root_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
+        """The OpenAI-style base URL (``/v1``); the azure profile serves ``/openai/...`` under ``root_url``."""
+        return f"{self.root_url}/v1"
 
     def start(self, *, timeout_s: float = 10.0) -> SimulatorServer:
         self._thread = threading.Thread(
