@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KIND=RATE",
-        help="inject a fault at a rate, e.g. 503=0.02 (kinds: 500 502 503 429 reset stall truncated "
+        help="inject a fault at a rate, e.g. 503=0.02 (kinds: 500 502 503 429 gateway_limit reset stall truncated "
         "nonjson nochoices invalid_image_url image_timeout filter_completion filter_prompt quota auth)",
     )
     sim.add_argument("--stall", type=float, default=30.0, help="seconds a 'stall' fault holds the response")

@@ -198,3 +198,36 @@ def test_an_openai_key_in_the_environment_never_reaches_the_default_gateway(tmp_
     assert len(requests) == 6 and {r["credential"] for r in requests} == {digest(GATEWAY_KEY)}
     assert only_openai.returncode == 2 and KEY_ENV in only_openai.stderr
     assert OPENAI_KEY not in log.read_text()
+
+
+LITELLM_CONFIG = FAST_CONFIG + '\n[endpoint]\nprovider = "litellm"\napi_key_env = "LITELLM_KEY"\n'
+PROXY_KEY = "sk-litellm-master-" + "m" * 24
+
+
+def test_litellm_quota_in_a_generic_429_stops_the_run(tmp_path):
+    """Behind LiteLLM, upstream's insufficient_quota arrives as a generic 429 whose words say quota:
+    exit 3 after at most concurrency + 5 requests, not retried for ever."""
+    config = write_config(tmp_path / "c.toml", LITELLM_CONFIG)
+    manifest = write_csv(tmp_path / "m.csv", remote_rows(200, query="?sim=quota"))
+    with served(tmp_path, "litellm", api_key=PROXY_KEY) as (sim, log):
+        result = run_cli(run_args(manifest, tmp_path / "out", config, sim.base_url), env=cli_env(LITELLM_KEY=PROXY_KEY))
+    assert result.returncode == 3, result.stderr
+    assert "no quota or credit left" in result.stderr and "exceeded your current quota" in result.stderr
+    assert 1 <= len(sent(log)) <= 16 + 5 and {r["status"] for r in sent(log)} == {429}
+
+
+def test_litellm_own_limiter_wait_in_llm_provider_retry_after_is_honoured(tmp_path):
+    """The proxy's own limiter puts its wait only in llm_provider-retry-after (2 s here; its words
+    say 'Limit resets in 2 seconds', which no retry reads): nothing is answered before the wait after
+    the first refusal is over, and every row ends ok. Read as OpenAI's, the retry came ~0.5 s later."""
+    config = write_config(tmp_path / "c.toml", LITELLM_CONFIG)
+    manifest = write_csv(tmp_path / "m.csv", remote_rows(6, query="?sim=gateway_limitx1"))
+    with served(tmp_path, "litellm", api_key=PROXY_KEY, fault_wait_s=2.0) as (sim, log):
+        result = run_cli(run_args(manifest, tmp_path / "out", config, sim.base_url), env=cli_env(LITELLM_KEY=PROXY_KEY))
+    assert result.returncode == 0, result.stderr
+    requests = sent(log)
+    refused = [r["t"] for r in requests if r["status"] == 429]
+    answered = [r["t"] for r in requests if r["status"] == 200]
+    assert len(refused) == 6 and len(answered) == 6
+    assert min(answered) - min(refused) >= 2.0 - 0.05, (refused, answered)
+    assert (results(tmp_path)["status"] == "ok").all()

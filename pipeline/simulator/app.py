@@ -324,7 +324,7 @@ class SimulatorApp:
                 limit=config.rpm,
                 now_epoch=time.time(),
             )
-            if fault == "429":  # the headers of a refusal: nothing left, back after the fault's wait
+            if fault in ("429", "gateway_limit"):  # the headers of a refusal: nothing left, back after the fault's wait
                 decision = dataclasses.replace(
                     decision, allowed=False, retry_after_s=self.config.fault_wait_s, remaining_requests=0
                 )

@@ -16,6 +16,8 @@ FAULT_KINDS = (
     "502",
     "503",
     "429",
+    # A gateway's own limiter refusing (LiteLLM's: its wait only in llm_provider-retry-after).
+    "gateway_limit",
     "reset",
     "stall",
     "truncated",
@@ -34,7 +36,19 @@ FAULT_KINDS = (
     "slow",
 )
 TRANSIENT_FAULTS = frozenset(
-    {"500", "502", "503", "429", "reset", "stall", "truncated", "nonjson", "nochoices", "image_timeout"}
+    {
+        "500",
+        "502",
+        "503",
+        "429",
+        "gateway_limit",
+        "reset",
+        "stall",
+        "truncated",
+        "nonjson",
+        "nochoices",
+        "image_timeout",
+    }
 )
 
 

@@ -7,7 +7,7 @@ every profile and stay with the app; this is the part that speaks each provider'
 
 from __future__ import annotations
 
-from .bodies import ErrorAnswer, Kind, error_answer, litellm_wrapped
+from .bodies import ErrorAnswer, Kind, error_answer, litellm_limited, litellm_wrapped
 from .config import Profile
 from .limits import format_go_duration
 
@@ -35,6 +35,10 @@ def fault_answer(
 ) -> ErrorAnswer | None:
     """The error answer for ``fault`` in ``profile``; None for a fault that is not one. A 429's
     message says ``wait_s`` as its Retry-After and retry-after-ms do (``wait_headers``)."""
+    if fault == "gateway_limit":
+        if profile == "litellm":  # the proxy's own limiter, not upstream's
+            return litellm_limited(limit=limit, wait_s=wait_s, reason="RPM")
+        fault = "429"  # elsewhere the gateway and the provider are one
     kind = _KINDS.get(fault)
     if kind is None:
         return None
