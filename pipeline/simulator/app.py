@@ -332,7 +332,12 @@ class SimulatorApp:
             await self._send_fault(fault, send, key=key, headers=limit_headers, req=req)
             return
         body = completion_body(
-            req, response_id=self._response_id(), created=int(time.time()), prompt_tokens_=tokens, counter=self._counter
+            req,
+            response_id=self._response_id(),
+            created=int(time.time()),
+            prompt_tokens_=tokens,
+            counter=self._counter,
+            cached_tokens=int(tokens * self.config.cached_share),
         )
         self._record(
             200, key=key, fault=None, tokens=tokens, extras=req.extras, charged=charged, admitted_at=admitted_at
