@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .estimate import duration_text, money_text
+from .images import is_remote
 from .models import Item
 
 
@@ -135,8 +136,16 @@ def render_comparison_html(estimates: Sequence[Compared], *, images: Mapping[str
         + "</tr>"
         for item in estimates[0].items
     )
+    hidden = sum(1 for item in estimates[0].items if images.get(item.id) is None and is_remote(item.url))
+    note = (
+        f"<p>{hidden} remote images are named, not shown, so the page loads nothing from the network: "
+        "add --remote-thumbnails to show them.</p>"
+        if hidden
+        else ""
+    )
     return _PAGE.format(
         title=html.escape(title),
+        note=note,
         count=len(estimates[0].items),
         models=len(estimates),
         summary=summary_rows,
@@ -167,6 +176,7 @@ small {{ color: #666; }}
 <table class="costs"><tr><th>model</th><th>full run</th><th>95% interval</th><th>duration</th><th>sample</th></tr>
 {summary}</table>
 <h2>Captions side by side</h2>
+{note}
 <table class="side"><tr><th>image</th>{heads}</tr>
 {body}</table>
 </body></html>

@@ -185,6 +185,15 @@ def money_text(value: float | None) -> str:
     return "unpriced" if value is None else f"${value:,.4f}"
 
 
+def _cost_line(cost: dict[str, float | None], model: str) -> str:
+    if cost["expected"] is None:
+        return f'cost               unpriced: no price for {model} (add [pricing."{model}"] to the config)'
+    return (
+        f"cost               {money_text(cost['expected'])} expected "
+        f"(low {money_text(cost['low'])}, high {money_text(cost['high'])})"
+    )
+
+
 def format_estimate(result: dict[str, Any], config: Config) -> str:
     cost = result["cost_usd"]
     lines = [
@@ -193,16 +202,17 @@ def format_estimate(result: dict[str, Any], config: Config) -> str:
         f"model              {result['model']}",
         f"input tokens       {result['input_tokens']:,} (range {result['input_tokens_range'][0]:,} - {result['input_tokens_range'][1]:,})",
         f"output tokens      {result['output_tokens']:,} (at most {result['output_tokens_range'][1]:,} at max_tokens)",
-        f"cost               {money_text(cost['expected'])} expected (low {money_text(cost['low'])}, high {money_text(cost['high'])})",
+        _cost_line(cost, result["model"]),
         f"duration           {duration_text(result['duration_s'])} at rpm {config.limits.rpm or '-'} / tpm {config.limits.tpm or '-'}, "
         f"concurrency {config.limits.concurrency}",
     ]
     if "sample" in result:
         s = result["sample"]
         lo, hi = result["interval_95"]
+        interval = "" if lo is None else f"; 95% interval {money_text(lo)} - {money_text(hi)}"
         lines.append(
-            f"sample             {s['rows']} rows sent, {money_text(s['measured_cost_usd'])} measured, "
-            f"{s['mean_latency_s']:.2f} s mean latency; 95% interval {money_text(lo)} - {money_text(hi)}"
+            f"sample             {s['rows']} rows sent, {money_text(s['measured_cost_usd'])} paid, "
+            f"{s['mean_latency_s']:.2f} s mean latency{interval}"
         )
         if s["kept_in"]:
             lines.append(f"                   kept in {s['kept_in']}: the full run will not send them again")

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline.config import build_config
-from pipeline.estimate import FormulaTotals, row_formula, summarise
+from pipeline.estimate import FormulaTotals, format_estimate, row_formula, summarise
 from pipeline.estimate_sample import Reservoir, SampledRow, Stratum, extrapolate, sampled_row
 from pipeline.models import Item
 from pipeline.tokens import TextCounter, image_tokens
@@ -242,3 +242,12 @@ def test_sample_prices_cached_tokens_and_its_interval_covers_the_actual_run(simu
     low, high = estimate["interval_95"]
     assert low <= actual <= high, (low, actual, high)
     assert abs(estimate["cost_usd"]["expected"] - actual) / actual <= 0.05
+
+
+def test_an_unpriced_model_says_unpriced_not_zero_dollars():
+    """A model the pricing table does not know: the table says 'unpriced' and how to price it, never $."""
+    config = build_config({"request": {"model": "my-model"}})
+    totals = FormulaTotals(rows=10, known_sizes=10, input_low=1000, input_expected=1000, input_high=1000)
+    text = format_estimate(summarise(config, totals, average_output=40), config)
+    assert 'cost               unpriced: no price for my-model (add [pricing."my-model"]' in text
+    assert "$" not in text
