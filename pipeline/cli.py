@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -297,33 +295,13 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     """One model, or with --models the same sampled rows sent to each (estimate_run, compare)."""
     import functools
 
-    from .compare import comparison_json, format_comparison, render_comparison_html
-    from .estimate import format_estimate
-    from .estimate_run import (
-        EstimateJob,
-        Sending,
-        check_models,
-        model_folder,
-        open_journals,
-        run_estimates,
-        sample_images,
-        with_model,
-    )
+    from .compare import estimate_output, render_comparison_html
+    from .estimate_run import EstimateJob, Sending, open_journals, plan, run_estimates, sample_images
 
     config, _ = _load_inputs(args)
     if args.sample < 0 or (args.output_tokens is not None and args.output_tokens < 1):
         raise ConfigError("--sample must be >= 0 and --output-tokens >= 1")
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models is not None else None
-    if models is not None and (not models or args.sample < 1):
-        raise ConfigError("--models needs model names (a,b,c) and --sample N: the rows sent to each", key="--models")
-    if args.html is not None and args.sample < 1:
-        raise ConfigError("--html shows the sampled captions: give --sample N", key="--html")
-    if models is not None:
-        check_models(models, args.out)
-    configs = [with_model(config, m) for m in models] if models else [config]
-    outs: list[Path | None] = [None] * len(configs)
-    if args.out is not None and args.sample:
-        outs = [model_folder(args.out, m) for m in models] if models else [args.out]
+    configs, outs = plan(config, models=args.models, sample=args.sample, out=args.out, html=args.html)
     job = EstimateJob(
         manifest=args.manifest, sample=args.sample, seed=args.seed, probe=args.probe, output_tokens=args.output_tokens
     )
@@ -336,19 +314,12 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         journals = open_journals(stack, configs, outs, force=args.force)
         with _endpoint(config, simulate=args.simulate and args.sample > 0) as sent_to:
             configs = [_with_base_url(c, sent_to.endpoint.base_url) for c in configs]
-            run = functools.partial(run_estimates, configs, job, journals=journals, sending=sending)
-            estimates = anyio.run(run)
+            estimates = anyio.run(functools.partial(run_estimates, configs, job, journals=journals, sending=sending))
     if args.html is not None:
         images = sample_images(estimates[0].items, manifest=args.manifest, remote=args.remote_thumbnails)
         page = render_comparison_html(estimates, images=images, title=f"caption estimate · {args.manifest}")
         args.html.write_text(page, encoding="utf-8")
-    if models is None:
-        result = estimates[0].result
-        print(json.dumps(result, indent=2) if args.json else format_estimate(result, configs[0]))
-    elif args.json:
-        print(json.dumps(comparison_json(estimates) | {"html": str(args.html) if args.html else None}, indent=2))
-    else:
-        print(format_comparison(estimates, html_path=str(args.html) if args.html else None))
+    print(estimate_output(estimates, configs[0], compared=args.models is not None, as_json=args.json, html=args.html))
     return 0
 
 

@@ -9,11 +9,13 @@ only when the caller opted in, remote URLs loaded lazily; nothing else leaves th
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from .estimate import duration_text, money_text
+from .config import Config
+from .estimate import duration_text, format_estimate, money_text
 from .images import is_remote
 from .models import Item
 
@@ -91,6 +93,19 @@ def comparison_json(estimates: Sequence[Compared]) -> dict[str, Any]:
         "sample_ids": [item.id for item in estimates[0].items],
         "models": [e.result for e in estimates],
     }
+
+
+def estimate_output(
+    estimates: Sequence[Compared], config: Config, *, compared: bool, as_json: bool, html: Path | None
+) -> str:
+    """PURE: what `caption estimate` prints: one model's table or JSON, or the comparison's."""
+    page = str(html) if html is not None else None
+    if not compared:
+        result = estimates[0].result
+        return json.dumps(result, indent=2) if as_json else format_estimate(result, config)
+    if as_json:
+        return json.dumps(comparison_json(estimates) | {"html": page}, indent=2)
+    return format_comparison(estimates, html_path=page)
 
 
 def _caption_cell(row: Mapping[str, Any] | None) -> str:

@@ -174,14 +174,27 @@ async def _send_sample(
         return {r["id"]: r for r in sample_journal.latest_frame().to_dicts() if r["id"] in wanted}
 
 
-def check_models(models: list[str], out: Path | None) -> None:
-    """Refuse a model list that names a model twice, or two models that would share a kept folder."""
-    if len(set(models)) < len(models):
-        raise ConfigError(f"--models names a model twice: {','.join(models)}", key="--models")
-    if out is not None:
-        folders = [model_folder(out, m) for m in models]
-        if len(set(folders)) < len(folders):
-            raise ConfigError("--models: two models map to the same folder under --out", key="--models")
+def plan(
+    config: Config, *, models: str | None, sample: int, out: Path | None, html: Path | None
+) -> tuple[list[Config], list[Path | None]]:
+    """The config of each model to estimate and the folder each one's sample is kept in (None: not kept).
+
+    Refused before anything is sent: --models without --sample, a model named twice or two models that
+    would share a kept folder, --html without a sample to show.
+    """
+    if html is not None and sample < 1:
+        raise ConfigError("--html shows the sampled captions: give --sample N", key="--html")
+    if models is None:
+        return [config], [out if sample else None]
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if not names or sample < 1:
+        raise ConfigError("--models needs model names (a,b,c) and --sample N: the rows sent to each", key="--models")
+    if len(set(names)) < len(names):
+        raise ConfigError(f"--models names a model twice: {','.join(names)}", key="--models")
+    folders = [model_folder(out, m) if out is not None else None for m in names]
+    if out is not None and len(set(folders)) < len(folders):
+        raise ConfigError("--models: two models map to the same folder under --out", key="--models")
+    return [with_model(config, m) for m in names], folders
 
 
 async def formula_pass(
