@@ -349,6 +349,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             rates[kind] = float(rate)
         except ValueError:
             raise ConfigError(f"'{spec}': the rate must be a number, e.g. {kind}=0.01", key="--fault") from None
+    if not 0.0 <= args.cached_share <= 1.0:
+        raise ConfigError(f"--cached-share must be between 0 and 1, got {args.cached_share}", key="--cached-share")
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.api_key_env and not api_key:
         raise ConfigError(f"the environment variable {args.api_key_env} is not set", key="--api-key-env")
@@ -364,6 +366,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         stall_s=args.stall,
         header_style=args.header_style,
         accept_any_model=args.any_model,
+        cached_share=args.cached_share,
         seed=args.seed,
         log_path=args.log,
     )

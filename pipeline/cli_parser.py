@@ -213,6 +213,13 @@ def _simulate_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     sim.add_argument("--api-key-env", help="require the key held in this environment variable")
     sim.add_argument("--header-style", choices=["openai", "azure"], default="openai")
     sim.add_argument("--any-model", action="store_true", help="accept any model name")
+    sim.add_argument(
+        "--cached-share",
+        type=float,
+        default=0.0,
+        metavar="X",
+        help="share of each prompt reported as cached_tokens (prompt caching), 0 to 1",
+    )
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--log", help="append one JSON line per request to this file")
 
