@@ -116,10 +116,11 @@ def _caption_cell(row: Mapping[str, Any] | None) -> str:
         text = str(row["caption"])
     else:
         text = f"[{row.get('error_type') or 'no caption'}] {row.get('error_message') or ''}"
-    cost = row.get("cost_usd")
+    # One request costs fractions of a cent: four decimals would show cheap models as $0.0000.
+    cost = "unpriced" if row.get("cost_usd") is None else f"${row['cost_usd']:.6f}"
     return (
         f'<td class="cap status-{html.escape(status)}"><div>{html.escape(text)}</div>'
-        f"<small>{html.escape(status)} · {html.escape(money_text(cost))} · "
+        f"<small>{html.escape(status)} · {html.escape(cost)} · "
         f"{html.escape(str(row.get('completion_tokens') or 0))} tokens</small></td>"
     )
 
