@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Config
-from .cost import row_cost_usd
+from .cost import format_usd, row_cost_usd
 from .images import resized_size
 from .models import Item, Usage
 from .request import build_body, prompt_text
@@ -182,12 +182,12 @@ def summarise(
 
 
 def money_text(value: float | None) -> str:
-    return "unpriced" if value is None else f"${value:,.4f}"
+    return format_usd(value)
 
 
 def _cost_line(cost: dict[str, float | None], model: str) -> str:
     if cost["expected"] is None:
-        return f'cost               unpriced: no price for {model} (add [pricing."{model}"] to the config)'
+        return f"cost               unpriced (no price for model '{model}' in the pricing table)"
     return (
         f"cost               {money_text(cost['expected'])} expected "
         f"(low {money_text(cost['low'])}, high {money_text(cost['high'])})"

@@ -260,7 +260,7 @@ def _is_repeat(seen: OrderedDict[bytes, None], item: Item, config: Config, *, wi
 def sample_images(items: list[Item], *, manifest: Path, remote: bool) -> dict[str, str | None]:
     """Each sampled image for the comparison page: a local one as an inline thumbnail, a remote one by
     its URL only when ``remote`` (the page then loads it), else None (a placeholder naming it)."""
-    from .report import thumbnail_data_url
+    from .report_html import thumbnail_data_url
 
     base = base_dir(manifest)
     return {

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config
-from .cost import row_cost_usd
+from .cost import is_priced, row_cost_usd
 from .estimate import FormulaTotals, RowFormula, tokens_cost_usd
 from .models import Item, Usage
 
@@ -141,7 +141,7 @@ def sample_summary(
         requests = totals.known_sizes if known else totals.requests - totals.known_sizes
         formula_input = totals.known_input_expected if known else totals.input_expected - totals.known_input_expected
         strata.append(Stratum(rows, usd(formula_input), requests))
-    priced = tokens_cost_usd(config, prompt=1, completion=1) is not None
+    priced = is_priced(config)
     point, low, high = extrapolate(strata, rng=random.Random(seed)) if priced else (None, None, None)
     latencies = [r["latency_s"] for r, _ in sampled if r["latency_s"] is not None]
     completions = [r["completion_tokens"] for r, _ in sampled if r["completion_tokens"] is not None]

@@ -249,5 +249,5 @@ def test_an_unpriced_model_says_unpriced_not_zero_dollars():
     config = build_config({"request": {"model": "my-model"}})
     totals = FormulaTotals(rows=10, known_sizes=10, input_low=1000, input_expected=1000, input_high=1000)
     text = format_estimate(summarise(config, totals, average_output=40), config)
-    assert 'cost               unpriced: no price for my-model (add [pricing."my-model"]' in text
+    assert "cost               unpriced (no price for model 'my-model' in the pricing table)" in text
     assert "$" not in text
