@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
-import random
 import signal
 import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
 
-from .cli_parser import build_parser, config_overrides
+from .cli_parser import config_overrides, parse_args
 from .config import Config, load_config
 from .errors import ConfigError, InterruptedRunError, ManifestError, PipelineError
 from .journal import Journal
@@ -304,83 +300,35 @@ def _say(line: str) -> None:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from .estimate import format_estimate
-    from .run_meta import check_resume
+    """One model, or with --models the same sampled rows sent to each (estimate_run, compare)."""
+    import functools
 
-    config, info = _load_inputs(args)
+    from .compare import estimate_output, render_comparison_html
+    from .estimate_run import EstimateJob, Sending, open_journals, plan, run_estimates, sample_images
+
+    config, _ = _load_inputs(args)
     if args.sample < 0 or (args.output_tokens is not None and args.output_tokens < 1):
         raise ConfigError("--sample must be >= 0 and --output-tokens >= 1")
-    journal = None
-    api_key = None
+    configs, outs = plan(config, models=args.models, sample=args.sample, out=args.out, html=args.html)
+    job = EstimateJob(
+        manifest=args.manifest, sample=args.sample, seed=args.seed, probe=args.probe, output_tokens=args.output_tokens
+    )
+    sending = None
     if args.sample:
-        if args.out is not None:
-            journal = Journal(args.out)
-            check_resume(journal, config, force=args.force)
         api_key, scrubber = _api_key(config, simulate=args.simulate)
         _mask_output(args, scrubber)
-    with _endpoint(config, simulate=args.simulate and args.sample > 0) as config:
-        result = anyio.run(_estimate_async, config, args, journal, api_key)
-    print(json.dumps(result, indent=2) if args.json else format_estimate(result, config))
+        sending = Sending(api_key=api_key, scrubber=scrubber, run_until_stopped=_run_until_stopped)
+    with contextlib.ExitStack() as stack:
+        journals = open_journals(stack, configs, outs, force=args.force)
+        with _endpoint(config, simulate=args.simulate and args.sample > 0) as sent_to:
+            configs = [_with_base_url(c, sent_to.endpoint.base_url) for c in configs]
+            estimates = anyio.run(functools.partial(run_estimates, configs, job, journals=journals, sending=sending))
+    if args.html is not None:
+        images = sample_images(estimates[0].items, manifest=args.manifest, remote=args.remote_thumbnails)
+        page = render_comparison_html(estimates, images=images, title=f"caption estimate · {args.manifest}")
+        args.html.write_text(page, encoding="utf-8")
+    print(estimate_output(estimates, configs[0], compared=args.models is not None, as_json=args.json, html=args.html))
     return 0
-
-
-async def _estimate_async(
-    config: Config, args: argparse.Namespace, journal: Journal | None, api_key: str | None
-) -> dict[str, Any]:
-    from .client import open_http, probe_image_size
-    from .compose import build_runner
-    from .estimate import Reservoir, formula_pass, sample_summary, summarise
-    from .feed import MANIFEST_CHUNK_ROWS
-    from .manifest import base_dir, chunk_source
-
-    chunks = chunk_source(
-        args.manifest,
-        chunk_size=MANIFEST_CHUNK_ROWS,
-        url_column=config.manifest.url_column,
-        id_column=config.manifest.id_column,
-    )
-    reservoir = Reservoir(k=args.sample, rng=random.Random(args.seed)) if args.sample else None
-    async with open_http(
-        concurrency=max(32, config.limits.concurrency),
-        timeout_s=config.endpoint.timeout_s,
-        endpoint_url=config.endpoint.base_url,
-    ) as http:
-
-        async def probe(url: str) -> tuple[int, int] | None:
-            return await probe_image_size(http.client, url)
-
-        totals = await formula_pass(
-            chunks,
-            config=config,
-            base_dir=base_dir(args.manifest),
-            probe=probe if args.probe else None,
-            reservoir=reservoir,
-        )
-        if reservoir is None:
-            return summarise(config, totals, average_output=args.output_tokens)
-        with contextlib.ExitStack() as stack:
-            sample_journal = journal or Journal(
-                Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="caption-sample-")))
-            )
-            items = [item for item, _ in reservoir.items]
-            runner = build_runner(
-                config,
-                http=http,
-                journal=sample_journal,
-                api_key=api_key,
-                chunks=lambda: iter([items]),
-                base_dir=base_dir(args.manifest),
-                total_rows=len(items),
-                manifest_label=str(args.manifest),
-                scrubber=getattr(args, "scrubber", None),
-            )
-            stopped = await _run_until_stopped(runner)
-            if stopped is not None:
-                raise stopped
-            results = {r["id"]: r for r in sample_journal.latest_frame().to_dicts()}
-    sample = sample_summary(config, totals, reservoir.items, results, seed=args.seed)
-    sample["kept_in"] = str(journal.out_dir) if journal else None
-    return summarise(config, totals, average_output=args.output_tokens, sample=sample)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -425,6 +373,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             rates[kind] = float(rate)
         except ValueError:
             raise ConfigError(f"'{spec}': the rate must be a number, e.g. {kind}=0.01", key="--fault") from None
+    if not 0.0 <= args.cached_share <= 1.0:
+        raise ConfigError(f"--cached-share must be between 0 and 1, got {args.cached_share}", key="--cached-share")
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.api_key_env and not api_key:
         raise ConfigError(f"the environment variable {args.api_key_env} is not set", key="--api-key-env")
@@ -441,6 +391,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         header_style=args.header_style,
         profile=args.profile,
         accept_any_model=args.any_model,
+        cached_share=args.cached_share,
         seed=args.seed,
         log_path=args.log,
     )
@@ -457,8 +408,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     _setup_logging(args.verbose)
     handlers = {
         "run": cmd_run,
@@ -472,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as exc:
         # Printed outside the log, so masked here: a stop reason quotes the server's message.
         scrub = getattr(args, "scrubber", None) or Scrubber()
-        _say(scrub(f"caption: error: {exc}"))
+        for line in str(exc).splitlines() or [""]:  # several config errors: one line each
+            _say(scrub(f"caption: error: {line}"))
         return exc.exit_code
     except KeyboardInterrupt:
         _say("caption: interrupted; re-run the same command to resume")

@@ -9,6 +9,7 @@ The API key itself is never part of a config: only the *name* of the variable.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import tomllib
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from .config_checks import base_url_problem, value_problem
-from .errors import ConfigError
+from .errors import ConfigError, ConfigErrors
 from .providers import PROVIDERS, Provider
 
 Detail = Literal["low", "high", "auto"]
@@ -142,6 +143,9 @@ FLAG_ALIASES: dict[str, str] = {
     "timeout": "endpoint.timeout_s",
     "chunk-size": "run.part_rows",
 }
+# Flags that still work but are not shown in --help, so each option shows one name: the key's
+# own name where FLAG_ALIASES gives a shorter one (--max-cost-usd, --timeout-s), old names (--chunk-size).
+HIDDEN_FLAGS = frozenset({"max-cost-usd", "timeout-s", "chunk-size"})
 # Old key names still read from files and the command line: ``old`` → ``new``.
 KEY_ALIASES: dict[str, str] = {"run.chunk_size": "run.part_rows"}
 
@@ -191,31 +195,64 @@ def _check_value(value: Any, tp: Any) -> bool:
 Origin = typing.Callable[[str], str]
 
 
+def did_you_mean(name: str, known: list[str]) -> str:
+    """`` (did you mean 'model'?)`` for a close known name, else ``""``."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def _build_section(
-    cls: type, values: dict[str, Any], *, section: str, origin: Origin, bounds_section: str | None = None
+    cls: type,
+    values: dict[str, Any],
+    *,
+    section: str,
+    origin: Origin,
+    errors: list[ConfigError],
+    bounds_section: str | None = None,
 ) -> Any:
+    """The section from its valid values; each bad key adds its error to ``errors`` (all reported at once)."""
     hints = typing.get_type_hints(cls)
+    valid = {}
     for key, value in values.items():
         dotted = f"{section}.{key}"
         if key not in hints:
             known = ", ".join(sorted(hints))
-            raise ConfigError(f"unknown key (known keys: {known})", key=dotted, path=origin(dotted))
-        if not _check_value(value, hints[key]):
-            raise ConfigError(f"expected {_type_name(hints[key])}, got {value!r}", key=dotted, path=origin(dotted))
-        problem = value_problem(dotted, f"{bounds_section or section}.{key}", value)
-        if problem:
-            raise ConfigError(problem, key=dotted, path=origin(dotted))
-    return cls(**values)
+            hint = did_you_mean(key, sorted(hints))
+            errors.append(ConfigError(f"unknown key{hint} (known keys: {known})", key=dotted, path=origin(dotted)))
+        elif not _check_value(value, hints[key]):
+            errors.append(
+                ConfigError(f"expected {_type_name(hints[key])}, got {value!r}", key=dotted, path=origin(dotted))
+            )
+        elif problem := value_problem(dotted, f"{bounds_section or section}.{key}", value):
+            errors.append(ConfigError(problem, key=dotted, path=origin(dotted)))
+        else:
+            valid[key] = value
+    try:
+        return cls(**valid)
+    except TypeError:  # a required key (a price's input or output) missing or refused above
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        for key in (k for k in required if k not in values):
+            errors.append(ConfigError("missing", key=f"{section}.{key}", path=origin(f"{section}.{key}")))
+        return None
 
 
-def _build_pricing(table: dict[str, Any], *, origin: Origin) -> dict[str, Price]:
+def _build_pricing(table: dict[str, Any], *, origin: Origin, errors: list[ConfigError]) -> dict[str, Price]:
     prices = {}
     for model, entry in table.items():
         if not isinstance(entry, dict):
-            raise ConfigError("expected a table of prices", key=f"pricing.{model}", path=origin(f"pricing.{model}"))
-        prices[model] = _build_section(
-            Price, entry, section=f"pricing.{model}", origin=origin, bounds_section="pricing"
+            errors.append(
+                ConfigError("expected a table of prices", key=f"pricing.{model}", path=origin(f"pricing.{model}"))
+            )
+            continue
+        price = _build_section(
+            Price, entry, section=f"pricing.{model}", origin=origin, errors=errors, bounds_section="pricing"
         )
+        if price is not None:
+            prices[model] = price
     return prices
 
 
@@ -223,7 +260,10 @@ def load_pricing(path: Path = DEFAULT_PRICING_PATH) -> dict[str, Price]:
     """The shipped pricing table. Missing, it is an install fault, not an empty table: every
     cost would silently be null and a budget cap could not run."""
     data = _read_toml(path)
-    return _build_pricing(data.get("pricing", data), origin=lambda _key: str(path))
+    errors: list[ConfigError] = []
+    prices = _build_pricing(data.get("pricing", data), origin=lambda _key: str(path), errors=errors)
+    ConfigErrors.raise_if_any(errors)
+    return prices
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -257,24 +297,28 @@ def build_config(
         section, key = dotted.split(".", 1)
         data.setdefault(section, {})[key] = value
     origin = _origin(path, overrides)
-    unknown = set(data) - set(SECTIONS) - {"pricing"}
-    if unknown:
-        raise ConfigError(
-            f"unknown section (known: {', '.join([*SECTIONS, 'pricing'])})",
-            key=sorted(unknown)[0],
-            path=origin(sorted(unknown)[0]),
+    errors: list[ConfigError] = []
+    known_sections = [*SECTIONS, "pricing"]
+    for name in sorted(set(data) - set(known_sections)):
+        hint = did_you_mean(name, known_sections)
+        errors.append(
+            ConfigError(f"unknown section{hint} (known: {', '.join(known_sections)})", key=name, path=origin(name))
         )
     sections = {}
     for name, cls in SECTIONS.items():
         values = data.get(name, {})
         if not isinstance(values, dict):
-            raise ConfigError("expected a table", key=name, path=origin(name))
-        sections[name] = _build_section(cls, values, section=name, origin=origin)
+            errors.append(ConfigError("expected a table", key=name, path=origin(name)))
+            values = {}
+        sections[name] = _build_section(cls, values, section=name, origin=origin, errors=errors)
     prices = dict(pricing if pricing is not None else load_pricing())
     pricing_table = data.get("pricing", {})
     if not isinstance(pricing_table, dict):
-        raise ConfigError("expected a table", key="pricing", path=origin("pricing"))
-    prices.update(_build_pricing(pricing_table, origin=origin))
+        errors.append(ConfigError("expected a table", key="pricing", path=origin("pricing")))
+        pricing_table = {}
+    prices.update(_build_pricing(pricing_table, origin=origin, errors=errors))
+    # The endpoint is resolved from valid values only: a bad provider was reported above.
+    ConfigErrors.raise_if_any(errors)
     sections["endpoint"] = _resolve_endpoint(sections["endpoint"], environ=environ or {}, origin=origin)
     if not PROVIDERS[sections["endpoint"].provider].default_limits:
         given = data.get("limits", {})

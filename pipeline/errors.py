@@ -3,6 +3,7 @@
     PipelineError
     ├── UsageError            exit 2  bad command line, config or manifest; nothing was sent
     │   ├── ConfigError               names the key and the file
+    │   │   └── ConfigErrors          several at once, one line each
     │   ├── ManifestError             names the file and the problem
     │   ├── ResumeMismatchError       the output folder belongs to a run with other parameters
     │   ├── FolderLockedError         another run holds the output folder
@@ -50,6 +51,24 @@ class ConfigError(UsageError):
         super().__init__(f"{prefix}{message}")
         self.key = key
         self.path = path
+
+
+class ConfigErrors(ConfigError):
+    """Every problem a config had, so one edit fixes them all: one line each."""
+
+    def __init__(self, errors: list[ConfigError]):
+        UsageError.__init__(self, "\n".join(str(e) for e in errors))
+        self.errors = errors
+        self.key = errors[0].key
+        self.path = errors[0].path
+
+    @staticmethod
+    def raise_if_any(errors: list[ConfigError]) -> None:
+        """The one error as itself, several as ConfigErrors, none: nothing."""
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise ConfigErrors(errors)
 
 
 class ManifestError(UsageError):

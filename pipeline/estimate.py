@@ -1,34 +1,23 @@
-"""Estimating a run before it starts: tokens, cost and duration, from the formula and from a sample.
+"""PURE: estimating a run before it starts from the formula: tokens, cost, duration, the summary.
 
-Formula (nothing is sent): every row's prompt tokens are computed the way the
-provider counts them, text by BPE and the image by its real size (read from
-the header of local files and data URLs, or with ``--probe`` from the first
-bytes of remote images); an image of unknown size is bounded by 512x512 (low),
-assumed 1024x1024 (expected) and bounded by the largest tiling (high). Output
-tokens are an assumption (``--output-tokens``, else 60, a one-sentence
-caption), bounded by ``max_tokens``.
+Every row's prompt tokens are computed the way the provider counts them, text by
+BPE and the image by its real size (read from the header of local files and
+data URLs, or with ``--probe`` from the first bytes of remote images); an image
+of unknown size is bounded by 512x512 (low), assumed 1024x1024 (expected) and
+bounded by the largest tiling (high). Output tokens are an assumption
+(``--output-tokens``, else 60, a one-sentence caption), bounded by ``max_tokens``.
 
-Sample (``--sample N``): N rows, drawn at random, go through the real pipeline;
-the total is extrapolated with a ratio estimator (measured cost / formula cost,
-times the formula cost of the whole manifest), which stays accurate when rows
-differ in size, and a bootstrap gives the 95% interval.
-
-The pure functions here are unit-tested; ``formula_pass`` reads the manifest (and
-probes images), and the sample itself goes through the runner (``cli._estimate_async``).
+A sample (``--sample N``) corrects these figures: ``estimate_sample`` does the
+arithmetic, ``estimate_run`` reads the manifest and sends the sample.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import random
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .config import Config
-from .cost import row_cost_usd
+from .cost import format_usd, row_cost_usd
 from .images import resized_size
 from .models import Item, Usage
 from .request import build_body, prompt_text
@@ -121,151 +110,6 @@ def duration_s(*, rows: int, tpm_tokens: int, config: Config, latency_s: float) 
     return max(bounds)
 
 
-@dataclass(frozen=True, slots=True)
-class SampledRow:
-    """One sampled request: its formula input cost, and what its input and output really cost."""
-
-    formula_input_usd: float
-    input_usd: float
-    output_usd: float
-
-
-@dataclass(frozen=True, slots=True)
-class Stratum:
-    """The sampled rows of one kind (images of known or of unknown size) and the totals of all such requests."""
-
-    sampled: list[SampledRow]
-    total_formula_input_usd: float
-    requests: int
-
-
-def extrapolate(strata: list[Stratum], *, rng: random.Random, resamples: int = 2000) -> tuple[float, float, float]:
-    """PURE: (point, low, high) of the manifest's cost from a sample.
-
-    Input and output are estimated apart, per stratum: input by a ratio
-    estimator (measured / formula input cost, times the stratum's formula input
-    total; ~1 when sizes are known, a correction of the size guess when not),
-    output by the sampled mean output cost times the stratum's requests. One
-    ratio over input+output would mix an exact quantity with a guessed one and
-    drift with the image sizes in the sample. The 95% interval is a bootstrap
-    resampling within each stratum; a stratum nobody sampled borrows the pooled
-    figures.
-    """
-    sampled = [s for s in strata if s.sampled]
-    if not sampled:
-        return math.nan, math.nan, math.nan
-    pool = [r for s in sampled for r in s.sampled]
-    pooled_ratio = _ratio(pool)
-    pooled_output = sum(r.output_usd for r in pool) / len(pool)
-
-    def estimate(rows_by_stratum: list[list[SampledRow]]) -> float:
-        total, picks = 0.0, iter(rows_by_stratum)
-        for stratum in strata:
-            rows = next(picks) if stratum.sampled else []
-            ratio = _ratio(rows) if rows else pooled_ratio
-            output = sum(r.output_usd for r in rows) / len(rows) if rows else pooled_output
-            total += stratum.total_formula_input_usd * ratio + stratum.requests * output
-        return total
-
-    point = estimate([s.sampled for s in sampled])
-    draws = sorted(
-        estimate([[s.sampled[rng.randrange(len(s.sampled))] for _ in s.sampled] for s in sampled])
-        for _ in range(resamples)
-    )
-    low = draws[int(0.025 * (len(draws) - 1))]
-    high = draws[int(math.ceil(0.975 * (len(draws) - 1)))]
-    return point, low, high
-
-
-def _ratio(rows: list[SampledRow]) -> float:
-    formula = sum(r.formula_input_usd for r in rows)
-    return sum(r.input_usd for r in rows) / formula if formula > 0 else 1.0
-
-
-@dataclass(slots=True)
-class Reservoir:
-    """A uniform random sample of k items from a stream of unknown length (Algorithm R)."""
-
-    k: int
-    rng: random.Random
-    seen: int = 0
-    items: list[tuple[Item, RowFormula]] = field(default_factory=list)
-
-    def offer(self, item: Item, formula: RowFormula) -> None:
-        self.seen += 1
-        if len(self.items) < self.k:
-            self.items.append((item, formula))
-            return
-        j = self.rng.randrange(self.seen)
-        if j < self.k:
-            self.items[j] = (item, formula)
-
-
-async def formula_pass(
-    chunks: Any,
-    *,
-    config: Config,
-    base_dir: Any,
-    probe: Any | None,
-    reservoir: Reservoir | None,
-    probe_concurrency: int = 32,
-) -> FormulaTotals:
-    """Stream the manifest once: read each image's size (header only) and add up the formula.
-
-    ``probe`` is an async ``url -> size | None`` for remote images, or None to
-    leave them unknown (and assumed).
-    """
-    import anyio
-
-    from .dedup import DEDUP_WINDOW
-    from .images import is_remote, local_image_size
-
-    totals = FormulaTotals()
-    counter = TextCounter()
-    limiter = anyio.CapacityLimiter(probe_concurrency)
-    seen: OrderedDict[bytes, None] | None = OrderedDict() if config.images.dedup else None
-    for chunk in chunks():
-        sizes: dict[int, tuple[int, int] | None] = {}
-        local = [(i, item.url) for i, item in enumerate(chunk) if not is_remote(item.url)]
-
-        def read_local(batch: list[tuple[int, str]] = local) -> dict[int, tuple[int, int] | None]:
-            return {i: local_image_size(url, base_dir=base_dir) for i, url in batch}
-
-        sizes.update(await anyio.to_thread.run_sync(read_local))
-        if probe is not None:
-
-            async def probe_one(i: int, url: str, found: dict[int, tuple[int, int] | None] = sizes) -> None:
-                async with limiter:
-                    found[i] = await probe(url)
-
-            async with anyio.create_task_group() as tg:
-                for i, item in enumerate(chunk):
-                    if is_remote(item.url):
-                        tg.start_soon(probe_one, i, item.url)
-        for i, item in enumerate(chunk):
-            if seen is not None and _is_repeat(seen, item, config, window=DEDUP_WINDOW):
-                totals.add_duplicate()
-                continue
-            formula = row_formula(item, config=config, counter=counter, size=sizes.get(i))
-            totals.add(formula)
-            if reservoir is not None:
-                reservoir.offer(item, formula)
-    return totals
-
-
-def _is_repeat(seen: OrderedDict[bytes, None], item: Item, config: Config, *, window: int) -> bool:
-    """Mirrors the runner's dedup: the same image reference and the same rendered prompt, within its window."""
-    body = build_body(config.request, image_url=item.url, fields=item.fields)
-    key = hashlib.blake2b(json.dumps(body, sort_keys=True).encode(), digest_size=16).digest()
-    if key in seen:
-        seen.move_to_end(key)
-        return True
-    seen[key] = None
-    if len(seen) > window:
-        seen.popitem(last=False)
-    return False
-
-
 def summarise(
     config: Config, totals: FormulaTotals, *, average_output: int | None, sample: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -337,48 +181,17 @@ def summarise(
     return result
 
 
-def sample_summary(
-    config: Config,
-    totals: FormulaTotals,
-    sampled_items: list[tuple[Item, RowFormula]],
-    results: dict[str, dict[str, Any]],
-    *,
-    seed: int,
-) -> dict[str, Any]:
-    """PURE: what the sampled rows measured, and the manifest's cost extrapolated from them."""
-
-    def usd(prompt: int, completion: int) -> float:
-        return tokens_cost_usd(config, prompt=prompt, completion=completion) or 0.0
-
-    sampled = [(results[item.id], formula) for item, formula in sampled_items if item.id in results]
-    costs = [r["cost_usd"] or 0.0 for r, _ in sampled]
-    strata = []
-    for known in (True, False):
-        rows = [
-            SampledRow(usd(f.prompt_expected, 0), usd(r["prompt_tokens"] or 0, 0), usd(0, r["completion_tokens"] or 0))
-            for r, f in sampled
-            if f.size_known == known
-        ]
-        requests = totals.known_sizes if known else totals.requests - totals.known_sizes
-        formula_input = totals.known_input_expected if known else totals.input_expected - totals.known_input_expected
-        strata.append(Stratum(rows, usd(formula_input, 0), requests))
-    point, low, high = extrapolate(strata, rng=random.Random(seed))
-    latencies = [r["latency_s"] for r, _ in sampled if r["latency_s"] is not None]
-    completions = [r["completion_tokens"] for r, _ in sampled if r["completion_tokens"] is not None]
-    sample = {
-        "rows": len(sampled),
-        "by_status": {s: sum(1 for r, _ in sampled if r["status"] == s) for s in ("ok", "filtered", "error")},
-        "measured_cost_usd": round(sum(costs), 6),
-        "mean_latency_s": round(sum(latencies) / len(latencies), 3) if latencies else 0.0,
-        "mean_completion_tokens": sum(completions) / len(completions) if completions else 0.0,
-        "point_usd": round(point, 6),
-        "interval_95": [round(low, 6), round(high, 6)],
-    }
-    return sample
+def money_text(value: float | None) -> str:
+    return format_usd(value)
 
 
-def _money(value: float | None) -> str:
-    return "unpriced" if value is None else f"${value:,.4f}"
+def _cost_line(cost: dict[str, float | None], model: str) -> str:
+    if cost["expected"] is None:
+        return f"cost               unpriced (no price for model '{model}' in the pricing table)"
+    return (
+        f"cost               {money_text(cost['expected'])} expected "
+        f"(low {money_text(cost['low'])}, high {money_text(cost['high'])})"
+    )
 
 
 def format_estimate(result: dict[str, Any], config: Config) -> str:
@@ -389,31 +202,30 @@ def format_estimate(result: dict[str, Any], config: Config) -> str:
         f"model              {result['model']}",
         f"input tokens       {result['input_tokens']:,} (range {result['input_tokens_range'][0]:,} - {result['input_tokens_range'][1]:,})",
         f"output tokens      {result['output_tokens']:,} (at most {result['output_tokens_range'][1]:,} at max_tokens)",
-        f"cost               {_money(cost['expected'])} expected (low {_money(cost['low'])}, high {_money(cost['high'])})"
-        if cost["expected"] is not None
-        else f"cost               unpriced (no price for model '{result['model']}' in the pricing table)",
-        f"duration           {_duration(result['duration_s'])} at rpm {config.limits.rpm or '-'} / tpm {config.limits.tpm or '-'}, "
+        _cost_line(cost, result["model"]),
+        f"duration           {duration_text(result['duration_s'])} at rpm {config.limits.rpm or '-'} / tpm {config.limits.tpm or '-'}, "
         f"concurrency {config.limits.concurrency}",
     ]
     if "sample" in result:
         s = result["sample"]
         lo, hi = result["interval_95"]
+        interval = "" if lo is None else f"; 95% interval {money_text(lo)} - {money_text(hi)}"
         lines.append(
-            f"sample             {s['rows']} rows sent, {_money(s['measured_cost_usd'])} measured, "
-            f"{s['mean_latency_s']:.2f} s mean latency; 95% interval {_money(lo)} - {_money(hi)}"
+            f"sample             {s['rows']} rows sent, {money_text(s['measured_cost_usd'])} paid, "
+            f"{s['mean_latency_s']:.2f} s mean latency{interval}"
         )
         if s["kept_in"]:
             lines.append(f"                   kept in {s['kept_in']}: the full run will not send them again")
     if "max_side_saving_tokens" in result:
         lines.append(
             f"max_side {result['max_side']}       saves {result['max_side_saving_tokens']:,} input tokens "
-            f"({_money(result['max_side_saving_usd'])})"
+            f"({money_text(result['max_side_saving_usd'])})"
         )
     lines += [f"assumption         {a}" for a in result["assumptions"]]
     return "\n".join(lines)
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

@@ -1,6 +1,7 @@
 """How good is `caption estimate --sample`? Coverage and error over many samples, run by hand.
 
     python scripts/bench_estimate.py --rows 1000 --sample 50 --seeds 20
+    python scripts/bench_estimate.py --rows 1000 --sample 50 --seeds 20 --cached-share 0.63   # prompt caching
 
 Builds a mixed manifest (inlined local images of several sizes, remote URLs of
 stated sizes, prompts of varying length), runs it in full against the
@@ -42,6 +43,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--sample", type=int, default=50)
     parser.add_argument("--seeds", type=int, default=20)
+    # Answers report this share of each prompt as cached: the estimate must bill it at the cached price.
+    parser.add_argument("--cached-share", type=float, default=0.0)
     args = parser.parse_args()
     for probed in (False, True):
         measure(args, probed=probed)
@@ -49,7 +52,9 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, *, probed: bool) -> None:
     """probed=False: remote images of unknown size (example.com); True: served by the simulator and --probe'd."""
-    app = SimulatorApp(SimConfig(latency_median_s=0.005, latency_p99_s=0.02, accept_any_model=True))
+    app = SimulatorApp(
+        SimConfig(latency_median_s=0.005, latency_p99_s=0.02, accept_any_model=True, cached_share=args.cached_share)
+    )
     with tempfile.TemporaryDirectory() as tmp_name, SimulatorServer(app, log_level="critical") as sim:
         tmp = Path(tmp_name)
         (tmp / "images").mkdir()
@@ -113,6 +118,7 @@ def measure(args: argparse.Namespace, *, probed: bool) -> None:
                     "rows": args.rows,
                     "sample": args.sample,
                     "seeds": args.seeds,
+                    "cached_share": args.cached_share,
                     "actual_cost_usd": round(actual, 6),
                     "interval_coverage": covered / args.seeds,
                     "point_error_mean": round(sum(errors) / len(errors), 4),

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from pipeline.config import build_config
-from pipeline.estimate import FormulaTotals, Reservoir, SampledRow, Stratum, extrapolate, row_formula, summarise
+from pipeline.estimate import FormulaTotals, format_estimate, row_formula, summarise
+from pipeline.estimate_sample import Reservoir, SampledRow, Stratum, extrapolate, sampled_row
 from pipeline.models import Item
 from pipeline.tokens import TextCounter, image_tokens
 from tests.conftest import run_args, run_cli, write_config, write_csv
@@ -203,3 +204,50 @@ def test_the_table_says_cost_duration_and_assumptions(tmp_path):
         "assumption         30 images of unknown size",
     ):
         assert words in out, out
+
+
+def test_a_sampled_row_is_priced_with_its_cached_tokens_like_a_run_row():
+    """A sampled row's input is billed by cost.row_cost_usd: cached prompt tokens at the cached price."""
+    config = build_config({})
+    formula = row_formula(Item("a", "x.png"), config=config, counter=TextCounter(), size=(512, 512))
+    row = {"model": "gpt-4o-2024-08-06", "prompt_tokens": 101, "cached_tokens": 64, "completion_tokens": 20}
+    sampled = sampled_row(config, row, formula)
+    price = config.pricing["gpt-4o"]
+    assert sampled.input_usd == pytest.approx((37 * price.input + 64 * price.cached_input) / 1e6)
+    assert sampled.output_usd == pytest.approx(20 * price.output / 1e6)
+
+
+def test_sample_prices_cached_tokens_and_its_interval_covers_the_actual_run(simulator, tmp_path):
+    """On answers with 63% of the prompt cached, --sample's interval contains the full run's actual cost and
+    the point is within 5% of it (the plain input price would put it ~+30% off, outside the interval)."""
+    simulator.app.update(cached_share=0.63)
+    local = make_images(tmp_path / "images", 7)
+    rng = random.Random(11)
+    rows = [{"id": f"c{i:03d}", "url": local[i % 7], "note": "y" * rng.randint(0, 80)} for i in range(120)]
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    config = write_config(
+        tmp_path / "c.toml",
+        '[request]\ndetail = "high"\nprompt = "Caption it. {note}"\n[limits]\nrpm = 60000\ntpm = 100000000\n',
+    )
+    out = tmp_path / "out"
+    args = ["estimate", str(manifest), "--config", str(config), "--sample", "30", "--out", str(out)]
+    est = run_cli([*args, "--base-url", simulator.base_url, "--json", "--seed", "2"])
+    assert est.returncode == 0, est.stderr
+    estimate = json.loads(est.stdout)
+    run = run_cli(run_args(manifest, out, config, simulator.base_url))
+    assert run.returncode == 0, run.stderr
+    results = pl.read_parquet(out / "results.parquet")
+    assert (results["cached_tokens"] > 0).all()
+    actual = results["cost_usd"].sum()
+    low, high = estimate["interval_95"]
+    assert low <= actual <= high, (low, actual, high)
+    assert abs(estimate["cost_usd"]["expected"] - actual) / actual <= 0.05
+
+
+def test_an_unpriced_model_says_unpriced_not_zero_dollars():
+    """A model the pricing table does not know: the table says 'unpriced' and how to price it, never $."""
+    config = build_config({"request": {"model": "my-model"}})
+    totals = FormulaTotals(rows=10, known_sizes=10, input_low=1000, input_expected=1000, input_high=1000)
+    text = format_estimate(summarise(config, totals, average_output=40), config)
+    assert "cost               unpriced (no price for model 'my-model' in the pricing table)" in text
+    assert "$" not in text

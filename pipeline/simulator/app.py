@@ -372,6 +372,7 @@ class SimulatorApp:
             counter=self._counter,
             filtered_category=filtered,
             plain_text=plain_text,
+            cached_tokens=int(tokens * self.config.cached_share),
         )
         return profiles.dress_answer(self.config.profile, body, requested=model)
 

@@ -317,6 +317,7 @@ def completion_body(
     counter: TextCounter,
     filtered_category: str | None = None,
     plain_text: bool = False,
+    cached_tokens: int = 0,
 ) -> dict[str, Any]:
     """An Azure-flavoured OpenAI completion, shaped like seed 000."""
     caption = caption_for(req.images[0].url) if req.images else "There is no image in this request."
@@ -362,7 +363,7 @@ def completion_body(
             "prompt_tokens": prompt_tokens_,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens_ + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
             "completion_tokens_details": {
                 "reasoning_tokens": reasoning_tokens,
                 "audio_tokens": 0,

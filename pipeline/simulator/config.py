@@ -89,5 +89,8 @@ class SimConfig:
     # gateway, whose ``ocr_model`` the pipeline may send.
     extra_params: tuple[str, ...] = ("ocr_model",)
     down: bool = False
+    # The share of each answered prompt reported as cached (``prompt_tokens_details.cached_tokens``),
+    # as a provider's prompt cache reports a repeated prefix: what an estimate must price at the cached rate.
+    cached_share: float = 0.0
     seed: int = 0
     log_path: str | None = None

@@ -1,0 +1,141 @@
+"""`caption estimate --models`: the same sampled rows sent to each model, a table per model, the side-by-side
+page (escaped, offline unless remote thumbnails are asked for, rendered in headless Chromium)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipeline.compare import render_comparison_html
+from pipeline.estimate_run import ModelEstimate, model_folder, sample_images
+from pipeline.models import Item
+from tests.conftest import FAST_CONFIG, ROOT, remote_rows, run_args, run_cli, write_config, write_csv
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+MODELS = ["gpt-4o-mini", "my-model"]  # one priced, one the pricing table does not know
+
+
+@pytest.fixture
+def comparison(tmp_path):
+    """`estimate --models gpt-4o-mini,my-model --sample 5 --simulate --html --out` on 12 rows (2 local images)."""
+    rows = remote_rows(10) + [
+        {"id": "local-1", "url": str(ROOT / "data/images/01_sunset.jpg")},
+        {"id": "local-2", "url": str(ROOT / "data/images/02_forest.png")},
+    ]
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    config = write_config(tmp_path / "c.toml", FAST_CONFIG)
+    page, out = tmp_path / "compare.html", tmp_path / "samples"
+    argv = ["estimate", str(manifest), "--config", str(config), "--models", ",".join(MODELS), "--sample", "5"]
+    result = run_cli([*argv, "--simulate", "--html", str(page), "--out", str(out), "--seed", "3"])
+    assert result.returncode == 0, result.stderr
+    return {"stdout": result.stdout, "page": page, "out": out, "manifest": manifest, "config": config}
+
+
+def test_estimate_models_prints_one_row_per_model_and_writes_the_page(comparison):
+    """One table row per model (the unpriced one says so), and a page with each sampled image beside both
+    models' captions."""
+    lines = comparison["stdout"].splitlines()
+    rows = {m: [line for line in lines if line.startswith(m + " ")] for m in MODELS}
+    assert all(len(found) == 1 for found in rows.values()), comparison["stdout"]
+    assert re.search(r"\$\d+\.\d{4} +\$\d+\.\d{4} - \$\d+\.\d{4} +\d+m\d\ds +5 ok", rows["gpt-4o-mini"][0])
+    assert "unpriced  unpriced" in rows["my-model"][0]
+    text = comparison["page"].read_text()
+    assert text.count('<tr class="sample">') == 5 and text.count('<td class="cap status-ok">') == 10
+    assert all(f"<th>{m}</th>" in text for m in MODELS)
+    assert not re.search(r'(src|href)="https?://', text)  # offline-safe without --remote-thumbnails
+
+
+def test_each_models_sample_is_kept_so_its_full_run_does_not_send_it_again(comparison, simulator):
+    """With --out, each model's sample sits in OUT/<model>; the full run with that model sends only the rest."""
+    kept = model_folder(comparison["out"], "gpt-4o-mini")
+    assert pl.read_parquet(kept / "results.parquet").height == 5
+    assert (comparison["out"] / "my-model" / "results.parquet").exists()
+    argv = run_args(comparison["manifest"], kept, comparison["config"], simulator.base_url, "--model", "gpt-4o-mini")
+    result = run_cli(argv)
+    assert result.returncode == 0, result.stderr
+    assert simulator.app.stats()["requests"] == 12 - 5 and pl.read_parquet(kept / "results.parquet").height == 12
+
+
+def test_models_json_has_each_models_estimate_for_the_same_ids(tmp_path):
+    """--json with --models: the sampled ids once, and one estimate object per model, unpriced as null."""
+    manifest = write_csv(tmp_path / "m.csv", remote_rows(8))
+    argv = ["estimate", str(manifest), "--models", "gpt-4o,my-model", "--sample", "3", "--simulate", "--json"]
+    result = run_cli(argv)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert len(data["sample_ids"]) == 3 and [m["model"] for m in data["models"]] == ["gpt-4o", "my-model"]
+    assert data["models"][0]["interval_95"][0] > 0 and data["models"][1]["interval_95"] == [None, None]
+    assert data["models"][1]["cost_usd"]["expected"] is None
+
+
+def test_models_needs_a_sample_and_distinct_names(tmp_path):
+    """--models without --sample, or naming a model twice: exit 2 with one line, nothing sent."""
+    manifest = write_csv(tmp_path / "m.csv", remote_rows(3))
+    for extra in (["--models", "a,b"], ["--models", "a,a", "--sample", "2"]):
+        result = run_cli(["estimate", str(manifest), *extra, "--simulate"])
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith("caption: error: ")
+
+
+def _estimate(model: str, rows: dict[str, dict[str, object]], items: list[Item]) -> ModelEstimate:
+    result = {"cost_usd": {"expected": 1.0}, "interval_95": [0.9, 1.1], "duration_s": 60.0}
+    result["sample"] = {"by_status": {"ok": 1, "filtered": 0, "error": 0}, "measured_cost_usd": 0.01}
+    return ModelEstimate(model=model, result=result, items=items, rows=rows)
+
+
+def test_the_page_escapes_everything_it_shows():
+    """A caption, an id, a URL and a model name holding markup are shown as text, never run."""
+    evil = '<script>alert(1)</script>"'
+    item = Item(evil, f"https://x.example/{evil}.jpg")
+    estimates = [_estimate(evil, {evil: {"status": "ok", "caption": evil, "cost_usd": None}}, [item])]
+    page = render_comparison_html(estimates, images={evil: f"https://x.example/{evil}"}, title=evil)
+    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;&quot;" in page
+
+
+def test_remote_images_are_shown_by_url_only_when_asked(tmp_path):
+    """Local images become inline thumbnails; a remote one is its URL with --remote-thumbnails, else nothing."""
+    items = [Item("r", "https://images.example.com/a.jpg"), Item("l", str(ROOT / "data/images/01_sunset.jpg"))]
+    manifest = tmp_path / "m.csv"
+    offline = sample_images(items, manifest=manifest, remote=False)
+    online = sample_images(items, manifest=manifest, remote=True)
+    assert offline["r"] is None and online["r"] == "https://images.example.com/a.jpg"
+    assert offline["l"] == online["l"] and str(offline["l"]).startswith("data:image/jpeg;base64,")
+
+
+def test_comparison_page_renders_in_headless_chromium(comparison, tmp_path):
+    """A real browser renders the page (as the report's rendering test does): a screenshot, and the live DOM
+    holds a row per sampled image with a caption per model."""
+    if CHROMIUM is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed, and CI must render the page (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1200,1400",
+    ]
+    page: Path = comparison["page"]
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [CHROMIUM, *flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=90, check=False
+    )
+    assert shot.exists() and shot.stat().st_size > 20_000
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=90
+    ).stdout
+    assert len(re.findall(r'<tr class="sample">', dom)) == 5
+    assert len(re.findall(r'<td class="cap status-ok">', dom)) == 10
