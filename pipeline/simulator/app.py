@@ -75,6 +75,7 @@ class SimulatorApp:
         self._record = self.ledger.record
         self._next_id = 0
         self._images: dict[tuple[str, int, int, tuple[int, int, int]], tuple[bytes, str]] = {}
+        self._encoding: dict[tuple[str, int, int, tuple[int, int, int]], anyio.Event] = {}
 
     @staticmethod
     def _make_limiter(config: SimConfig) -> TokenBucketLimiter:
@@ -158,10 +159,22 @@ class SimulatorApp:
             await send_raw(send, 200, b"<html>not an image</html>", content_type=b"text/html")
             return
         spec = image_spec(name, query)
-        if spec not in self._images:
+        while spec not in self._images:
+            encoding = self._encoding.get(spec)
+            if encoding is not None:  # one encode per image, however many ask at once
+                await encoding.wait()
+                continue
+            self._encoding[spec] = done = anyio.Event()
+            try:
+                # A 12 MP PNG takes most of a second to encode: in a thread, so the loop goes on
+                # serving answers and cached images (a probe's 5 s bound is not spent queueing).
+                encoded = await anyio.to_thread.run_sync(encode_image, *spec)
+            finally:
+                del self._encoding[spec]
+                done.set()
             if len(self._images) >= 64:
                 self._images.pop(next(iter(self._images)))
-            self._images[spec] = encode_image(*spec)
+            self._images[spec] = encoded
         data, content_type = self._images[spec]
         await send_raw(send, 200, data, content_type=content_type.encode())
 
