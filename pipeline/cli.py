@@ -28,7 +28,7 @@ from .journal import Journal
 from .manifest import inspect_manifest
 from .models import RunTotals
 from .progress import BarProgress, LogProgress, NoProgress, Progress
-from .providers import PROVIDERS
+from .providers import PROVIDERS, endpoint_host
 from .request import missing_columns
 from .secrets import Scrubber, ScrubbingFilter
 
@@ -71,18 +71,6 @@ def _mask_output(args: argparse.Namespace, scrubber: Scrubber) -> None:
     args.scrubber = scrubber
     for handler in log.handlers:
         handler.addFilter(ScrubbingFilter(scrubber))
-
-
-def _host(url: str) -> str:
-    """The endpoint's host and port, without any credentials the URL may carry."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return (parts.hostname or "?") + (f":{port}" if port else "")
 
 
 def _is_loopback(url: str) -> bool:
@@ -207,7 +195,7 @@ async def _run_async(
         "run: %d rows, model %s at %s; results in %s (locked by pid %d)",
         total_rows,
         config.request.model,
-        _host(config.endpoint.base_url),
+        endpoint_host(config.endpoint.base_url),
         journal.out_dir,
         os.getpid(),
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
 Provider = Literal["openai", "azure", "302ai", "openrouter", "vllm", "litellm", "generic"]
 
@@ -34,3 +35,13 @@ PROVIDERS: dict[Provider, ProviderDefaults] = {
     "litellm": ProviderDefaults(base_url="", key_env="LITELLM_API_KEY"),
     "generic": ProviderDefaults(base_url="", key_env="OPENAI_API_KEY"),
 }
+
+
+def endpoint_host(url: str) -> str:
+    """The endpoint's host and port, without any credentials or path the URL may carry."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return (parts.hostname or "?") + (f":{port}" if port else "")

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import polars as pl
 import pyarrow as pa
@@ -23,6 +22,7 @@ from .cost import format_usd
 from .errors import FolderChangedError
 from .folder_lock import any_held
 from .journal import Journal
+from .providers import endpoint_host
 from .run_meta import session_s
 
 T = TypeVar("T")
@@ -181,16 +181,6 @@ def format_table(summary: dict[str, Any]) -> str:
     if summary["errors"]:
         lines.append("errors        " + ", ".join(f"{k} {v:,}" for k, v in summary["errors"].items()))
     return "\n".join(lines)
-
-
-def endpoint_host(url: str) -> str:
-    """The endpoint's host and port, without any credentials or path the URL may carry."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return (parts.hostname or "?") + (f":{port}" if port else "")
 
 
 def run_state(summary: dict[str, Any], meta: dict[str, Any] | None, *, live: bool) -> dict[str, Any]:

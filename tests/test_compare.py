@@ -4,7 +4,6 @@ page (escaped, offline unless remote thumbnails are asked for, rendered in headl
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ from pipeline.compare import render_comparison_html
 from pipeline.estimate_run import ModelEstimate, model_folder, sample_images
 from pipeline.models import Item
 from tests.conftest import FAST_CONFIG, ROOT, remote_rows, run_args, run_cli, write_config, write_csv
+from tests.test_report import chromium_flags
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 MODELS = ["gpt-4o-mini", "my-model"]  # one priced, one the pricing table does not know
@@ -112,22 +112,7 @@ def test_remote_images_are_shown_by_url_only_when_asked(tmp_path):
 def test_comparison_page_renders_in_headless_chromium(comparison, tmp_path):
     """A real browser renders the page (as the report's rendering test does): a screenshot, and the live DOM
     holds a row per sampled image with a caption per model."""
-    if CHROMIUM is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is not installed, and CI must render the page (.ci/run installs Debian's chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=1200,1400",
-    ]
+    flags = chromium_flags(tmp_path)
     page: Path = comparison["page"]
     shot = tmp_path / "shot.png"
     subprocess.run(

@@ -142,7 +142,7 @@ def test_remote_thumbnails_are_lazy_images_only_when_asked(finished_run, tmp_pat
     assert 'src="https://images.example.com/x.jpg?sim=invalid_image_url"' in text
 
 
-def _chromium_flags(tmp_path):
+def chromium_flags(tmp_path):
     if CHROMIUM is None:
         if os.environ.get("CI") == "true":
             pytest.fail("chromium is not installed, and CI must render the report (.ci/run installs Debian's chromium)")
@@ -163,7 +163,7 @@ def _chromium_flags(tmp_path):
 
 def test_html_page_renders_in_headless_chromium(finished_run, tmp_path):
     """A real browser renders the page: a screenshot is taken and the live DOM holds one card per row."""
-    flags = _chromium_flags(tmp_path)
+    flags = chromium_flags(tmp_path)
     page = tmp_path / "report.html"
     run_cli(["report", str(finished_run), "--html", str(page)])
     shot = tmp_path / "shot.png"
@@ -203,7 +203,7 @@ class _ImageHost(http.server.BaseHTTPRequestHandler):
 
 def test_remote_thumbnails_load_in_chromium_only_when_asked(tmp_path):
     """In a real browser: the default page fetches nothing; with --remote-thumbnails the visible images are fetched."""
-    flags = _chromium_flags(tmp_path)
+    flags = chromium_flags(tmp_path)
     fetched: list[str] = []
     handler = type("Host", (_ImageHost,), {"fetched": fetched})
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as host:
