@@ -337,6 +337,38 @@ def bench_run(paths: list[Path], decoders: list[dict], workers: int | None) -> d
     return result
 
 
+def bench_pools(paths: list[Path], workers: int | None) -> list[dict]:
+    """The pipeline's preparation over the folder through each pool, every core, outside a run."""
+    import anyio
+
+    from pipeline.image_pool import ProcessImagePool, ThreadImagePool
+    from pipeline.images import ImageLimits, prepare_image
+
+    limits = ImageLimits(max_side=MAX_SIDE)
+
+    async def through(pool) -> float:
+        await pool.run(prepare_image, str(paths[0]), base_dir=ROOT, limits=limits)  # start-up not counted
+        todo = iter(paths)
+
+        async def feed() -> None:
+            for path in todo:  # shared: each image once
+                await pool.run(prepare_image, str(path), base_dir=ROOT, limits=limits)
+
+        t0 = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(2 * pool.workers):  # as the preparer keeps them fed
+                tg.start_soon(feed)
+        pool.close()
+        return time.perf_counter() - t0
+
+    rows = []
+    for name, cls in (("threads", ThreadImagePool), ("processes", ProcessImagePool)):
+        pool = cls(workers)
+        elapsed = anyio.run(through, pool)
+        rows.append({"pool": name, "workers": pool.workers, "images_per_s": round(len(paths) / elapsed, 2)})
+    return rows
+
+
 def bench_rss(paths: list[Path], sizes: list[int], workers: int | None) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -353,9 +385,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="passes per decoder, interleaved (the best is kept)")
     parser.add_argument("--rss", type=int, nargs="*", default=[], help="manifest sizes for the RSS runs, e.g. 200 2000")
     parser.add_argument("--workers", type=int, help="[images] workers for the runs (default: the config's)")
-    parser.add_argument("--only", choices=["decoders", "run", "rss"], action="append")
+    parser.add_argument("--only", choices=["decoders", "pools", "run", "rss"], action="append")
     args = parser.parse_args()
-    parts = args.only or ["decoders", "run", "rss"]
+    parts = args.only or ["decoders", "pools", "run", "rss"]
     jpegs = cached_images(args.images, "JPEG")
     print(json.dumps({"uptime": os.popen("uptime").read().strip(), "cores": os.cpu_count()}), flush=True)
     decoders: list[dict] = []
@@ -368,6 +400,9 @@ def main() -> None:
         names = ["naive (full decode, LANCZOS)", "pipeline prepare_image"]
         for row in bench_decoders(pngs, 1, names):
             print(json.dumps({"part": "decoders (PNG)", **row}), flush=True)
+    if "pools" in parts:
+        for row in bench_pools(jpegs, args.workers):
+            print(json.dumps({"part": "pools", **row}), flush=True)
     if "run" in parts:
         print(json.dumps({"part": "run", **bench_run(jpegs, decoders, args.workers)}), flush=True)
     if "rss" in parts and args.rss:
