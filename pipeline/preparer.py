@@ -72,11 +72,25 @@ class Preparer:
         )
         self.buffer = 2 * pool.workers
 
-    async def run(self, receive: MemoryObjectReceiveStream[Item], send: MemoryObjectSendStream[PreparedRow]) -> None:
-        """Prepare every row ``receive`` gives; ``send`` is closed once all are handed on."""
-        async with receive, send, anyio.create_task_group() as tg:
-            for _ in range(self.tasks):
-                tg.start_soon(self._prepare_each, receive.clone(), send.clone())
+    async def run(
+        self,
+        receive: MemoryObjectReceiveStream[Item],
+        send: MemoryObjectSendStream[PreparedRow],
+        *,
+        stopping: anyio.Event,
+    ) -> None:
+        """Prepare every row ``receive`` gives; ``send`` is closed once all are handed on.
+
+        Once ``stopping`` is set, preparations under way are abandoned at once: nothing is paid
+        for them, and a slow decode or download must not hold up the stop (its grace period is
+        for requests in flight).
+        """
+        async with receive, send, anyio.create_task_group() as outer:
+            outer.start_soon(_cancel_when_set, stopping, outer.cancel_scope)
+            async with anyio.create_task_group() as tg:
+                for _ in range(self.tasks):
+                    tg.start_soon(self._prepare_each, receive.clone(), send.clone())
+            outer.cancel_scope.cancel()
 
     async def _prepare_each(
         self, receive: MemoryObjectReceiveStream[Item], send: MemoryObjectSendStream[PreparedRow]
@@ -128,3 +142,8 @@ async def _hand_over(send: MemoryObjectSendStream[PreparedRow], prepared: Prepar
         send.send_nowait(prepared)  # nowait first: only a full buffer needs to wait
     except anyio.WouldBlock:
         await send.send(prepared)
+
+
+async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()

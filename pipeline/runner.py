@@ -25,6 +25,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -202,7 +203,7 @@ class Runner:
                 with work:
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(feed.run, items_send)
-                        tg.start_soon(self._preparer.run, items_recv, ready_send)
+                        tg.start_soon(partial(self._preparer.run, items_recv, ready_send, stopping=self._stopping))
                         for _ in range(self.config.limits.concurrency):
                             tg.start_soon(self._work, ready_recv.clone())
                         ready_recv.close()

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 CACHE = ROOT / "data" / "bench_images"
 SIZE = (4000, 3000)
 MAX_SIDE = 768
+MAX_BYTES = 200_000_000  # a 12 MP PNG of noise is over the default 20 MB
 
 
 # -- the images ----------------------------------------------------------------
@@ -163,14 +164,14 @@ def pyvips_thumbnail(data: bytes) -> str:
 def pipeline_prepare(data: bytes) -> str:
     from pipeline.images import ImageLimits, inline_bytes
 
-    prepared = inline_bytes(data, limits=ImageLimits(max_side=MAX_SIDE), source="bench")
+    prepared = inline_bytes(data, limits=ImageLimits(max_side=MAX_SIDE, max_bytes=MAX_BYTES), source="bench")
     return prepared.url.partition(",")[2]
 
 
 def _pipeline_resized(data: bytes) -> Image.Image:
     from pipeline.images import ImageLimits, decode_for_sending
 
-    return decode_for_sending(data, ImageLimits(max_side=MAX_SIDE), source="bench").image
+    return decode_for_sending(data, ImageLimits(max_side=MAX_SIDE, max_bytes=MAX_BYTES), source="bench").image
 
 
 CANDIDATES: dict[str, Callable[[bytes], str]] = {
@@ -344,7 +345,7 @@ def bench_pools(paths: list[Path], workers: int | None) -> list[dict]:
     from pipeline.image_pool import ProcessImagePool, ThreadImagePool
     from pipeline.images import ImageLimits, prepare_image
 
-    limits = ImageLimits(max_side=MAX_SIDE)
+    limits = ImageLimits(max_side=MAX_SIDE, max_bytes=MAX_BYTES)
 
     async def through(pool) -> float:
         await pool.run(prepare_image, str(paths[0]), base_dir=ROOT, limits=limits)  # start-up not counted
