@@ -137,7 +137,8 @@ class Runner:
             pool=deps.image_pool,
             base_dir=base_dir,
             now=deps.now,
-            prior_cost=self._prior_paid.get,
+            # Looked up when the row is prepared: _resume_from fills _prior_paid after this.
+            prior_cost=lambda row_id: self._prior_paid.get(row_id),
         )
 
     # -- stopping ------------------------------------------------------------

@@ -302,7 +302,9 @@ def profile_pipeline(base_url: str, manifest: Path, args: argparse.Namespace) ->
     import pstats
 
     for concurrency in args.concurrency:
-        profiler = cProfile.Profile()
+        # CPU time, not wall time: on a shared machine, being descheduled would be charged to
+        # whichever function happened to be running.
+        profiler = cProfile.Profile(time.process_time)
         profiler.enable()
         result = run_pipeline(base_url, manifest, concurrency=concurrency, transport=args.transport)
         profiler.disable()

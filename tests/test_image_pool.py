@@ -208,3 +208,17 @@ def test_sigterm_ends_a_cli_run_promptly_with_its_image_workers(tmp_path):
         time.sleep(0.05)  # the workers' exit is not observable any other way once orphaned
     assert not any(_alive(p) for p in tree), stderr
     assert app.stats()["accepted"] < 200
+
+
+def test_images_workers_defaults_to_the_cores_and_refuses_nonsense():
+    """[images] workers: unset is one process per core; 0, negative or not a number is a one-line config error."""
+    from pipeline.config import build_config
+    from pipeline.errors import ConfigError
+    from pipeline.image_pool import default_workers
+
+    assert build_config({}).images.workers is None
+    assert ProcessImagePool(None).workers == default_workers() == len(os.sched_getaffinity(0))
+    assert ProcessImagePool(3).workers == 3
+    for bad in (0, -2, "four", 1.5):
+        with pytest.raises(ConfigError, match="images.workers"):
+            build_config({"images": {"workers": bad}})
