@@ -222,3 +222,51 @@ def test_images_workers_defaults_to_the_cores_and_refuses_nonsense():
     for bad in (0, -2, "four", 1.5):
         with pytest.raises(ConfigError, match="images.workers"):
             build_config({"images": {"workers": bad}})
+
+
+def test_the_tpm_estimate_counts_the_image_at_the_size_it_is_sent(tmp_path):
+    """A 1600x1200 photo sent at max_side 256 is paced (TPM) as a 256x192 image, not its file's size."""
+    from pipeline.dialects import dialect_for
+    from pipeline.ratelimit import RateLimiter
+    from pipeline.tokens import image_tokens
+
+    class RecordingLimiter(RateLimiter):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.prompt_tokens: list[int] = []
+
+        async def acquire(self, prompt_tokens, completion_tokens=0):
+            self.prompt_tokens.append(prompt_tokens)
+            return await super().acquire(prompt_tokens, completion_tokens)
+
+    _jpeg(tmp_path / "photo.jpg", size=(1600, 1200))
+    model = "gpt-4.1-mini"  # a patch-rule model: the image's size sets its tokens
+    limiter = RecordingLimiter(
+        rpm=None, tpm=10_000_000, clock=time.monotonic, sleep=anyio.sleep,
+        read_headers=dialect_for("openai").rate_limit_headers,
+    )  # fmt: skip
+    config = make_config(BASE, images={"max_side": 256}, request={"model": model})
+    journal, endpoint = Journal(tmp_path / "out"), Endpoint()
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(endpoint)) as http:
+            runner = build_runner(
+                config,
+                http=Http(client=http, poster=HttpxPoster(http, timeout_s=5)),
+                journal=journal,
+                chunks=lambda: iter([[Item(id="p", url="photo.jpg")]]),
+                base_dir=tmp_path,
+                total_rows=1,
+                limiter=limiter,
+                image_pool=ThreadImagePool(1),
+            )
+            return await runner.run()
+
+    try:
+        anyio.run(go)
+    finally:
+        journal.close()
+    sent, full = image_tokens(model, width=256, height=192), image_tokens(model, width=1600, height=1200)
+    assert sent < full
+    (counted,) = limiter.prompt_tokens
+    assert sent < counted < full, (counted, sent, full)
