@@ -158,24 +158,17 @@ def _check_label_schema(config: Config) -> None:
 
 
 def _check_budget_is_priced(config: Config) -> None:
-    from .cost import row_cost_usd
-    from .models import Usage
+    from .cost import is_priced
 
-    if config.limits.max_cost_usd is None:
+    if config.limits.max_cost_usd is None or is_priced(config):
         return
     model = config.request.model
-    if (
-        row_cost_usd(
-            model, Usage(prompt_tokens=1), config.pricing, ocr_model=config.request.extra_body.get("ocr_model")
-        )
-        is None
-    ):
-        raise ConfigError(
-            f"limits.max_cost_usd needs a price for model '{model}': add [pricing.\"{model}\"] "
-            "with input and output (USD per 1M tokens)",
-            key="limits.max_cost_usd",
-            path=config.source,
-        )
+    raise ConfigError(
+        f"limits.max_cost_usd needs a price for model '{model}': add [pricing.\"{model}\"] "
+        "with input and output (USD per 1M tokens)",
+        key="limits.max_cost_usd",
+        path=config.source,
+    )
 
 
 def _with_base_url(config: Config, base_url: str) -> Config:
@@ -241,10 +234,17 @@ async def _run_async(
             progress=_progress(total_rows, no_progress=args.no_progress),
         )
         stopped = await _run_until_stopped(runner)
-    _print_summary(runner, journal, stopped=stopped)
+    errors, not_retried = _error_rows(journal)
+    _print_summary(runner, journal, stopped=stopped, not_retried=0 if args.retry_errors else sum(not_retried.values()))
+    if not_retried and not args.retry_errors:
+        kinds = ", ".join(f"{kind} {n}" for kind, n in not_retried.items())
+        _say(
+            f"caption: {sum(not_retried.values())} rows ended in errors that are not retried ({kinds}): "
+            "re-run with --retry-errors to send them again"
+        )
     if stopped is not None:
         raise stopped
-    return 1 if _errors_in_results(journal) else 0
+    return 1 if errors else 0
 
 
 # SIGHUP is what closing an ssh session sends: without it the process dies unflushed.
@@ -264,24 +264,32 @@ async def _stop_on_signals(runner: Any) -> None:
                 runner.hurry()
 
 
-def _errors_in_results(journal: Journal) -> bool:
-    from .report import reading
+def _error_rows(journal: Journal) -> tuple[int, dict[str, int]]:
+    from .report import error_rows
 
-    return reading(journal.out_dir, lambda: journal.count("error")) > 0
+    return error_rows(journal.out_dir)
 
 
-def _print_summary(runner: Any, journal: Journal, *, stopped: PipelineError | None) -> None:
+def _print_summary(runner: Any, journal: Journal, *, stopped: PipelineError | None, not_retried: int) -> None:
+    from .cost import format_usd
+
     totals: RunTotals = runner.totals
     verb = "stopped" if stopped else "finished"
     remaining = max(0, totals.total - totals.skipped - totals.done)
     if runner.budget.max_cost_usd is not None:
         folder = f" ({runner.budget.describe()} in this folder)"
     else:
-        folder = f" (${totals.folder_spent_usd:.4f} in this folder)" if totals.spent_before_usd else ""
+        folder = f" ({format_usd(totals.folder_spent_usd)} in this folder)" if totals.spent_before_usd else ""
+    cost = format_usd(totals.cost_usd) + folder if totals.priced else format_usd(None)
+    # Skipped rows include errors a re-run does not retry: said apart, so "0 left" is not a mystery.
+    skipped_errors = min(totals.skipped, max(0, not_retried - totals.errors_not_retried))
+    skipped = f"{totals.skipped - skipped_errors} already done" + (
+        f", {skipped_errors} errors not retried" if skipped_errors else ""
+    )
     _say(
         f"caption: {verb}: {totals.done} rows this run (ok {totals.ok}, filtered {totals.filtered}, error {totals.error}, "
-        f"flagged {totals.flagged}), {totals.skipped} already done, {remaining} left; {totals.requests} requests, "
-        f"{totals.prompt_tokens} prompt + {totals.completion_tokens} completion tokens, ${totals.cost_usd:.4f}{folder}; "
+        f"flagged {totals.flagged}), {skipped}, {remaining} left; {totals.requests} requests, "
+        f"{totals.prompt_tokens} prompt + {totals.completion_tokens} completion tokens, {cost}; "
         f"results: {journal.results_path}"
     )
 
@@ -376,16 +384,32 @@ async def _estimate_async(
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import format_table, reading, render_html, report, to_json
+    from .report import format_table, reading, report, to_json
+    from .report_html import render_html
 
     if not args.out.is_dir():
         raise ConfigError(f"{args.out}: not a folder; give the --out folder of a `caption run`")
     summary = report(args.out)
     if args.html is not None:
-        page = reading(args.out, lambda: render_html(args.out, summary, gallery_limit=args.gallery))
+        page = reading(
+            args.out,
+            lambda: render_html(
+                args.out, summary, gallery_limit=args.gallery, remote_thumbnails=args.remote_thumbnails
+            ),
+        )
         args.html.write_text(page, encoding="utf-8")
         log.info("wrote %s", args.html)
     print(to_json(summary) if args.json else format_table(summary))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportOptions, export_folder
+
+    options = ExportOptions(
+        format=args.format, to=args.to, field=args.field, force=args.force, shard_size=args.shard_size
+    )
+    print("\n".join(export_folder(args.out, options).lines()))
     return 0
 
 
@@ -432,7 +456,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    handlers = {"run": cmd_run, "estimate": cmd_estimate, "report": cmd_report, "simulate": cmd_simulate}
+    handlers = {
+        "run": cmd_run,
+        "estimate": cmd_estimate,
+        "report": cmd_report,
+        "export": cmd_export,
+        "simulate": cmd_simulate,
+    }
     try:
         return handlers[args.command](args)
     except PipelineError as exc:

@@ -81,13 +81,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="what a run did: counts, tokens, cost, latency, flags, errors; an HTML page",
         parents=[common],
         epilog="examples:\n  caption report runs/night1\n"
-        "  caption report runs/night1 --html night1.html\n  caption report runs/night1 --json",
+        "  caption report runs/night1 --html night1.html\n  caption report runs/night1 --json\n"
+        "  caption report runs/night1 --html night1.html --remote-thumbnails   # remote images load in the page",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rep.add_argument("out", type=Path, metavar="DIR", help="a `caption run --out` folder (finished or not)")
     rep.add_argument("--json", action="store_true", help="print one JSON object")
     rep.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML page with a gallery")
     rep.add_argument("--gallery", type=int, default=1000, metavar="N", help="at most N cards in the HTML gallery")
+    rep.add_argument(
+        "--remote-thumbnails",
+        action="store_true",
+        help="show remote images in the HTML gallery as lazy <img> tags (the page then loads them from their hosts)",
+    )
+
+    exp = sub.add_parser(
+        "export",
+        help="a run's ok rows as caption .txt files, JSONL, CSV or WebDataset shards",
+        parents=[common],
+        epilog="examples:\n  caption export runs/night1 --format txt            # photo.jpg -> photo.txt beside it\n"
+        "  caption export runs/night1 --format txt --to captions/ --field tags\n"
+        "  caption export runs/night1 --format webdataset --to shards/ --shard-size 1000\n"
+        "  caption export runs/night1 --format jsonl --to exports/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    exp.add_argument("out", type=Path, metavar="DIR", help="a `caption run --out` folder (finished or not)")
+    exp.add_argument("--format", required=True, choices=["txt", "jsonl", "csv", "webdataset"])
+    exp.add_argument(
+        "--to",
+        type=Path,
+        metavar="FOLDER",
+        help="where to write (default: txt beside each image, jsonl/csv in DIR, webdataset in DIR/webdataset)",
+    )
+    exp.add_argument(
+        "--field",
+        default="caption",
+        metavar="COLUMN",
+        help="text from this column: caption (default) or a label column",
+    )
+    exp.add_argument(
+        "--shard-size", type=int, default=1000, metavar="N", help="samples per WebDataset shard (default: 1000)"
+    )
+    exp.add_argument("--force", action="store_true", help="overwrite files an earlier export wrote")
 
     sim = sub.add_parser(
         "simulate",
@@ -109,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KIND=RATE",
         help="inject a fault at a rate, e.g. 503=0.02 (kinds: 500 502 503 429 reset stall truncated "
-        "nonjson nochoices invalid_image_url filter_completion filter_prompt quota auth)",
+        "nonjson nochoices invalid_image_url image_timeout filter_completion filter_prompt quota auth)",
     )
     sim.add_argument("--stall", type=float, default=30.0, help="seconds a 'stall' fault holds the response")
     sim.add_argument("--api-key-env", help="require the key held in this environment variable")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .config import Price
+from .config import Config, Price
 from .models import Usage
 
 DEFAULT_OCR_MODEL = "gpt-4o-mini"
@@ -56,3 +56,17 @@ def row_cost_usd(
         return usage_cost_usd(usage, base) + usage_cost_usd(Usage(prompt_tokens=usage.prompt_tokens), ocr)
     price = price_for(model, table)
     return None if price is None else usage_cost_usd(usage, price)
+
+
+def format_usd(value: float | None) -> str:
+    """Money as every output shows it; ``None`` (a model with no price) reads "unpriced", not $0."""
+    if value is None:
+        return "unpriced"
+    return f"${value:,.4f}" if abs(value) < 100 else f"${value:,.2f}"
+
+
+def is_priced(config: Config) -> bool:
+    """Whether the pricing table prices the configured model (an ``-ocr`` model needs both prices)."""
+    usage = Usage(prompt_tokens=1)
+    ocr_model = config.request.extra_body.get("ocr_model")
+    return row_cost_usd(config.request.model, usage, config.pricing, ocr_model=ocr_model) is not None

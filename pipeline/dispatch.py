@@ -9,6 +9,7 @@ open breaker raise ``StopDispatch`` with the reason; the runner stops the run.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -43,7 +44,7 @@ from .tokens import TextCounter, image_tokens, max_image_tokens, request_tokens
 log = logging.getLogger("caption")
 
 _FATAL_ERRORS: dict[str, tuple[type[PipelineError], str]] = {
-    "auth": (AuthError, "the endpoint refused the API key (401/403); check the key in ${env}"),
+    "auth": (AuthError, "the endpoint refused the API key; check the key in ${env}"),
     "quota": (QuotaError, "the account has no quota or credit left; top it up, then re-run to resume"),
     "model_not_found": (
         ModelNotFoundError,
@@ -130,6 +131,7 @@ class OnlineExecutor:
                 max_attempts=self.config.limits.max_attempts,
                 sleep=self._sleep,
                 rng=self._rng,
+                on_retry=functools.partial(self._log_retry, item.id),
             )
         except StopDispatch as stop:
             if not state.answered or state.last is None:
@@ -149,6 +151,19 @@ class OnlineExecutor:
                 answered=state.answered,
             )
         return self._row(request, outcome, attempts, state)
+
+    def _log_retry(self, row_id: str, failure: Failure, attempt: int, wait_s: float) -> None:
+        """``-v``: each retry once, with what came back and how long it waits."""
+        status = f"HTTP {failure.http_status}" if failure.http_status is not None else "no response"
+        log.debug(
+            "retry: row %s got %s (%s) on attempt %d of %d; next attempt in %.2f s",
+            row_id,
+            failure.error_type,
+            status,
+            attempt,
+            self.config.limits.max_attempts,
+            wait_s,
+        )
 
     def _row(self, request: PreparedRequest, outcome: Outcome, attempts: int, state: _RowState) -> ResultRow:
         return row_from_outcome(
@@ -219,7 +234,7 @@ class OnlineExecutor:
             limiter.settle(grant, prompt_tokens=outcome.completion.usage.prompt_tokens)
             state.last = self._check_labels(outcome, state)
             return state.last
-        breaker.record(outcome.error_type)
+        breaker.record(outcome)
         if outcome.error_type == "rate_limited":
             try:
                 limiter.rate_limited(outcome.retry_after_s)
@@ -229,7 +244,14 @@ class OnlineExecutor:
             cls, hint = _FATAL_ERRORS[outcome.fatal]
             hint = hint.replace("{env}", self.config.endpoint.api_key_env).replace("{model}", self.config.request.model)
             raise StopDispatch(cls(f"{hint} ({outcome.message})"))
-        if breaker.is_open:
+        if breaker.refuses_every_row:
+            raise StopDispatch(
+                RequestRejectedError(
+                    f"every row is refused alike: {breaker.describe()} ({outcome.message}); it is about the "
+                    "request, the model or the account, not the images: fix that, then re-run to resume"
+                )
+            )
+        if breaker.looks_down:
             raise StopDispatch(
                 CircuitOpenError(
                     f"the endpoint looks down: {breaker.describe()} (last: {outcome.message}). Re-run to resume once it is back."

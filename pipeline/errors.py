@@ -5,7 +5,8 @@
     │   ├── ConfigError               names the key and the file
     │   ├── ManifestError             names the file and the problem
     │   ├── ResumeMismatchError       the output folder belongs to a run with other parameters
-    │   └── FolderLockedError         another run holds the output folder
+    │   ├── FolderLockedError         another run holds the output folder
+    │   └── ExportError               an export cannot be made as asked (a file exists, no such column)
     ├── RunStoppedError       exit 3  the run ended early but can be resumed
     │   ├── AuthError                 401/403: the key was refused
     │   ├── QuotaError                insufficient_quota / no credit left
@@ -64,6 +65,10 @@ class ResumeMismatchError(UsageError):
 
 class FolderLockedError(UsageError):
     """Another process holds the output folder's lock; nothing was sent."""
+
+
+class ExportError(UsageError):
+    """``caption export`` cannot do what was asked; nothing was written."""
 
 
 class JournalError(PipelineError):

@@ -389,7 +389,9 @@ def format_estimate(result: dict[str, Any], config: Config) -> str:
         f"model              {result['model']}",
         f"input tokens       {result['input_tokens']:,} (range {result['input_tokens_range'][0]:,} - {result['input_tokens_range'][1]:,})",
         f"output tokens      {result['output_tokens']:,} (at most {result['output_tokens_range'][1]:,} at max_tokens)",
-        f"cost               {_money(cost['expected'])} expected (low {_money(cost['low'])}, high {_money(cost['high'])})",
+        f"cost               {_money(cost['expected'])} expected (low {_money(cost['low'])}, high {_money(cost['high'])})"
+        if cost["expected"] is not None
+        else f"cost               unpriced (no price for model '{result['model']}' in the pricing table)",
         f"duration           {_duration(result['duration_s'])} at rpm {config.limits.rpm or '-'} / tpm {config.limits.tpm or '-'}, "
         f"concurrency {config.limits.concurrency}",
     ]

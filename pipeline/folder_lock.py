@@ -67,6 +67,28 @@ class FolderLock:
             self._fd = None
 
 
+def any_held(folder: Path) -> bool:
+    """Whether a live process holds any writer's lock on the folder (a run going on).
+
+    A shared lock is tried and dropped at once on each lock file: it fails only while a
+    writer holds its exclusive one. No lock file, or no ``flock`` here: not held.
+    """
+    if fcntl is None:
+        return False
+    for path in sorted(folder.glob(f"{LOCK_NAME}*")):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: a writer holds it
+            return True
+        finally:
+            os.close(fd)  # closing drops the shared lock if it was taken
+    return False
+
+
 def _read_pid(fd: int) -> int | None:
     try:
         text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()

@@ -33,7 +33,6 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ import pyarrow.parquet as pq
 from .done_ids import DoneIds, is_member
 from .errors import FolderChangedError, JournalError, UnreadableFileError
 from .folder_lock import FolderLock
+from .journal_parts import PART_NAME, Part, ids_disjoint, list_parts, part_path
 from .models import RESULT_ARROW_SCHEMA, RESULT_SCHEMA, ResultRow, conform, recordable, rows_to_table
 from .parquet_files import (
     BATCH_ROWS,
@@ -54,7 +54,9 @@ from .parquet_files import (
     data_problem,
     footer_problem,
     fsync_dir,
+    order_rows,
     unreadable_message,
+    with_metadata,
     write_in_row_groups,
 )
 
@@ -62,27 +64,7 @@ RESULTS_NAME = "results.parquet"
 RUN_META_NAME = "run.json"
 Extend = Callable[[pl.DataFrame], pl.DataFrame]
 log = logging.getLogger("caption")
-_PART = re.compile(r"^p(\d{10})-(\d{10})(?:-([a-z0-9]{1,32}))?\.parquet$")
 _WRITER_ID = re.compile(r"^[a-z0-9]{1,32}$")
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Part:
-    last: int
-    first: int
-    writer: str
-    path: Path
-
-    @property
-    def span(self) -> int:
-        return self.last - self.first + 1
-
-
-def _ids_disjoint(paths: list[Path]) -> bool:
-    """No id appears twice across these parts (each part already holds an id at most once)."""
-    ids = pl.concat([pl.Series("id", pq.read_table(path, columns=["id"])["id"]) for path in paths])
-    return ids.n_unique() == len(ids)
-
 
 QUARANTINE_NAME = "unreadable"
 
@@ -160,7 +142,7 @@ class Journal:
         Only its own: another writer's temp file may be a part it is about to rename into place.
         """
         for tmp in self.parts_dir.glob(".*.tmp-*"):
-            match = _PART.match(tmp.name[1:].split(".tmp-")[0])
+            match = PART_NAME.match(tmp.name[1:].split(".tmp-")[0])
             if match is None or (match.group(3) or "") == self.writer_id:
                 tmp.unlink(missing_ok=True)
         if not self.writer_id:  # results.parquet and run.json are the default writer's
@@ -174,23 +156,13 @@ class Journal:
                 part.path.unlink(missing_ok=True)
 
     def _parts(self) -> list[Part]:
-        if not self.parts_dir.is_dir():
-            return []
-        parts = []
-        for path in self.parts_dir.iterdir():
-            match = _PART.match(path.name)
-            if match:
-                parts.append(
-                    Part(last=int(match.group(1)), first=int(match.group(2)), writer=match.group(3) or "", path=path)
-                )
-        return sorted(parts)
+        return list_parts(self.parts_dir)
 
     def _own_parts(self) -> list[Part]:
         return [part for part in self._parts() if part.writer == self.writer_id]
 
     def _part_path(self, last: int, first: int) -> Path:
-        suffix = f"-{self.writer_id}" if self.writer_id else ""
-        return self.parts_dir / f"p{last:010d}-{first:010d}{suffix}.parquet"
+        return part_path(self.parts_dir, last=last, first=first, writer_id=self.writer_id)
 
     def _sources(self) -> list[Path]:
         """Oldest first: results.parquet, then parts by the part number they end at."""
@@ -240,6 +212,7 @@ class Journal:
         extend: Extend | None = None,
         compression: str = PART_COMPRESSION,
         statistics: bool = False,
+        metadata: dict[str, str] | None = None,
     ) -> None:
         """Write the latest rows to ``target`` atomically; ``extend`` may add derived columns (typed labels)."""
 
@@ -247,7 +220,7 @@ class Journal:
             frame = conform(frame)
             return extend(frame) if extend is not None else frame
 
-        schema = shaped(pl.DataFrame(schema=RESULT_SCHEMA)).to_arrow().schema
+        schema = with_metadata(shaped(pl.DataFrame(schema=RESULT_SCHEMA)).to_arrow().schema, metadata)
         tables = (shaped(frame).to_arrow().cast(schema) for frame in self._iter_latest(paths))
         write_in_row_groups(target, schema, tables, compression=compression, statistics=statistics)
 
@@ -296,7 +269,7 @@ class Journal:
         # Within a run every id is written once (manifest ids are unique), so parts usually share
         # no id and merge by plain concatenation, a third of the newest-wins merge's cost. Parts
         # of different runs can hold two rows of one id (a retried error): those keep the newest.
-        if _ids_disjoint(paths):
+        if ids_disjoint(paths):
             self._concat(paths, target)
         else:
             self._write_latest(paths, target)
@@ -322,8 +295,9 @@ class Journal:
         )
         write_in_row_groups(target, RESULT_ARROW_SCHEMA, tables, compression=PART_COMPRESSION)
 
-    def finalize(self, *, extend: Extend | None = None) -> Path:
-        """Fold every part into results.parquet: one row per id. Safe to repeat after a crash.
+    def finalize(self, *, extend: Extend | None = None, metadata: dict[str, str] | None = None) -> Path:
+        """Fold every part into results.parquet: one row per id, in manifest order (``row``), with
+        ``metadata`` as the file's key-value pairs. Safe to repeat after a crash.
 
         A part found damaged only now (its footer was sound at start) is moved aside with a
         warning, so the folder never fails every later run: its rows count as not done and
@@ -336,13 +310,13 @@ class Journal:
             return self.results_path
         while True:
             try:
-                return self._finalize_once(extend)
+                return self._finalize_once(extend, metadata)
             except UnreadableFileError as exc:
                 if Path(exc.path) == self.results_path:
                     raise
                 self._quarantine(Path(exc.path), str(exc))
 
-    def _finalize_once(self, extend: Extend | None) -> Path:
+    def _finalize_once(self, extend: Extend | None, metadata: dict[str, str] | None) -> Path:
         parts = self._parts()
         if not parts and self.results_path.exists() and extend is None:
             # Nothing to fold in, so nothing re-read it: check it decodes before a run ends on it.
@@ -351,9 +325,17 @@ class Journal:
                 raise UnreadableFileError(unreadable_message(self.results_path, problem), path=str(self.results_path))
             return self.results_path
         try:
+            # Folded newest first, then put in manifest order: a temp name the next writer tidies if killed.
+            folded = self.out_dir / f".{RESULTS_NAME}.unsorted.tmp-{os.getpid()}"
             self._write_latest(
-                self._sources(), self.results_path, extend=extend, compression=RESULTS_COMPRESSION, statistics=True
+                self._sources(),
+                folded,
+                extend=extend,
+                compression=RESULTS_COMPRESSION,
+                statistics=True,
+                metadata=metadata,
             )
+            order_rows(folded, self.results_path, column="row", compression=RESULTS_COMPRESSION)
             for part in parts:
                 part.path.unlink(missing_ok=True)
         except UnreadableFileError:

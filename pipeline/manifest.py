@@ -272,6 +272,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 _DELIMITERS = {"csv": ",", "tsv": "\t"}
+# A folder record's path relative to the folder; read only from folder records (see iter_chunks).
+_FOLDER_PATH = "\0path"
 _BOM = "\ufeff".encode()
 
 
@@ -284,8 +286,12 @@ def _open_text(path: Path) -> TextIO:
 
 def _iter_records(path: Path, fmt: Format, *, url_column: str, chunk_size: int) -> Iterator[list[dict[str, Any]]]:
     """Every format as lists of dict records, pulled one chunk at a time."""
-    if fmt in ("text", "folder"):
-        for lines in _iter_raw_lines(path, fmt, chunk_size=chunk_size):
+    if fmt == "folder":
+        for files in _iter_folder(path, chunk_size=chunk_size):
+            # The path relative to the folder rides along under a key no manifest column can have.
+            yield [{url_column: str(p.resolve()), _FOLDER_PATH: p.relative_to(path).as_posix()} for p in files]
+    elif fmt == "text":
+        for lines in _iter_raw_lines(path, chunk_size=chunk_size):
             yield [{url_column: line} for line in lines]
     elif fmt == "jsonl":
         batch: list[dict[str, Any]] = []
@@ -368,12 +374,13 @@ def _iter_jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise ManifestError(str(path), f"cannot be read ({exc.strerror})") from None
 
 
-def _iter_raw_lines(path: Path, fmt: Format, *, chunk_size: int) -> Iterator[list[str]]:
-    if fmt == "folder":
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        for start in range(0, len(files), chunk_size):
-            yield [str(p.resolve()) for p in files[start : start + chunk_size]]
-        return
+def _iter_folder(path: Path, *, chunk_size: int) -> Iterator[list[Path]]:
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    for start in range(0, len(files), chunk_size):
+        yield files[start : start + chunk_size]
+
+
+def _iter_raw_lines(path: Path, *, chunk_size: int) -> Iterator[list[str]]:
     chunk: list[str] = []
     try:
         with path.open("r", encoding="utf-8-sig") as fh:
@@ -394,18 +401,25 @@ def _iter_raw_lines(path: Path, fmt: Format, *, chunk_size: int) -> Iterator[lis
 
 
 def _items_from_records(
-    records: list[dict[str, Any]], *, url_column: str, id_column: str, seen_derived: set[str]
+    records: list[dict[str, Any]],
+    *,
+    first_row: int,
+    folder: bool,
+    url_column: str,
+    id_column: str,
+    seen_derived: set[str],
 ) -> list[Item]:
     items = []
-    for record in records:
+    for row, record in enumerate(records, start=first_row):
         url = record_url(record, url_column=url_column)
         item_id, given = record_id(record, url_column=url_column, id_column=id_column)
         if not given:
             if item_id in seen_derived:
                 continue
             seen_derived.add(item_id)
+        path = record.pop(_FOLDER_PATH) if folder else None
         fields = {k: v for k, v in record.items() if k not in (url_column, id_column)}
-        items.append(Item(id=item_id, url=url, fields=fields))
+        items.append(Item(id=item_id, url=url, fields=fields, row=row, path=path))
     return items
 
 
@@ -425,5 +439,15 @@ def iter_chunks(
     """Stream the manifest as lists of at most ``chunk_size`` items."""
     # Derived ids only: a given id is unique by inspect_manifest.
     seen_derived: set[str] = set()
-    for records in _iter_records(path, detect_format(path), url_column=url_column, chunk_size=chunk_size):
-        yield _items_from_records(records, url_column=url_column, id_column=id_column, seen_derived=seen_derived)
+    first_row = 0
+    fmt = detect_format(path)
+    for records in _iter_records(path, fmt, url_column=url_column, chunk_size=chunk_size):
+        yield _items_from_records(
+            records,
+            first_row=first_row,
+            folder=fmt == "folder",
+            url_column=url_column,
+            id_column=id_column,
+            seen_derived=seen_derived,
+        )
+        first_row += len(records)

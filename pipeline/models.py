@@ -36,6 +36,10 @@ class Item:
     id: str
     url: str
     fields: dict[str, Any] = field(default_factory=dict)
+    # The manifest's 0-based row number (results come back in this order) and, for a folder
+    # manifest, the image's path relative to the folder; None when the item did not come from one.
+    row: int | None = None
+    path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +108,8 @@ class ResultRow:
     dedup_of: str | None = None
     request_key: str | None = None
     prior_cost_usd: float | None = None
+    row: int | None = None
+    path: str | None = None
 
 
 RESULT_SCHEMA: dict[str, pl.DataType] = {
@@ -143,6 +149,11 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     # What earlier runs paid for this id (the error rows this row replaced): the folder's
     # spend is cost_usd + prior_cost_usd summed, however often a row was re-sent.
     "prior_cost_usd": pl.Float64(),
+    # The manifest's 0-based row number: results.parquet is sorted by it (null in rows written
+    # before the column existed: those sort last). For a folder manifest, the image's path
+    # relative to the folder (POSIX separators); null for other manifests.
+    "row": pl.Int64(),
+    "path": pl.String(),
 }
 
 assert list(RESULT_SCHEMA) == [f.name for f in dataclasses.fields(ResultRow)]
@@ -287,6 +298,10 @@ class RunTotals:
     cost_usd: float = 0.0
     # What earlier runs in the same folder spent: the folder's spend is one figure everywhere.
     spent_before_usd: float = 0.0
+    # False when the pricing table has no price for the model: costs then read "unpriced", not $0.
+    priced: bool = True
+    # Error rows of this run a re-run skips unless --retry-errors.
+    errors_not_retried: int = 0
 
     @property
     def folder_spent_usd(self) -> float:
@@ -296,6 +311,7 @@ class RunTotals:
         self.done += 1
         setattr(self, row.status, getattr(self, row.status) + 1)
         self.flagged += row.flagged
+        self.errors_not_retried += row.status == "error" and row.retryable is False
         self.prompt_tokens += row.prompt_tokens or 0
         self.completion_tokens += row.completion_tokens or 0
         self.cost_usd += row.cost_usd or 0.0

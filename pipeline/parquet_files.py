@@ -123,3 +123,51 @@ def unreadable_message(path: Path, problem: str, *, results_name: str = "results
             "afresh (every row in it would be sent again)"
         )
     return f"{path}: {problem}. Move it aside (out of {path.parent}) and re-run: the rows in it will be sent again"
+
+
+def with_metadata(schema: pa.Schema, metadata: dict[str, str] | None) -> pa.Schema:
+    """``schema`` carrying ``metadata`` as Parquet key-value pairs (beside what Arrow keeps there)."""
+    if not metadata:
+        return schema
+    return schema.with_metadata({**(schema.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}})
+
+
+def order_rows(source: Path, target: Path, *, column: str, compression: str) -> None:
+    """``source`` with its rows sorted by ``column`` (nulls last, ties kept in file order), as
+    ``target``, atomically; ``source`` is consumed (renamed when already in order, else removed).
+
+    Only the sort key is held whole (8 bytes a row). Each output block reads just the row
+    groups its rows sit in: a run's rows arrive nearly in manifest order (completion order),
+    and a resumed folder is a few such sorted runs, so a block touches a few row groups.
+    """
+    file = pq.ParquetFile(source)
+    keys = pl.from_arrow(file.read(columns=[column]).column(0))
+    assert isinstance(keys, pl.Series)
+    if keys.is_sorted(nulls_last=True):
+        os.replace(source, target)
+        fsync_dir(target.parent)
+        return
+    n = len(keys)
+    order = (
+        pl.DataFrame({"key": keys, "at": pl.int_range(n, eager=True, dtype=pl.Int64)})
+        .sort(["key", "at"], nulls_last=True)
+        .get_column("at")
+    )
+    sizes = [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)]
+    starts = pl.Series([0, *sizes]).cum_sum().head(len(sizes))
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    # Consecutive blocks mostly need the same row groups: keep the last block's decoded.
+    cache: dict[int, pa.Table] = {}
+    with pq.ParquetWriter(tmp, file.schema_arrow, compression=compression, write_statistics=True) as writer:
+        for begin in range(0, n, BATCH_ROWS):
+            at = order.slice(begin, BATCH_ROWS)
+            group = starts.search_sorted(at, side="right") - 1
+            needed = group.unique().sort().to_list()
+            tables = [cache[g] if g in cache else file.read_row_group(g) for g in needed]
+            cache = dict(zip(needed, tables, strict=True))
+            # Where each needed group starts in the concatenation of just those groups.
+            base = dict(zip(needed, pl.Series([0, *(t.num_rows for t in tables)]).cum_sum().to_list(), strict=False))
+            local = at - starts.gather(group) + group.replace_strict(base, return_dtype=pl.Int64)
+            writer.write_table(pa.concat_tables(tables).take(local.to_arrow()))
+    _fsync_and_rename(tmp, target)
+    source.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ Header numbers that are not finite (``nan``) or not plausible counts are ignored
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections import deque
@@ -33,6 +34,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from .errors import WaitTooLongError
+
+log = logging.getLogger("caption")
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -285,8 +288,11 @@ class RateLimiter:
         ``acquire`` refuses a pause over ``max_wait_s``.
         """
         wait = self._default_pause_s if seconds is None or seconds <= 0 else seconds
-        until = self._clock() + wait
+        now = self._clock()
+        until = now + wait
         if until > self._paused_until:
+            if now >= self._paused_until:  # a new pause, not one extended: said once (-v)
+                log.debug("rate limit: pausing every request for %.2f s (%s)", wait, source)
             self._paused_until = until
             self._pause_source = source
             self.pauses += 1

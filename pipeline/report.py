@@ -1,30 +1,29 @@
-"""What a run did: the summary (`caption report --json`), its table, and a self-contained HTML page.
+"""What a run did: the summary (`caption report --json`) and its table; the HTML page is ``report_html``.
 
 Aggregates are lazy polars queries over only the columns they need, so a
 results file of a million rows is summarised in seconds and a few hundred MB.
-The HTML page needs no network: the chart is inline SVG, thumbnails of local
-images are inlined as small JPEGs (remote images get a placeholder: fetching
-them would break "no network"), and filtering is a few lines of inline JS.
+``run_state`` (PURE) says whether the run finished, stopped (and why) or is still
+running, and how many of the manifest's rows a re-run would still send, from
+``run.json`` and whether a live process holds the folder's lock.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import polars as pl
 import pyarrow as pa
-from PIL import Image, UnidentifiedImageError
 
+from .cost import format_usd
 from .errors import FolderChangedError
-from .images import is_data_url, is_remote
+from .folder_lock import any_held
 from .journal import Journal
+from .run_meta import session_s
 
 T = TypeVar("T")
 # A report on a live run can list a part the run merges away before it is read: read again.
@@ -41,7 +40,23 @@ _SUMMARY_COLUMNS = [
     "finished_at",
     "attempts",
     "dedup_of",
+    "retryable",
 ]
+# What stopped a run, as a person says it. run.json keeps the error's class name, not its text:
+# a stop reason can quote the server's message, and run.json holds no server text.
+STOP_WHY = {
+    "InterruptedRunError": "interrupted",
+    "BudgetExceededError": "the budget was reached",
+    "AuthError": "the endpoint refused the API key",
+    "QuotaError": "no quota or credit left",
+    "ModelNotFoundError": "the endpoint does not serve the model",
+    "RequestRejectedError": "the endpoint refused the request's parameters",
+    "CircuitOpenError": "the endpoint looked down",
+    "WaitTooLongError": "the server asked for a wait longer than limits.max_wait_s",
+    "JournalError": "the results could not be written",
+    "ManifestError": "the manifest could not be read to the end",
+}
+KILLED = "ended without closing (killed or crashed)"
 
 
 def load_results(out_dir: Path, columns: list[str] | None = None) -> pl.LazyFrame:
@@ -64,6 +79,9 @@ def summarise(frame: pl.LazyFrame) -> dict[str, Any]:
             pl.col("latency_s").quantile(0.99, "linear").alias("p99"),
             pl.col("finished_at").min().alias("first"),
             pl.col("finished_at").max().alias("last"),
+            pl.col("status").is_in(["ok", "filtered"]).sum().alias("answered"),
+            ((pl.col("status") == "error") & ~pl.col("retryable").fill_null(True)).sum().alias("not_retried"),
+            (pl.col("cost_usd").is_null() & pl.col("prompt_tokens").is_not_null()).sum().alias("unpriced"),
         )
         .collect()
         .row(0, named=True)
@@ -92,6 +110,11 @@ def summarise(frame: pl.LazyFrame) -> dict[str, Any]:
         "prompt_tokens": totals["prompt_tokens"] or 0,
         "completion_tokens": totals["completion_tokens"] or 0,
         "cost_usd": round(totals["cost_usd"] or 0.0, 6),
+        # Answered rows the pricing table had no price for: their cost reads "unpriced", not $0.
+        "unpriced_rows": totals["unpriced"] or 0,
+        # Rows a re-run skips: answered, or errors not retried without --retry-errors.
+        "settled_rows": (totals["answered"] or 0) + (totals["not_retried"] or 0),
+        "errors_not_retried": totals["not_retried"] or 0,
         "latency_s": {"p50": rounded(totals["p50"]), "p90": rounded(totals["p90"]), "p99": rounded(totals["p99"])},
         "throughput": {
             "first_finished_at": _iso(totals["first"]),
@@ -124,16 +147,34 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def cost_text(summary: dict[str, Any]) -> str:
+    """The report's cost: "unpriced" when no answered row had a price, a note when some had none."""
+    if summary["unpriced_rows"] and not summary["cost_usd"]:
+        return format_usd(None)
+    note = f" ({summary['unpriced_rows']:,} answered rows unpriced)" if summary["unpriced_rows"] else ""
+    return format_usd(summary["cost_usd"]) + note
+
+
 def format_table(summary: dict[str, Any]) -> str:
     lat = summary["latency_s"]
-    lines = [
+    lines = []
+    run = summary.get("run")
+    if run is not None:
+        lines += [run["headline"], ""]
+        config = run["config"]
+        if config["model"] is not None:  # a folder without run.json does not say
+            lines.append(f"model         {config['model']} at {config['endpoint_host']}")
+            lines.append(f"prompt        {config['prompt']}")
+    active = summary["throughput"].get("active_s")
+    lines += [
         f"rows          {summary['rows']:,}",
         "status        " + ", ".join(f"{k} {v:,}" for k, v in summary["by_status"].items()),
         f"requests      {summary['requests']:,} ({summary['dedup_saved_requests']:,} saved by dedup)",
         f"tokens        {summary['prompt_tokens']:,} prompt + {summary['completion_tokens']:,} completion",
-        f"cost          ${summary['cost_usd']:,.4f}",
+        f"cost          {cost_text(summary)}",
         f"latency       p50 {lat['p50']} s, p90 {lat['p90']} s, p99 {lat['p99']} s",
-        f"throughput    {summary['throughput']['rows_per_s']} rows/s",
+        f"throughput    {summary['throughput']['rows_per_s']} rows/s"
+        + (f" over {active:,.1f} s of running time" if active else ""),
     ]
     if summary["flagged_categories"]:
         lines.append("flagged       " + ", ".join(f"{k} {v:,}" for k, v in summary["flagged_categories"].items()))
@@ -142,140 +183,100 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# -- HTML ----------------------------------------------------------------------------
-
-
-def thumbnail_data_url(url: str, *, base_dir: Path | None, side: int = 160) -> str | None:
-    """A small inline JPEG of a local image, or None (remote, shortened data URL, unreadable)."""
-    if is_remote(url) or is_data_url(url) or not url:
-        return None
-    path = Path(url.removeprefix("file://"))
-    if not path.is_absolute():
-        if base_dir is None:
-            return None
-        path = base_dir / path
+def endpoint_host(url: str) -> str:
+    """The endpoint's host and port, without any credentials or path the URL may carry."""
+    parts = urlsplit(url)
     try:
-        with Image.open(path) as im:
-            if im.width * im.height > 50_000_000:
-                return None
-            im.thumbnail((side, side))
-            out = io.BytesIO()
-            im.convert("RGB").save(out, format="JPEG", quality=80)
-    except (OSError, UnidentifiedImageError, ValueError):
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
+        port = parts.port
+    except ValueError:
+        port = None
+    return (parts.hostname or "?") + (f":{port}" if port else "")
 
 
-def _chart_svg(timeline: list[dict[str, Any]], bucket_s: int, *, width: int = 760, height: int = 180) -> str:
-    if not timeline:
-        return "<p>No timed rows.</p>"
-    peak = max(m["rows"] for m in timeline) or 1
-    peak_latency = max((m["latency_p50_s"] or 0) for m in timeline) or 1
-    bar_w = width / len(timeline)
-    bars, points = [], []
-    for i, m in enumerate(timeline):
-        h = (height - 20) * m["rows"] / peak
-        bars.append(
-            f'<rect x="{i * bar_w:.1f}" y="{height - h:.1f}" width="{max(1, bar_w - 2):.1f}" height="{h:.1f}" '
-            f'fill="#6c8ebf"><title>{html.escape(m["t"] or "")}: {m["rows"]} rows</title></rect>'
+def run_state(summary: dict[str, Any], meta: dict[str, Any] | None, *, live: bool) -> dict[str, Any]:
+    """PURE: finished / stopped (why) / running, N of M rows, what a re-run would do, the run's config."""
+    meta = meta or {}
+    last_run = meta.get("last_run") or {}
+    status = meta.get("status")
+    why = None
+    if live:
+        state = "running"
+    elif status == "finished":
+        state = "finished"
+    elif status == "stopped":
+        state, stopped_by = "stopped", last_run.get("stopped_by")
+        why = STOP_WHY.get(stopped_by or "", stopped_by or "unknown")
+    else:  # "running" with nobody holding the lock, or a folder without run.json
+        state, why = "stopped", KILLED if status == "running" else "no run.json says how the run ended"
+    total = meta.get("rows_in_manifest", last_run.get("rows_in_manifest"))
+    settled = summary["settled_rows"]
+    left = max(0, total - settled) if isinstance(total, int) else None
+    of = f"{settled:,} of {total:,} rows done" if isinstance(total, int) else f"{settled:,} rows done"
+    headline = f"{state}" + (f" ({why})" if why else "") + f": {of}"
+    if left:
+        headline += f", {left:,} left"
+        if state != "running":
+            headline += ": re-run the same command to resume"
+    if summary["errors_not_retried"]:
+        headline += (
+            f"; {summary['errors_not_retried']:,} error rows are not retried: "
+            "re-run with --retry-errors to send them again"
         )
-        if m["latency_p50_s"] is not None:
-            y = height - (height - 20) * m["latency_p50_s"] / peak_latency
-            points.append(f"{i * bar_w + bar_w / 2:.1f},{y:.1f}")
-    line = f'<polyline points="{" ".join(points)}" fill="none" stroke="#d6a100" stroke-width="2"/>' if points else ""
-    return (
-        f'<svg viewBox="0 0 {width} {height}" width="100%" height="{height}" role="img" '
-        f'aria-label="rows per minute and median latency">{"".join(bars)}{line}'
-        f'<text x="4" y="14" font-size="12">rows per {bucket_s} s (bars, max {peak}) and p50 latency '
-        f"(line, max {peak_latency:.2f} s)</text></svg>"
-    )
+    request = meta.get("request") or {}
+    return {
+        "state": state,
+        "stop_reason": why,
+        "rows_in_manifest": total,
+        "rows_left": left,
+        "headline": headline,
+        "config": {
+            "model": request.get("model"),
+            "prompt": request.get("prompt"),
+            "endpoint_host": endpoint_host(meta["base_url"]) if meta.get("base_url") else None,
+        },
+    }
 
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>caption report: {title}</title>
-<style>
-body{{font-family:system-ui,sans-serif;margin:24px;color:#222}}
-.cards{{display:flex;flex-wrap:wrap;gap:12px}} .stat{{background:#f4f6fa;padding:10px 14px;border-radius:6px}}
-.stat b{{display:block;font-size:20px}}
-.gallery{{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:12px;margin-top:12px}}
-.card{{border:1px solid #ddd;border-radius:6px;padding:8px;font-size:13px}}
-.card img,.card .ph{{width:100%;height:140px;object-fit:contain;background:#eee;display:flex;align-items:center;justify-content:center;word-break:break-all;font-size:11px;color:#666}}
-.status-error{{border-color:#c33}} .status-filtered{{border-color:#d6a100}}
-.tag{{display:inline-block;background:#eee;border-radius:3px;padding:0 4px;margin:2px 2px 0 0}}
-</style></head><body>
-<h1>caption report</h1><p>{title}</p>
-<div class="cards">{stats}</div>
-<h2>Throughput and latency</h2>{chart}
-<h2>Rows</h2>
-<label>status <select id="f-status"><option value="">all</option>{status_options}</select></label>
-<label>flagged <select id="f-cat"><option value="">all</option>{category_options}</select></label>
-<span id="shown"></span>{truncated}
-<div class="gallery" id="gallery">{cards}</div>
-<script>
-function apply(){{var s=document.getElementById('f-status').value,c=document.getElementById('f-cat').value,n=0;
-document.querySelectorAll('.card').forEach(function(el){{var ok=(!s||el.dataset.status===s)&&(!c||(' '+el.dataset.cats+' ').indexOf(' '+c+' ')>=0);
-el.style.display=ok?'':'none';n+=ok?1:0;}});document.getElementById('shown').textContent=' showing '+n;}}
-document.getElementById('f-status').onchange=apply;document.getElementById('f-cat').onchange=apply;apply();
-</script></body></html>
-"""
+def active_s(summary: dict[str, Any], meta: dict[str, Any] | None, *, state: str, now: datetime) -> float | None:
+    """PURE: the seconds runs spent working in this folder (gaps between runs left out); None if unknown."""
+    if not meta or ("active_s" not in meta and "run_started_at" not in meta):
+        return None
+    active = float(meta.get("active_s") or 0.0)
+    if "run_started_at" in meta:  # a run going on, or one killed before it could add its time
+        last = summary["throughput"]["last_finished_at"]
+        until = now if state == "running" or last is None else datetime.fromisoformat(last)
+        active += session_s(meta, until)
+    return active
 
 
-def _card(row: dict[str, Any], base_dir: Path | None) -> str:
-    thumb = thumbnail_data_url(row["url"] or "", base_dir=base_dir)
-    image = f'<img src="{thumb}" alt="">' if thumb else f'<div class="ph">{html.escape((row["url"] or "")[:120])}</div>'
-    cats = row["flagged_categories"] or []
-    text = (
-        row["caption"]
-        if row["caption"] is not None
-        else f"[{row['error_type'] or 'no caption'}] {row['error_message'] or ''}"
-    )
-    tags = "".join(f'<span class="tag">{html.escape(c)}</span>' for c in cats)
-    return (
-        f'<div class="card status-{html.escape(row["status"])}" data-status="{html.escape(row["status"])}" '
-        f'data-cats="{html.escape(" ".join(cats))}">{image}<div><b>{html.escape(row["id"])}</b> · {html.escape(row["status"])}'
-        f"</div><div>{html.escape(text)}</div>{tags}</div>"
-    )
+def report(out_dir: Path, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> dict[str, Any]:
+    """The summary with the run's state (``state``, ``rows_left``, ...) and active-time throughput."""
+
+    def read() -> dict[str, Any]:
+        folder = Journal.reader(out_dir)
+        meta = folder.read_meta()
+        live = any_held(out_dir)
+        summary = summarise(load_results(out_dir, _SUMMARY_COLUMNS))
+        run = run_state(summary, meta, live=live)
+        summary.update(state=run["state"], rows_left=run["rows_left"], run=run)
+        active = active_s(summary, meta, state=run["state"], now=now())
+        if active is not None:
+            summary["throughput"]["active_s"] = round(active, 3)
+            summary["throughput"]["rows_per_s"] = round(summary["rows"] / active, 3) if active > 0 else None
+        return summary
+
+    return reading(out_dir, read)
 
 
-def render_html(out_dir: Path, summary: dict[str, Any], *, gallery_limit: int = 1000) -> str:
-    meta = Journal.reader(out_dir).read_meta() or {}
-    base_dir = Path(meta["base_dir"]) if meta.get("base_dir") else None
-    rows = (
-        load_results(out_dir, ["id", "url", "status", "caption", "error_type", "error_message", "flagged_categories"])
-        .sort("id")
-        .head(gallery_limit)
-        .collect()
-        .to_dicts()
-    )
-    stats = [
-        ("rows", f"{summary['rows']:,}"),
-        ("cost", f"${summary['cost_usd']:,.4f}"),
-        ("tokens", f"{summary['prompt_tokens'] + summary['completion_tokens']:,}"),
-        ("p50 latency", f"{summary['latency_s']['p50']} s"),
-        ("p99 latency", f"{summary['latency_s']['p99']} s"),
-    ]
-    stats += [(status, f"{n:,}") for status, n in summary["by_status"].items()]
-    stats += [(f"error: {kind}", f"{n:,}") for kind, n in summary["errors"].items()]
-    truncated = (
-        f" (the first {gallery_limit:,} of {summary['rows']:,} rows by id)" if summary["rows"] > gallery_limit else ""
-    )
-    return _PAGE.format(
-        title=html.escape(f"{out_dir} · {meta.get('request', {}).get('model', '')}"),
-        stats="".join(f'<div class="stat"><b>{html.escape(v)}</b>{html.escape(k)}</div>' for k, v in stats),
-        chart=_chart_svg(summary["throughput"]["timeline"], summary["throughput"]["bucket_s"]),
-        status_options="".join(
-            f'<option value="{html.escape(s)}">{html.escape(s)}</option>' for s in summary["by_status"]
-        ),
-        category_options="".join(
-            f'<option value="{html.escape(c)}">{html.escape(c)}</option>' for c in summary["flagged_categories"]
-        ),
-        truncated=html.escape(truncated),
-        cards="".join(_card(row, base_dir) for row in rows),
-    )
+def error_rows(out_dir: Path) -> tuple[int, dict[str, int]]:
+    """Error rows in the folder, and those a re-run skips unless ``--retry-errors`` (by error type)."""
 
+    def read() -> tuple[int, dict[str, int]]:
+        frame = load_results(out_dir, ["status", "error_type", "retryable"]).filter(pl.col("status") == "error")
+        errors = int(frame.select(pl.len()).collect().item())
+        return errors, _counts(frame.filter(~pl.col("retryable").fill_null(True)), "error_type")
 
-def report(out_dir: Path) -> dict[str, Any]:
-    return reading(out_dir, lambda: summarise(load_results(out_dir, _SUMMARY_COLUMNS)))
+    return reading(out_dir, read)
 
 
 def reading(out_dir: Path, read: Callable[[], T]) -> T:

@@ -91,6 +91,7 @@ async def call_with_retries(
     max_attempts: int,
     sleep: Callable[[float], Awaitable[None]],
     rng: random.Random,
+    on_retry: Callable[[Failure, int, float], None] | None = None,
 ) -> tuple[Outcome, int]:
     """Run ``attempt_fn(attempt)`` until it succeeds, fails for good, or attempts run out.
 
@@ -98,12 +99,16 @@ async def call_with_retries(
     openai-python's ``_retry_request`` is: the decisions (``Failure.retryable``,
     ``wait_before_retry``) are the pure functions above, so nothing is left for a
     retry library to own, and tenacity's per-call set-up (~34 us of CPU) was a tenth
-    of the pipeline's per-row budget.
+    of the pipeline's per-row budget. ``on_retry(failure, attempt, wait_s)`` hears of
+    each retry before its wait (the ``-v`` log line).
     """
     attempt = 1
     while True:
         outcome = await attempt_fn(attempt)
         if not isinstance(outcome, Failure) or not outcome.retryable or attempt >= max_attempts:
             return outcome, attempt
-        await sleep(wait_before_retry(outcome, attempt, rng=rng))
+        wait_s = wait_before_retry(outcome, attempt, rng=rng)
+        if on_retry is not None:
+            on_retry(outcome, attempt, wait_s)
+        await sleep(wait_s)
         attempt += 1

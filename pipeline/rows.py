@@ -16,7 +16,13 @@ from .models import Failure, Item, Outcome, ResultRow
 
 def result_row(item: Item, *, finished_at: datetime, prior_cost_usd: float | None = None, **values: Any) -> ResultRow:
     return ResultRow(
-        id=item.id, url=shorten_data_url(item.url), finished_at=finished_at, prior_cost_usd=prior_cost_usd, **values
+        id=item.id,
+        url=shorten_data_url(item.url),
+        row=item.row,
+        path=item.path,
+        finished_at=finished_at,
+        prior_cost_usd=prior_cost_usd,
+        **values,
     )
 
 
@@ -98,6 +104,8 @@ def row_from_outcome(
     return ResultRow(
         id=item.id,
         url=shorten_data_url(item.url),
+        row=item.row,
+        path=item.path,
         finished_at=finished_at,
         prior_cost_usd=prior_cost_usd,
         attempts=attempts,
@@ -132,6 +140,8 @@ def dedup_copy(item: Item, original: ResultRow, *, finished_at: datetime, prior_
         original,
         id=item.id,
         url=shorten_data_url(item.url),
+        row=item.row,
+        path=item.path,
         prompt_tokens=0,
         completion_tokens=0,
         total_tokens=0,

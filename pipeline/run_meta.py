@@ -6,10 +6,12 @@ is never in it.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .config import Config
 from .errors import PipelineError, ResumeMismatchError
 from .journal import Journal
@@ -62,8 +64,15 @@ def updated_meta(
         base_url=config.endpoint.base_url,
         status=status,
         updated_at=now.isoformat(),
+        # Known from the start, so a report on a running (or killed) run can say "N of M left".
+        rows_in_manifest=totals.total,
     )
-    if status != "running":
+    if status == "running":
+        meta["run_started_at"] = now.isoformat()
+    else:
+        # Time between runs is not working time: the report's throughput divides by this sum.
+        meta["active_s"] = round(float(meta.get("active_s") or 0.0) + session_s(meta, now), 3)
+        meta.pop("run_started_at", None)  # counted: a later run's end must not count it again
         meta["last_run"] = {
             "rows_in_manifest": totals.total,
             "skipped": totals.skipped,
@@ -79,3 +88,31 @@ def updated_meta(
             "spent_usd_in_folder": round(totals.folder_spent_usd, 6),
         }
     return meta
+
+
+def session_s(meta: dict[str, Any], until: datetime) -> float:
+    """Seconds from the current run's start (``run_started_at``) to ``until``; 0 when unknown."""
+    started = meta.get("run_started_at")
+    if not isinstance(started, str):
+        return 0.0
+    try:
+        return max(0.0, (until - datetime.fromisoformat(started)).total_seconds())
+    except (ValueError, TypeError):  # a hand-edited or naive timestamp: no session time, not a crash
+        return 0.0
+
+
+def results_metadata(config: Config, *, now: datetime) -> dict[str, str]:
+    """The key-value pairs results.parquet carries, so the file alone says what made it
+    (``pq.read_schema(path).metadata``, ``pl.read_parquet_metadata(path)``)."""
+    request = config.request
+    metadata = {
+        "model": request.model,
+        "prompt": request.prompt,
+        "fingerprint": config.request_fingerprint(),
+        "version": __version__,
+        "created": now.isoformat(),
+        "request": json.dumps(config.request_identity(), sort_keys=True, default=str),
+    }
+    if request.system:
+        metadata["system"] = request.system
+    return metadata

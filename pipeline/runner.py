@@ -36,6 +36,7 @@ from .breaker import CircuitBreaker
 from .budget import Budget
 from .client import VisionClient
 from .config import Config
+from .cost import is_priced
 from .dedup import DEDUP_WINDOW, RequestDedup, SharedRequest, request_key
 from .dialects import Dialect
 from .dispatch import OnlineExecutor
@@ -50,7 +51,7 @@ from .preparer import PreparedRow, Preparer
 from .progress import NoProgress, Progress
 from .ratelimit import RateLimiter
 from .rows import dedup_copy
-from .run_meta import updated_meta
+from .run_meta import results_metadata, updated_meta
 from .tokens import TextCounter
 
 log = logging.getLogger("caption")
@@ -106,7 +107,7 @@ class Runner:
         self.manifest_label = manifest_label
         self.retry_errors = retry_errors
         self.grace_s = grace_s
-        self.totals = RunTotals(total=total_rows)
+        self.totals = RunTotals(total=total_rows, priced=is_priced(config))
         self._text = TextCounter()
         self._buffer: list[ResultRow] = []
         self._buffer_full = anyio.Event()
@@ -147,7 +148,8 @@ class Runner:
         """Stop dispatching and flush what finished now; the first reason given wins."""
         if self._stop_reason is None:
             self._stop_reason = reason
-            log.warning("stopping: %s", reason)
+            # -v only: the reason is printed once, on the run's last line (the CLI's error line).
+            log.debug("stopping: %s", reason)
         self._stopping.set()
         self._buffer_full.set()
 
@@ -169,7 +171,7 @@ class Runner:
         # to come back and be recorded (the work scope ends sooner once they all have).
         if self.in_flight:
             log.warning(
-                "waiting up to %gs for %d request(s) in flight, whose answers are paid for "
+                "stopping: waiting up to %gs for %d request(s) in flight, whose answers are paid for "
                 "(interrupt again to stop now)",
                 self.grace_s,
                 self.in_flight,
@@ -239,7 +241,9 @@ class Runner:
         journal = self.deps.journal
         problem: JournalError | None = None
         try:
-            journal.finalize(extend=label_extender(self._labels))
+            journal.finalize(
+                extend=label_extender(self._labels), metadata=results_metadata(self.config, now=self.deps.now())
+            )
         except JournalError as exc:
             problem = exc  # the parts stay, so nothing recorded is lost; the run ends on it, resumable
         if journal.quarantined and problem is None:

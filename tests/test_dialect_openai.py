@@ -74,6 +74,14 @@ IMAGE_400 = {
         "code": "invalid_image_url",
     }
 }
+BAD_IMAGE_URL_400 = {
+    "error": {
+        "message": "Invalid image URL: the image could not be downloaded.",
+        "type": "invalid_request_error",
+        "param": "url",
+        "code": "invalid_image_url",
+    }
+}
 FORMAT_400 = {
     "error": {
         "message": "You uploaded an unsupported image.",
@@ -118,7 +126,8 @@ MODEL_404 = {
         (401, KEY_401, "auth", False, "auth"),
         (403, {"error": {"message": "forbidden"}}, "auth", False, "auth"),
         (400, FILTER_400, "content_filter", False, None),
-        (400, IMAGE_400, "bad_request", False, None),
+        (400, IMAGE_400, "timeout", True, None),  # the provider's download timed out: usually transient
+        (400, BAD_IMAGE_URL_400, "bad_request", False, None),
         (400, FORMAT_400, "bad_request", False, None),
         (404, MODEL_404, "model_not_found", False, "model_not_found"),
         (408, {}, "timeout", True, None),

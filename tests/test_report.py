@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import http.server
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
+import threading
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
+from PIL import Image
 
 from pipeline.journal import Journal
 from pipeline.models import ResultRow
@@ -113,15 +117,37 @@ def test_html_page_is_self_contained_with_one_card_per_row(finished_run, tmp_pat
     assert "<svg" in text and 'id="f-status"' in text
 
 
-def test_html_page_renders_in_headless_chromium(finished_run, tmp_path):
-    """A real browser renders the page: a screenshot is taken and the live DOM holds one card per row."""
+def test_html_page_says_the_state_config_units_and_errors(finished_run, tmp_path):
+    """--html: the run's state and config at the top, axes with units, the aria-label in the bars' unit, errors by type."""
+    page = tmp_path / "report.html"
+    assert run_cli(["report", str(finished_run), "--html", str(page)]).returncode == 0
+    text = page.read_text()
+    assert 'id="state">finished: 18 of 18 rows done; 2 error rows are not retried' in text
+    assert "<td>model</td><td>gpt-4o</td>" in text and "<td>endpoint</td><td>127.0.0.1:" in text
+    bucket_s = re.search(r'aria-label="rows finished per (\d+) s \(bars\) and median latency in seconds', text)
+    assert bucket_s is not None and "per minute" not in text
+    assert f"rows per {bucket_s.group(1)} s</text>" in text and "time (UTC), one bar per" in text
+    assert "p50 latency (s)" in text
+    assert 'id="error-bad_request">bad_request: 1 rows' in text and 'id="error-image_unreadable"' in text
+    assert text.count('<tr class="error-example">') == 2
+
+
+def test_remote_thumbnails_are_lazy_images_only_when_asked(finished_run, tmp_path):
+    """--remote-thumbnails: each remote image is a lazy <img>; without it the page loads nothing from the network."""
+    page = tmp_path / "report.html"
+    assert run_cli(["report", str(finished_run), "--html", str(page), "--remote-thumbnails"]).returncode == 0
+    text = page.read_text()
+    lazy = re.findall(r'<img loading="lazy" src="(https://images\.example\.com/[^"]+)"', text)
+    assert len(lazy) == 15 and text.count('src="data:image/jpeg;base64,') == 2
+    assert 'src="https://images.example.com/x.jpg?sim=invalid_image_url"' in text
+
+
+def _chromium_flags(tmp_path):
     if CHROMIUM is None:
         if os.environ.get("CI") == "true":
             pytest.fail("chromium is not installed, and CI must render the report (.ci/run installs Debian's chromium)")
         pytest.skip("chromium is not installed (apt-get install chromium)")
-    page = tmp_path / "report.html"
-    run_cli(["report", str(finished_run), "--html", str(page)])
-    flags = [
+    return [
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
@@ -133,6 +159,13 @@ def test_html_page_renders_in_headless_chromium(finished_run, tmp_path):
         f"--user-data-dir={tmp_path / 'profile'}",
         "--window-size=1200,1600",
     ]
+
+
+def test_html_page_renders_in_headless_chromium(finished_run, tmp_path):
+    """A real browser renders the page: a screenshot is taken and the live DOM holds one card per row."""
+    flags = _chromium_flags(tmp_path)
+    page = tmp_path / "report.html"
+    run_cli(["report", str(finished_run), "--html", str(page)])
     shot = tmp_path / "shot.png"
     subprocess.run(
         [CHROMIUM, *flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=90, check=False
@@ -143,3 +176,57 @@ def test_html_page_renders_in_headless_chromium(finished_run, tmp_path):
     ).stdout
     assert len(re.findall(r'<div class="card ', dom)) == 18
     assert "showing 18" in dom  # the page's own script ran over every card
+    # The sections above the gallery are in the live DOM too: state, config, chart axes, errors by type.
+    assert "finished: 18 of 18 rows done" in dom and "<td>prompt</td>" in dom
+    assert "time (UTC), one bar per" in dom and "Errors by type" in dom
+    assert dom.count('<tr class="error-example">') == 2
+
+
+class _ImageHost(http.server.BaseHTTPRequestHandler):
+    """A loopback image host that counts what a browser fetches from it."""
+
+    fetched: list[str]
+
+    def do_GET(self) -> None:
+        self.fetched.append(self.path)
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 48), (200, 80, 40)).save(buffer, format="PNG")
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(buffer.getvalue())))
+        self.end_headers()
+        self.wfile.write(buffer.getvalue())
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_remote_thumbnails_load_in_chromium_only_when_asked(tmp_path):
+    """In a real browser: the default page fetches nothing; with --remote-thumbnails the visible images are fetched."""
+    flags = _chromium_flags(tmp_path)
+    fetched: list[str] = []
+    handler = type("Host", (_ImageHost,), {"fetched": fetched})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as host:
+        threading.Thread(target=host.serve_forever, daemon=True).start()
+        try:
+            _render_with_and_without_remote_thumbnails(host, fetched, flags, tmp_path)
+        finally:
+            host.shutdown()
+
+
+def _render_with_and_without_remote_thumbnails(host, fetched, flags, tmp_path):
+    """Render the page without, then with, --remote-thumbnails; count the images the browser fetched."""
+    base = f"http://127.0.0.1:{host.server_address[1]}"
+    out = tmp_path / "out"
+    with Journal(out) as journal:
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        journal.write_rows(
+            [ResultRow(id=f"r{i}", url=f"{base}/{i}.png", status="ok", caption="c", finished_at=now) for i in range(4)]
+        )
+        journal.finalize()
+    for option, expected in (([], 0), (["--remote-thumbnails"], 4)):
+        page = tmp_path / f"report{len(option)}.html"
+        assert run_cli(["report", str(out), "--html", str(page), *option]).returncode == 0
+        fetched.clear()
+        subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, timeout=90)
+        assert len(set(fetched)) == expected, (option, fetched)

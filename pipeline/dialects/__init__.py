@@ -10,15 +10,15 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from ..errors import ConfigError
-from . import azure, openai, openrouter
+from . import azure, litellm, openai, openrouter
 from .base import BodyBuilder, Dialect, ErrorClassifier
 
 __all__ = ["DEFAULT_DIALECT", "BodyBuilder", "Dialect", "ErrorClassifier", "dialect_for"]
 
 DEFAULT_DIALECT = "openai"
 
-# The gateways and self-hosted servers speak OpenAI's format; their differences in errors and
-# headers (LiteLLM's llm_provider-* headers) are not told apart yet; OpenRouter's 402/403 are.
+# The gateways and self-hosted servers speak OpenAI's format; OpenRouter's and LiteLLM's errors,
+# headers and answers differ in ways told apart by their own dialects.
 _DIALECTS = MappingProxyType(
     {
         "openai": openai.DIALECT,
@@ -26,7 +26,7 @@ _DIALECTS = MappingProxyType(
         "302ai": openai.DIALECT,
         "openrouter": openrouter.DIALECT,
         "vllm": openai.DIALECT,
-        "litellm": openai.DIALECT,
+        "litellm": litellm.DIALECT,
         "azure": azure.DIALECT,
     }
 )

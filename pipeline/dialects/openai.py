@@ -5,7 +5,9 @@
 - Body and answers: ``request.build_body`` and ``parse.parse_completion_bytes``
   (shared by every dialect that shapes messages as OpenAI does).
 - Errors: ``classify_http``, the ``{"error": {...}}`` envelope plus status; tested
-  from a table of real bodies (shared/reference/providers.md §2).
+  from a table of real bodies (shared/reference/providers.md §2). A provider-side image
+  download timeout (400 ``invalid_image_url`` "Timeout while downloading ...") is a
+  retryable ``timeout``, not a bad image.
 - Headers: the ``x-ratelimit-*`` family (and Azure's hyphenated ``x-rate-limit-*``),
   the waits (``retry-after``, ``retry-after-ms``, ``x-ms-retry-after-ms``).
 """
@@ -82,11 +84,22 @@ def _is_request_shape(err: ErrorBody) -> bool:
     return err.code in _REQUEST_SHAPE_CODES or err.message.startswith("Unrecognized request argument")
 
 
+# The provider could not fetch the image in time (its download, not ours): usually the image host
+# was slow for a moment, so it is retried like a timeout (shared/reference/providers.md §2).
+_DOWNLOAD_TIMEOUT_CODES = frozenset({"invalid_image_url", "invalid_value"})
+
+
+def _is_download_timeout(err: ErrorBody) -> bool:
+    return err.code in _DOWNLOAD_TIMEOUT_CODES and "timeout while downloading" in err.message.lower()
+
+
 def classify_http(status: int, body: bytes, headers: Mapping[str, str], *, now_epoch: float | None = None) -> Failure:
     """What a non-200 answer means for this row and for the run."""
     err = parse_error_body(body)
+    # One line: a gateway's message may span several (LiteLLM's "...\nAvailable Model Group Fallbacks").
+    words = " ".join(err.message.split())
     detail = " ".join(
-        x for x in (f"HTTP {status}", f"[{err.code or err.type}]" if (err.code or err.type) else "", err.message) if x
+        x for x in (f"HTTP {status}", f"[{err.code or err.type}]" if (err.code or err.type) else "", words) if x
     )
     wait = retry_after_s(headers, now_epoch=now_epoch)
     if wait is None:
@@ -119,6 +132,8 @@ def classify_http(status: int, body: bytes, headers: Mapping[str, str], *, now_e
         except InvalidResponseError:  # categories nested past what can be stored: blocked, categories unknown
             filters = None
         return failure("content_filter", retryable=False, filters=filters)
+    if status == 400 and _is_download_timeout(err):
+        return failure("timeout", retryable=True)
     if status == 429:
         if err.message.startswith("Request too large"):
             return failure("bad_request", retryable=False)

@@ -384,6 +384,7 @@ class SimulatorApp:
             "503": 503,
             "429": 429,
             "invalid_image_url": 400,
+            "image_timeout": 400,
             "filter_prompt": 400,
             "quota": 429,
             "auth": 401,
@@ -424,16 +425,15 @@ class SimulatorApp:
                 401,
                 error_body("Incorrect API key provided.", type_="invalid_request_error", code="invalid_api_key"),
             )
-        elif fault == "invalid_image_url":
+        elif fault in ("invalid_image_url", "image_timeout"):
+            # The same code for both, as the real API: only the message tells a slow host from a bad URL.
+            message = (
+                "Timeout while downloading the image."
+                if fault == "image_timeout"
+                else "Invalid image URL: the image could not be downloaded."
+            )
             await send_json(
-                send,
-                400,
-                error_body(
-                    "Timeout while downloading the image.",
-                    type_="invalid_request_error",
-                    code="invalid_image_url",
-                    param="url",
-                ),
+                send, 400, error_body(message, type_="invalid_request_error", code="invalid_image_url", param="url")
             )
         elif fault == "filter_prompt":
             await send_json(send, 400, prompt_filter_error())

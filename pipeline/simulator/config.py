@@ -19,6 +19,8 @@ FAULT_KINDS = (
     "nonjson",
     "nochoices",
     "invalid_image_url",
+    # The provider timing out while it downloads the image: a 400 that is worth retrying.
+    "image_timeout",
     "filter_completion",
     "filter_prompt",
     "quota",
@@ -28,7 +30,9 @@ FAULT_KINDS = (
     # another one stops the run).
     "slow",
 )
-TRANSIENT_FAULTS = frozenset({"500", "502", "503", "429", "reset", "stall", "truncated", "nonjson", "nochoices"})
+TRANSIENT_FAULTS = frozenset(
+    {"500", "502", "503", "429", "reset", "stall", "truncated", "nonjson", "nochoices", "image_timeout"}
+)
 
 
 @dataclass(frozen=True, kw_only=True)

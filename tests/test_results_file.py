@@ -1,0 +1,144 @@
+"""results.parquet as a file people keep: key-value metadata, manifest order (``row``), ``path`` for folders,
+and folders written before those columns existed still resuming and folding."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime
+
+import polars as pl
+import pyarrow.parquet as pq
+from PIL import Image
+
+from pipeline import __version__
+from pipeline.cli import main
+from pipeline.journal import Journal
+from pipeline.manifest import iter_chunks
+from pipeline.models import Item, ResultRow
+from pipeline.parquet_files import order_rows
+from pipeline.rows import dedup_copy
+from tests.conftest import FAST_CONFIG, remote_rows, run_args, write_config, write_csv
+
+
+def _run(manifest, out, tmp_path, base_url, *extra: str) -> int:
+    config = write_config(tmp_path / "c.toml", FAST_CONFIG)
+    return main(run_args(manifest, out, config, base_url, *extra))
+
+
+def _row(i: int, *, row: int | None) -> ResultRow:
+    return ResultRow(
+        id=f"id{i}", url=f"https://x/{i}", status="ok", caption=f"c{i}", row=row, finished_at=datetime.now(UTC)
+    )
+
+
+def test_results_carry_key_value_metadata_readable_by_pyarrow_and_polars(simulator, tmp_path):
+    """model, prompt, fingerprint, version and created are in the footer; run.json's fingerprint matches."""
+    manifest = write_csv(tmp_path / "m.csv", remote_rows(5))
+    out = tmp_path / "out"
+    assert _run(manifest, out, tmp_path, simulator.base_url, "--prompt", "Tags, please.") == 0
+    arrow = {k.decode(): v.decode() for k, v in pq.read_schema(out / "results.parquet").metadata.items()}
+    polars_meta = pl.read_parquet_metadata(out / "results.parquet")
+    run_json = json.loads((out / "run.json").read_text())
+    assert arrow["model"] == "gpt-4o" and arrow["prompt"] == "Tags, please." and arrow["version"] == __version__
+    assert arrow["fingerprint"] == run_json["fingerprint"]
+    assert datetime.fromisoformat(arrow["created"]).tzinfo is not None
+    assert {k: polars_meta[k] for k in ("model", "prompt", "fingerprint")} == {
+        k: arrow[k] for k in ("model", "prompt", "fingerprint")
+    }
+
+
+def test_results_come_in_manifest_order_with_a_row_column(simulator, tmp_path):
+    """Rows finish in any order; results.parquet lists them as the manifest does, row = 0-based manifest row."""
+    rows = remote_rows(60)
+    random.Random(3).shuffle(rows)  # ids out of lexical order, so no other sort passes for this one
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    out = tmp_path / "out"
+    simulator.app.update(latency_median_s=0.01, latency_p99_s=0.05)
+    assert _run(manifest, out, tmp_path, simulator.base_url) == 0
+    frame = pl.read_parquet(out / "results.parquet")
+    assert frame["id"].to_list() == [r["id"] for r in rows]
+    assert frame["row"].to_list() == list(range(60))
+
+
+def test_finalize_sorts_parts_written_out_of_order(tmp_path):
+    """Parts flushed in completion order (newest rows first) fold into row order."""
+    journal = Journal(tmp_path, merge_factor=100)
+    order = list(range(30))
+    random.Random(1).shuffle(order)
+    for start in range(0, 30, 7):
+        journal.write_rows([_row(i, row=i) for i in order[start : start + 7]])
+    journal.finalize(metadata={"model": "m"})
+    file = pq.ParquetFile(tmp_path / "results.parquet")
+    assert file.read(columns=["row"]).column(0).to_pylist() == list(range(30))
+    assert file.schema_arrow.metadata[b"model"] == b"m"
+
+
+def test_order_rows_reads_across_row_groups_and_puts_nulls_last(tmp_path):
+    """Many small row groups in random order, nulls among them: sorted by row, ties and nulls in file order."""
+    keys = [None, *range(200), None]
+    random.Random(7).shuffle(keys)
+    frame = pl.DataFrame({"row": keys, "at": list(range(len(keys)))}, schema={"row": pl.Int64, "at": pl.Int64})
+    source, target = tmp_path / "unsorted.parquet", tmp_path / "sorted.parquet"
+    pq.write_table(frame.to_arrow(), source, row_group_size=16)
+    order_rows(source, target, column="row", compression="zstd")
+    got = pl.read_parquet(target)
+    assert got["row"].to_list() == [*range(200), None, None]
+    nulls_at = got.filter(pl.col("row").is_null())["at"].to_list()
+    assert nulls_at == sorted(nulls_at) and not source.exists()
+
+
+def test_folder_manifest_rows_carry_their_path_relative_to_the_folder(tmp_path):
+    """A folder's images: path is the file name under the folder (POSIX), row the sorted listing's index."""
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("b.png", "sub/a.png", "a.png"):
+        Image.new("RGB", (8, 8)).save(folder / name)
+    items = [item for chunk in iter_chunks(folder, chunk_size=2) for item in chunk]
+    assert [(i.row, i.path) for i in items] == [(0, "a.png"), (1, "b.png"), (2, "sub/a.png")]
+    assert all(i.url == str((folder / i.path).resolve()) for i in items if i.path)
+
+
+def test_a_dedup_copy_keeps_its_own_row_and_path():
+    """The copy of an identical image's answer is listed at its own manifest row, not the original's."""
+    original = _row(1, row=0)
+    copy = dedup_copy(
+        Item("id2", "https://x/2", row=5, path="p.jpg"), original, finished_at=datetime.now(UTC), prior_cost_usd=None
+    )
+    assert (copy.row, copy.path, copy.dedup_of) == (5, "p.jpg", "id1")
+
+
+def test_an_older_folder_without_row_and_path_resumes_and_folds_quietly(simulator, tmp_path, capsys):
+    """results.parquet from before the columns: the resumed run sends only the new ids, folds them in with their
+    rows, keeps the old rows (row null, listed after), and says nothing of missing columns."""
+    rows = remote_rows(8)
+    manifest = write_csv(tmp_path / "m.csv", rows[:5])
+    out = tmp_path / "out"
+    assert _run(manifest, out, tmp_path, simulator.base_url) == 0
+    old = pl.read_parquet(out / "results.parquet").drop("row", "path")
+    old.write_parquet(out / "results.parquet")
+    write_csv(manifest, rows)
+    capsys.readouterr()
+    assert _run(manifest, out, tmp_path, simulator.base_url) == 0
+    frame = pl.read_parquet(out / "results.parquet")
+    assert frame["id"].to_list() == [r["id"] for r in rows[5:]] + [r["id"] for r in rows[:5]]
+    assert frame["row"].to_list() == [5, 6, 7, None, None, None, None, None]
+    assert simulator.app.stats()["requests"] == 8
+    err = capsys.readouterr().err.lower()
+    assert "warning" not in err and "column" not in err and "traceback" not in err
+    # --force folding under another prompt rewrites the same mix without complaint.
+    assert _run(manifest, out, tmp_path, simulator.base_url, "--prompt", "Other.", "--force") == 0
+    assert pl.read_parquet(out / "results.parquet").height == 8
+
+
+def test_parts_from_before_the_columns_fold_with_nulls_after_the_rows_that_have_them(tmp_path):
+    """A killed older run's part (no row, no path) and a newer part fold into one file: old rows last."""
+    journal = Journal(tmp_path)
+    journal.write_rows([_row(i, row=None) for i in range(3)])
+    old_part = next((tmp_path / "journal").glob("*.parquet"))
+    pq.write_table(pq.read_table(old_part).drop_columns(["row", "path"]), old_part)
+    journal.write_rows([_row(i, row=i - 3) for i in range(3, 6)])
+    journal.finalize()
+    frame = pl.read_parquet(tmp_path / "results.parquet")
+    assert frame["id"].to_list() == ["id3", "id4", "id5", "id0", "id1", "id2"]
+    assert frame["row"].to_list() == [0, 1, 2, None, None, None] and frame["path"].null_count() == 6
