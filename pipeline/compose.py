@@ -21,6 +21,7 @@ from .config import Config
 from .dialects import Dialect, dialect_for
 from .executor import Executor
 from .feed import ChunkSource
+from .image_pool import ImagePool, ProcessImagePool
 from .journal import Journal
 from .progress import NoProgress, Progress
 from .ratelimit import RateLimiter
@@ -51,12 +52,16 @@ def build_runner(
     executor: Executor | None = None,
     scrubber: Scrubber | None = None,
     dialect: Dialect | None = None,
+    image_pool: ImagePool | None = None,
 ) -> Runner:
     """``scrubber`` masks the key in every message and row (built from ``api_key`` when not given).
 
     ``dialect``: the provider's wire format, for the client, the bodies and the limiter's
     headers alike; OpenAI's unless given (no config key selects one yet). A ``limiter``
     passed in reads headers as it was built to (``read_headers``).
+
+    ``image_pool``: where images are decoded and resized; ``images.workers`` processes unless
+    given (tests pass a ``ThreadImagePool``: in-process, nothing to pickle). The run closes it.
     """
     scrubber = scrubber or Scrubber([api_key])
     endpoint = config.endpoint
@@ -95,6 +100,7 @@ def build_runner(
         breaker=breaker or CircuitBreaker(),
         executor=executor,
         scrub=scrubber.row if scrubber.active else None,
+        image_pool=image_pool or ProcessImagePool(config.images.workers),
     )
     return Runner(
         config,

@@ -79,6 +79,7 @@ class ImagesConfig:
     max_bytes: int = 20_000_000
     max_pixels: int = 89_478_485
     dedup: bool = True
+    workers: int | None = None  # processes decoding and resizing images; None: one per core
 
 
 @dataclass(frozen=True, kw_only=True)

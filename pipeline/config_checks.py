@@ -60,6 +60,7 @@ BOUNDS: dict[str, Range] = {
     "images.max_side": Range(0, 65_535, low_open=True),  # the largest side JPEG and WebP can encode
     "images.max_bytes": Range(0, 2_000_000_000, low_open=True),  # a file is held in memory and base64-encoded
     "images.max_pixels": Range(0, 65_535 * 65_535, low_open=True),
+    "images.workers": Range(0, 1024, low_open=True),  # each holds a decoded image; more than cores only waits
     "run.part_rows": Range(0, 1_000_000, low_open=True),
     "run.flush_interval_s": _TIMEOUT,
     "pricing.input": _PRICE,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -16,6 +17,7 @@ from .done_ids import DoneIds
 from .errors import ManifestError
 from .models import Item, RunTotals
 
+T = TypeVar("T")
 ChunkSource = Callable[[], Iterator[list[Item]]]
 MANIFEST_CHUNK_ROWS = 256  # rows per manifest chunk (not the journal's part_rows)
 _CHUNKS_PER_READ = 8  # manifest chunks read per trip to a thread
@@ -108,7 +110,7 @@ async def _hand_over(send: MemoryObjectSendStream[Item], item: Item) -> None:
         await send.send(item)
 
 
-async def next_item(receive: MemoryObjectReceiveStream[Item]) -> Item | None:
+async def next_item(receive: MemoryObjectReceiveStream[T]) -> T | None:
     """The next row to work on, or None when the feed is done."""
     try:
         return receive.receive_nowait()

@@ -1,10 +1,11 @@
 """Orchestrates a run: manifest feed → workers (prepare, dedup, execute) → buffer → journal.
 
 The feed (``feed.py``) reads the manifest ahead and drops ids the journal already
-holds; ``concurrency`` workers each prepare a row (image, body, dedup) and hand it
-to the executor (``executor.py``; ``dispatch.OnlineExecutor`` paces, sends and
-retries); a flusher writes finished rows as Parquet parts every ``part_rows``
-rows and every ``flush_interval_s``.
+holds; the preparer (``preparer.py``) makes each row's image and body ahead, the
+image work in the ``image_pool``; ``concurrency`` workers each take a prepared row
+(dedup) and hand it to the executor (``executor.py``; ``dispatch.OnlineExecutor``
+paces, sends and retries); a flusher writes finished rows as Parquet parts every
+``part_rows`` rows and every ``flush_interval_s``.
 
 What touches the outside (client, clock, sleep, journal, limiter, progress) is
 passed in through ``RunnerDeps`` (built by ``compose.build_runner``), so tests
@@ -25,6 +26,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -38,16 +40,17 @@ from .cost import is_priced
 from .dedup import DEDUP_WINDOW, RequestDedup, SharedRequest, request_key
 from .dialects import Dialect
 from .dispatch import OnlineExecutor
-from .errors import ImageUnreadableError, JournalError, PipelineError
+from .errors import JournalError, PipelineError
 from .executor import Executor, PreparedRequest, StopDispatch
 from .feed import ChunkSource, ManifestFeed, next_item
-from .images import ImageLimits, PreparedImage, inline_bytes, is_remote, prepare_image, remote_url
+from .image_pool import ImagePool, ThreadImagePool
 from .journal import Journal
 from .labels import label_extender, label_spec
 from .models import Item, ResultRow, RunTotals
+from .preparer import PreparedRow, Preparer
 from .progress import NoProgress, Progress
 from .ratelimit import RateLimiter
-from .rows import dedup_copy, result_row, unexpected_error_row
+from .rows import dedup_copy
 from .run_meta import results_metadata, updated_meta
 from .tokens import TextCounter
 
@@ -80,6 +83,8 @@ class RunnerDeps:
     executor: Executor | None = None
     # Masks secrets in every row before it is written (the CLI builds it from the API key).
     scrub: Callable[[ResultRow], ResultRow] | None = None
+    # Where images are decoded and resized; closed when the run ends (compose builds a process pool).
+    image_pool: ImagePool = field(default_factory=ThreadImagePool)
 
 
 class Runner:
@@ -103,9 +108,6 @@ class Runner:
         self.retry_errors = retry_errors
         self.grace_s = grace_s
         self.totals = RunTotals(total=total_rows, priced=is_priced(config))
-        self._limits = ImageLimits(
-            max_bytes=config.images.max_bytes, max_pixels=config.images.max_pixels, max_side=config.images.max_side
-        )
         self._text = TextCounter()
         self._buffer: list[ResultRow] = []
         self._buffer_full = anyio.Event()
@@ -113,7 +115,6 @@ class Runner:
         self._hurry = anyio.Event()
         self._stop_reason: PipelineError | None = None
         self._labels = label_spec(config.request.response_format)
-        self._build_body = deps.dialect.build_body
         self.budget = deps.budget or Budget(max_cost_usd=config.limits.max_cost_usd)
         self._executor: Executor = deps.executor or OnlineExecutor(
             config,
@@ -130,6 +131,16 @@ class Runner:
         )
         self._dedup = RequestDedup()
         self._prior_paid: dict[str, float] = {}
+        self._preparer = Preparer(
+            config,
+            client=deps.client,
+            dialect=deps.dialect,
+            pool=deps.image_pool,
+            base_dir=base_dir,
+            now=deps.now,
+            # Looked up when the row is prepared: _resume_from fills _prior_paid after this.
+            prior_cost=lambda row_id: self._prior_paid.get(row_id),
+        )
 
     # -- stopping ------------------------------------------------------------
 
@@ -186,17 +197,22 @@ class Runner:
         # Off the event loop: the first count would otherwise stall every request for the load.
         await anyio.to_thread.run_sync(self._text.preload, self.config.request.model)
         items_send, items_recv = anyio.create_memory_object_stream[Item](self.config.limits.concurrency)
-        async with anyio.create_task_group() as outer:
-            outer.start_soon(self._flush_loop)
-            work = anyio.CancelScope()
-            outer.start_soon(self._watch_stop, work)
-            with work:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(feed.run, items_send)
-                    for _ in range(self.config.limits.concurrency):
-                        tg.start_soon(self._work, items_recv.clone())
-                    items_recv.close()
-            outer.cancel_scope.cancel()
+        ready_send, ready_recv = anyio.create_memory_object_stream[PreparedRow](self._preparer.buffer)
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._flush_loop)
+                work = anyio.CancelScope()
+                outer.start_soon(self._watch_stop, work)
+                with work:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(feed.run, items_send)
+                        tg.start_soon(partial(self._preparer.run, items_recv, ready_send, stopping=self._stopping))
+                        for _ in range(self.config.limits.concurrency):
+                            tg.start_soon(self._work, ready_recv.clone())
+                        ready_recv.close()
+                outer.cancel_scope.cancel()
+        finally:  # without waiting for a decode still under way (a stop must end promptly)
+            self.deps.image_pool.close()
         # Counted by the executor (a request that stopped the run records no row): read once, here.
         self.totals.requests = self._executor.requests
         if self._stop_reason is None and feed.error is not None:
@@ -242,13 +258,13 @@ class Runner:
         else:
             log.error("%s", problem)
 
-    async def _work(self, receive: MemoryObjectReceiveStream[Item]) -> None:
+    async def _work(self, receive: MemoryObjectReceiveStream[PreparedRow]) -> None:
         async with receive:
             while not self._stopping.is_set():
-                item = await next_item(receive)
-                if item is None or self._stopping.is_set():
+                prepared = await next_item(receive)
+                if prepared is None or self._stopping.is_set():
                     return
-                row = await self._process(item)
+                row = prepared.row or await self._process(prepared)
                 if row is not None:
                     self._record(row)
 
@@ -264,24 +280,11 @@ class Runner:
 
     # -- one row ---------------------------------------------------------------
 
-    async def _process(self, item: Item) -> ResultRow | None:
-        """The per-row boundary: whatever happens to this row ends as its result row (or, when the
-        run stops before it was answered, as nothing: the next run sends it)."""
-        prior = self._prior_paid.get(item.id)
-        try:
-            image = await self._prepare(item)
-            body = self._build_body(self.config.request, image_url=image.url, fields=item.fields)
-        except ImageUnreadableError as exc:
-            return result_row(
-                item,
-                finished_at=self.deps.now(),
-                prior_cost_usd=prior,
-                status="error",
-                error_type="image_unreadable",
-                error_message=str(exc),
-            )
-        except Exception as exc:  # noqa: BLE001 - an unusable image reference fails its row, not the run
-            return unexpected_error_row(item, exc, stage="prepare", finished_at=self.deps.now(), prior_cost_usd=prior)
+    async def _process(self, prepared: PreparedRow) -> ResultRow | None:
+        """A prepared row sent (or copied from an identical request's answer); None when the run
+        stops before it was answered: the next run sends it."""
+        item, prior, body, image = prepared.item, prepared.prior_cost_usd, prepared.body, prepared.image
+        assert body is not None and image is not None  # a row without them came with its result
         if not self.config.images.dedup:
             return await self._execute(
                 PreparedRequest(item=item, body=body, image=image, key=None, prior_cost_usd=prior)
@@ -309,20 +312,6 @@ class Runner:
             if stop.reason is not None:
                 self.request_stop(stop.reason)
             return stop.row
-
-    async def _prepare(self, item: Item) -> PreparedImage:
-        if is_remote(item.url):
-            if not self.config.images.inline_remote:
-                return PreparedImage(url=remote_url(item.url))
-            data = await self.deps.client.fetch_image(
-                remote_url(item.url),
-                max_bytes=self.config.images.max_bytes,
-                timeout_s=self.config.images.download_timeout_s,
-            )
-            return await anyio.to_thread.run_sync(lambda: inline_bytes(data, limits=self._limits, source=item.url))
-        return await anyio.to_thread.run_sync(
-            lambda: prepare_image(item.url, base_dir=self.base_dir, limits=self._limits)
-        )
 
     # -- flushing ----------------------------------------------------------------
 

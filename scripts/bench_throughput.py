@@ -1,6 +1,7 @@
 """Throughput benchmark: the pipeline against the simulator, run by hand (never in the test suite).
 
     python scripts/bench_throughput.py overhead --rows 20000 --concurrency 64 512 --repeat 3
+    python scripts/bench_throughput.py overhead --rows 10000 --concurrency 64 --profile tottime
     python scripts/bench_throughput.py limit --server-rpm 600 --rows 1500 --client-knows     # known limit
     python scripts/bench_throughput.py limit --server-rpm 600 --rows 1500                    # limit only the server knows
     python scripts/bench_throughput.py limit --server-tpm 100000 --rows 250 --client-knows --image-size 2048x4096 --detail high
@@ -240,6 +241,9 @@ def overhead(args: argparse.Namespace) -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             manifest = write_manifest(Path(tmp) / "m.csv", args.rows)
+            if args.profile:
+                profile_pipeline(sim.base_url, manifest, args)
+                return
             seen = 0
             for concurrency in args.concurrency:
                 # Interleaved repeats: the reference loop's own rate moves by +-15% from run to
@@ -290,6 +294,23 @@ def overhead(args: argparse.Namespace) -> None:
                 )
     finally:
         sim.stop()
+
+
+def profile_pipeline(base_url: str, manifest: Path, args: argparse.Namespace) -> None:
+    """One pipeline run per concurrency under cProfile: where the per-request CPU goes."""
+    import cProfile
+    import pstats
+
+    for concurrency in args.concurrency:
+        # CPU time, not wall time: on a shared machine, being descheduled would be charged to
+        # whichever function happened to be running.
+        profiler = cProfile.Profile(time.process_time)
+        profiler.enable()
+        result = run_pipeline(base_url, manifest, concurrency=concurrency, transport=args.transport)
+        profiler.disable()
+        print(json.dumps({"mode": "overhead-profile", "concurrency": concurrency, **result}), flush=True)
+        stats = pstats.Stats(profiler).sort_stats(args.profile)
+        stats.print_stats(args.profile_lines)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -401,6 +422,12 @@ def main() -> None:
         help="the chat POST straight on aiohttp (the default, as in production), through httpx's API "
         "over aiohttp (httpx-aiohttp), or through httpx's own transport",
     )
+    o.add_argument(
+        "--profile",
+        choices=["tottime", "cumulative"],
+        help="instead of the comparison: one pipeline run per concurrency under cProfile, sorted by this",
+    )
+    o.add_argument("--profile-lines", type=int, default=40)
     for name, help_text in (
         ("limit", "a server-enforced rpm and/or tpm"),
         ("scale", "many requests in flight, no limit"),

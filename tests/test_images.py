@@ -159,3 +159,52 @@ def test_schemes_are_case_insensitive(tmp_path):
     url = "DATA:image/png;BASE64," + base64.b64encode(_png((8, 4))).decode()
     image = prepare_image(url, base_dir=tmp_path, limits=ImageLimits())
     assert image.url == url and (image.width, image.height) == (8, 4)
+
+
+def test_a_truncated_jpeg_passes_verify_but_not_preparation(tmp_path):
+    """Pillow's verify() reads no JPEG scan data, so a cut JPEG passes it: the one decode is the check."""
+    whole = _jpeg((1200, 900))
+    cut = whole[: len(whole) * 2 // 3]
+    with Image.open(io.BytesIO(cut)) as im:
+        im.verify()  # passes: this is why preparation cannot rely on it
+    (tmp_path / "cut.jpg").write_bytes(cut)
+    for max_side in (None, 300):
+        with pytest.raises(ImageUnreadableError, match="broken or truncated"):
+            prepare_image("cut.jpg", base_dir=tmp_path, limits=ImageLimits(max_side=max_side))
+
+
+def _photo(size=(1600, 1200)) -> bytes:
+    """Smooth fields, hard edges and grain: what DCT scaling and the resampling filter must keep."""
+    from PIL import ImageDraw, ImageFilter
+
+    im = Image.linear_gradient("L").resize(size).convert("RGB")
+    draw = ImageDraw.Draw(im)
+    for i in range(12):
+        draw.ellipse((i * 120, i * 80, i * 120 + 300, i * 80 + 200), fill=(40 * i % 256, 255 - 20 * i, 90))
+    grain = Image.effect_noise(size, 20).convert("RGB")
+    im = Image.blend(im.filter(ImageFilter.GaussianBlur(1)), grain, 0.1)
+    out = io.BytesIO()
+    im.save(out, format="JPEG", quality=92)
+    return out.getvalue()
+
+
+def test_reduced_size_decode_stays_close_to_a_full_lanczos_resize():
+    """The JPEG decoded at a DCT scale (1/4 here) and resized stays within 48 dB PSNR of a full decode +
+    LANCZOS, far closer than the JPEG q90 encode after it (37.5 dB on this image): the speed is not
+    bought with a worse picture. (BILINEAR from the same scale gives 45 dB, NEAREST 42, decoding at
+    1/8 and scaling up 44: each fails here.)"""
+    import math
+
+    from PIL import ImageChops, ImageStat
+
+    from pipeline.images import decode_for_sending
+
+    data = _photo()
+    decoded = decode_for_sending(data, ImageLimits(max_side=240), source="t")
+    reference = Image.open(io.BytesIO(data))
+    reference.load()
+    reference = reference.resize((240, 180), Image.Resampling.LANCZOS)
+    assert (decoded.width, decoded.height) == (1600, 1200) and decoded.image.size == (240, 180)
+    stat = ImageStat.Stat(ImageChops.difference(reference, decoded.image.convert("RGB")))
+    psnr = 10 * math.log10(255**2 / (sum(stat.sum2) / (240 * 180 * 3)))
+    assert psnr > 48, psnr
