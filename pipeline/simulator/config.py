@@ -35,21 +35,16 @@ FAULT_KINDS = (
     # another one stops the run).
     "slow",
 )
-TRANSIENT_FAULTS = frozenset(
-    {
-        "500",
-        "502",
-        "503",
-        "429",
-        "gateway_limit",
-        "reset",
-        "stall",
-        "truncated",
-        "nonjson",
-        "nochoices",
-        "image_timeout",
-    }
-)
+# What a retry can get past; the rest say the same thing every time (or are not failures at all).
+TRANSIENT_FAULTS = frozenset(FAULT_KINDS) - {
+    "invalid_image_url",
+    "filter_completion",
+    "filter_prompt",
+    "quota",
+    "auth",
+    "badjson",
+    "slow",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
