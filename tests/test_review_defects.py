@@ -62,3 +62,19 @@ def test_report_throughput_of_an_older_folder_counts_only_timed_rows(simulator, 
     timed_rows = 10  # only the resumed run's rows were done in the time active_s counts
     tp = summary["throughput"]
     assert tp["rows_per_s"] * tp["active_s"] <= timed_rows * 1.5, tp
+
+
+def test_estimate_html_into_a_missing_folder_is_refused_before_anything_is_paid(tmp_path):
+    """--html naming a folder that does not exist: the sample is sent (and paid) for every model, then
+    write_text raises FileNotFoundError (a traceback) and the estimate table is never printed.
+    It should be refused up front (exit 2, nothing sent) like the other --html/--models mistakes."""
+    from tests.conftest import run_cli
+
+    manifest = write_csv(tmp_path / "m.csv", remote_rows(20))
+    config = write_config(tmp_path / "c.toml", FAST_CONFIG)
+    page = tmp_path / "no-such-folder" / "compare.html"
+    argv = ["estimate", str(manifest), "--config", str(config), "--models", "gpt-4o,gpt-4o-mini", "--sample", "3"]
+    result = run_cli([*argv, "--simulate", "--html", str(page)])
+    assert "Traceback" not in result.stderr, result.stderr[-400:]
+    assert result.returncode == 2
+    assert "requests" not in result.stdout  # nothing sent
