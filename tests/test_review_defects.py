@@ -78,3 +78,22 @@ def test_estimate_html_into_a_missing_folder_is_refused_before_anything_is_paid(
     assert "Traceback" not in result.stderr, result.stderr[-400:]
     assert result.returncode == 2
     assert "requests" not in result.stdout  # nothing sent
+
+
+def test_estimate_sample_kept_in_an_unfinished_run_folder_does_not_mark_it_finished(simulator, tmp_path):
+    """`caption estimate --sample N --out DIR` on a run folder that is not done (here: stopped by its
+    budget) rewrites run.json as status finished with rows_in_manifest = N, so `caption report` says
+    "finished: 18 of 5 rows done", rows_left 0, and `export` drops its "unfinished" note."""
+    from tests.conftest import run_cli
+
+    config = write_config(tmp_path / "c.toml", FAST_CONFIG.replace("concurrency = 16", "concurrency = 1"))
+    out = tmp_path / "out"
+    manifest = write_csv(tmp_path / "m.csv", remote_rows(40))
+    assert run_cli(run_args(manifest, out, config, simulator.base_url, "--max-cost", "0.008")).returncode == 3
+    before = json.loads(run_cli(["report", str(out), "--json"]).stdout)
+    assert before["state"] == "stopped" and before["rows_left"] > 0
+    estimate = ["estimate", str(manifest), "--config", str(config), "--base-url", simulator.base_url]
+    assert run_cli([*estimate, "--sample", "3", "--out", str(out)]).returncode == 0
+    after = json.loads(run_cli(["report", str(out), "--json"]).stdout)
+    assert after["state"] != "finished", after["run"]["headline"]
+    assert after["rows_left"] == 40 - after["settled_rows"], after["run"]["headline"]
