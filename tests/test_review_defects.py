@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from pipeline.cli import main
+from pipeline.journal import Journal
 from pipeline.report import report
 from tests.conftest import FAST_CONFIG, remote_rows, run_args, write_config, write_csv
 from tests.test_export import _export, folder_run  # noqa: F401  (fixture)
@@ -97,3 +98,23 @@ def test_estimate_sample_kept_in_an_unfinished_run_folder_does_not_mark_it_finis
     after = json.loads(run_cli(["report", str(out), "--json"]).stdout)
     assert after["state"] != "finished", after["run"]["headline"]
     assert after["rows_left"] == 40 - after["settled_rows"], after["run"]["headline"]
+
+
+def test_throughput_after_a_killed_run_keeps_the_killed_runs_working_time(tmp_path):
+    """A run killed (kill -9) after 20 s with 20 rows, resumed an hour later for 10 s and 20 rows: 40 rows
+    over 30 s of work. The resumed run's start overwrites run_started_at, so the killed run's 20 s are
+    lost: 40 rows over 10 s (4 rows/s) is reported."""
+    from datetime import timedelta
+
+    from tests.test_report_state import T0, _meta, _rows
+
+    later = T0 + timedelta(hours=1)
+    with Journal(tmp_path) as journal:
+        _meta(journal, status="running", now=T0)
+        journal.write_rows(_rows(range(20), start=T0 + timedelta(seconds=1)))  # last row at T0+20 s
+        # killed: no end state written
+        _meta(journal, status="running", now=later)
+        journal.write_rows(_rows(range(20, 40), start=later))
+        _meta(journal, status="finished", now=later + timedelta(seconds=10))
+    tp = report(tmp_path)["throughput"]
+    assert tp["active_s"] >= 29.0, tp
