@@ -6,7 +6,6 @@ import json
 import tarfile
 import time
 
-import polars as pl
 import pytest
 
 from pipeline.cli import main
