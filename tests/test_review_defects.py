@@ -6,6 +6,7 @@ import json
 import tarfile
 import time
 
+import polars as pl
 import pytest
 
 from pipeline.cli import main
@@ -117,3 +118,44 @@ def test_throughput_after_a_killed_run_keeps_the_killed_runs_working_time(tmp_pa
         _meta(journal, status="finished", now=later + timedelta(seconds=10))
     tp = report(tmp_path)["throughput"]
     assert tp["active_s"] >= 29.0, tp
+
+
+def test_a_block_of_images_on_a_slow_host_does_not_stop_every_resume(tmp_path):
+    """The provider's "Timeout while downloading the image" 400 is now a retryable ``timeout``, which the
+    breaker counts as the endpoint being down. 40 rows in a row on a slow image host (the rest fine):
+    the run stops with "the endpoint looks down" (exit 3) before recording them, and every re-run
+    sends the same rows first and stops again: the manifest can never be finished."""
+    from tests.conftest import cli_env, run_cli
+    from tests.hostile_server import HostileServer, completion, json_answer
+
+    timeout_400 = json_answer(
+        400,
+        {
+            "error": {
+                "message": "Timeout while downloading the image.",
+                "type": "invalid_request_error",
+                "param": "url",
+                "code": "invalid_image_url",
+            }
+        },
+    )
+    answers = {f"{i:04d}": timeout_400 if i < 40 else json_answer(200, completion()) for i in range(200)}
+    config = write_config(
+        tmp_path / "c.toml",
+        FAST_CONFIG.replace("max_attempts = 4", "max_attempts = 2")
+        + '\n[endpoint]\nprovider = "generic"\napi_key_env = "K"\n',
+    )
+    manifest = write_csv(tmp_path / "m.csv", remote_rows(200))
+    out = tmp_path / "out"
+    with HostileServer() as server:
+        server.answers = answers
+        codes = [
+            run_cli(run_args(manifest, out, config, server.base_url), env=cli_env(K="sk-test")).returncode
+            for _ in range(2)
+        ]
+    ok = (
+        pl.read_parquet(out / "results.parquet").filter(pl.col("status") == "ok").height
+        if (out / "results.parquet").exists()
+        else 0
+    )
+    assert ok == 160 and codes[-1] == 1, (codes, ok)
