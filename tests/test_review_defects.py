@@ -159,3 +159,17 @@ def test_a_block_of_images_on_a_slow_host_does_not_stop_every_resume(tmp_path):
         else 0
     )
     assert ok == 160 and codes[-1] == 1, (codes, ok)
+
+
+def test_estimate_models_one_unknown_model_does_not_throw_away_the_paid_samples(simulator, tmp_path):
+    """--models gpt-4o,gpt-4o-minii (a typo): gpt-4o's sample is sent and paid, then the second model's
+    404 aborts the whole command (exit 3) and nothing of gpt-4o's estimate is printed or kept."""
+    from tests.conftest import run_cli
+
+    simulator.app.update(accept_any_model=False)
+    manifest = write_csv(tmp_path / "m.csv", remote_rows(20))
+    config = write_config(tmp_path / "c.toml", FAST_CONFIG)
+    argv = ["estimate", str(manifest), "--config", str(config), "--base-url", simulator.base_url]
+    result = run_cli([*argv, "--models", "gpt-4o,gpt-4o-minii", "--sample", "3"])
+    assert "gpt-4o-minii" in result.stderr
+    assert "gpt-4o " in result.stdout, (result.returncode, result.stdout, result.stderr[-300:])
