@@ -6,7 +6,7 @@ manifest into error rows:
 - **The endpoint looks down.** It watches the last ``window`` attempts. Only
   failures that say nothing about the row itself count (5xx, timeouts,
   connection errors, unusable 200s); a 400 for a bad image means the endpoint is
-  up. Once at least ``min_attempts`` have been seen and ``threshold`` of the
+  up, and so does any 4xx, a retryable one included. Once at least ``min_attempts`` have been seen and ``threshold`` of the
   window failed, it opens.
 - **The same refusal, whatever the image.** A 400 is normally about its row. But
   when ``same_error_rows`` rows in a row are refused with the *same* words (ids
@@ -53,6 +53,13 @@ def _blank(text: str) -> str:
     return _AMOUNT.sub("#", _ID.sub("<id>", text))
 
 
+def _answered_4xx(failure: Failure) -> bool:
+    """A 4xx is the endpoint answering: its own download of the row's image timing out (400
+    "Timeout while downloading") is a slow image host, not an endpoint that is down. Counted as
+    down, a block of such rows would stop every resume before they are recorded."""
+    return failure.http_status is not None and 400 <= failure.http_status < 500
+
+
 class CircuitBreaker:
     def __init__(
         self,
@@ -72,7 +79,7 @@ class CircuitBreaker:
 
     def record(self, outcome: Failure | None) -> None:
         """Record one attempt: ``None`` for an answer, else its failure."""
-        failed = outcome is not None and outcome.error_type in ENDPOINT_FAILURES
+        failed = outcome is not None and outcome.error_type in ENDPOINT_FAILURES and not _answered_4xx(outcome)
         if len(self._recent) == self._recent.maxlen and self._recent[0]:
             self._failures -= 1
         self._recent.append(failed)

@@ -227,16 +227,41 @@ def run_state(summary: dict[str, Any], meta: dict[str, Any] | None, *, live: boo
     }
 
 
-def active_s(summary: dict[str, Any], meta: dict[str, Any] | None, *, state: str, now: datetime) -> float | None:
-    """PURE: the seconds runs spent working in this folder (gaps between runs left out); None if unknown."""
-    if not meta or ("active_s" not in meta and "run_started_at" not in meta):
+def _at(raw: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(raw) if isinstance(raw, str) else None
+    except ValueError:  # a hand-edited run.json: that time is unknown, not a crash
+        return None
+
+
+def working_time(
+    frame: pl.LazyFrame, summary: dict[str, Any], meta: dict[str, Any] | None, *, state: str, now: datetime
+) -> tuple[float, int] | None:
+    """The seconds runs spent working in this folder (gaps between runs left out) and the rows done in
+    that time; None if unknown (a folder from before working time was recorded)."""
+    if not meta or not any(k in meta for k in ("active_s", "run_started_at", "unclosed_starts")):
         return None
     active = float(meta.get("active_s") or 0.0)
     if "run_started_at" in meta:  # a run going on, or one killed before it could add its time
         last = summary["throughput"]["last_finished_at"]
         until = now if state == "running" or last is None else datetime.fromisoformat(last)
         active += session_s(meta, until)
-    return active
+    # Runs killed before a later run started: each worked from its start to its last row.
+    starts = sorted(t for t in (_at(x) for x in meta.get("unclosed_starts") or []) if t is not None)
+    current = _at(meta.get("run_started_at"))
+    ends = [*starts[1:], current]
+    for start, end in zip(starts, ends[: len(starts)], strict=True):
+        window = pl.col("finished_at") >= start
+        if end is not None:
+            window &= pl.col("finished_at") < end
+        last_row = frame.filter(window).select(pl.col("finished_at").max()).collect().item()
+        if last_row is not None:
+            active += max(0.0, (last_row - start).total_seconds())
+    since = _at(meta.get("timed_since"))
+    if since is None:
+        return active, summary["rows"]
+    rows = frame.filter(pl.col("finished_at") >= since).select(pl.len()).collect().item()
+    return active, int(rows)
 
 
 def report(out_dir: Path, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> dict[str, Any]:
@@ -246,13 +271,15 @@ def report(out_dir: Path, *, now: Callable[[], datetime] = lambda: datetime.now(
         folder = Journal.reader(out_dir)
         meta = folder.read_meta()
         live = any_held(out_dir)
-        summary = summarise(load_results(out_dir, _SUMMARY_COLUMNS))
+        frame = load_results(out_dir, _SUMMARY_COLUMNS)
+        summary = summarise(frame)
         run = run_state(summary, meta, live=live)
         summary.update(state=run["state"], rows_left=run["rows_left"], run=run)
-        active = active_s(summary, meta, state=run["state"], now=now())
-        if active is not None:
+        worked = working_time(frame, summary, meta, state=run["state"], now=now())
+        if worked is not None:
+            active, rows = worked
             summary["throughput"]["active_s"] = round(active, 3)
-            summary["throughput"]["rows_per_s"] = round(summary["rows"] / active, 3) if active > 0 else None
+            summary["throughput"]["rows_per_s"] = round(rows / active, 3) if active > 0 else None
         return summary
 
     return reading(out_dir, read)

@@ -68,6 +68,14 @@ def updated_meta(
         rows_in_manifest=totals.total,
     )
     if status == "running":
+        if "run_started_at" in meta:
+            # The last run never ended (killed): its start is kept, so the report can count its working
+            # time up to its last row instead of losing it.
+            meta.setdefault("unclosed_starts", []).append(meta["run_started_at"])
+        elif "active_s" not in meta:
+            # The first timed run here: rows of older runs (no working time recorded) are left out of
+            # the throughput, not divided by this run's time.
+            meta["timed_since"] = now.isoformat()
         meta["run_started_at"] = now.isoformat()
     else:
         # Time between runs is not working time: the report's throughput divides by this sum.

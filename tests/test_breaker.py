@@ -70,3 +70,15 @@ def test_refusals_naming_their_rows_size_or_url_differ():
     c = refusal_signature(refusal("cannot fetch https://cdn.example.com/a/0001.jpg"))
     d = refusal_signature(refusal("cannot fetch https://cdn.example.com/a/0002.jpg"))
     assert len({a, b, c, d}) == 4
+
+
+def test_a_provider_download_timeout_is_the_endpoint_answering_not_down():
+    """400 "Timeout while downloading" is retried as a timeout, but the endpoint answered: a block of
+    rows on a slow image host must not stop the run (every resume would stop on the same rows)."""
+    breaker = CircuitBreaker(window=10, min_attempts=5, threshold=0.8)
+    for _ in range(10):
+        breaker.record(Failure("timeout", "HTTP 400 Timeout while downloading", retryable=True, http_status=400))
+    assert not breaker.is_open
+    for _ in range(10):
+        breaker.record(Failure("timeout", "read timed out", retryable=True))  # no answer at all
+    assert breaker.looks_down
