@@ -325,6 +325,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if not args.out.is_dir():
         raise ConfigError(f"{args.out}: not a folder; give the --out folder of a `caption run`")
+    # Checked before the report is computed: a typo in --html's folder is a one-line error, not a traceback.
+    if args.html is not None and not args.html.parent.is_dir():
+        raise ConfigError(f"{args.html.parent}: no such folder to write the page in", key="--html")
+    if args.html is not None and args.html.is_dir():
+        raise ConfigError(f"{args.html}: is a folder; give the page's file name", key="--html")
     summary = report(args.out)
     if args.html is not None:
         page = reading(

@@ -87,7 +87,8 @@ class FolderLockedError(UsageError):
 
 
 class ExportError(UsageError):
-    """``caption export`` cannot do what was asked; nothing was written."""
+    """``caption export`` cannot do what was asked; nothing was written (or, when a write failed,
+    the message names the file and says the files before it were kept)."""
 
 
 class JournalError(PipelineError):

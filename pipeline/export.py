@@ -13,7 +13,10 @@ also refused when its folder resolves outside ``--to`` (a symlink inside it) or 
 symlink (opened with ``O_NOFOLLOW``).
 
 Reads a folder with ``Journal.reader``, so a stopped or still-running run exports what is
-ok so far (and says it is unfinished).
+ok so far (and says it is unfinished). ``--to`` naming a file, or a write that fails (disk full,
+no permission), is a one-line ``ExportError`` naming the path, never a traceback. With ``force``
+a WebDataset export also removes the folder's other ``shard-NNNNNN.tar`` files, so a loader
+globbing ``shard-*.tar`` reads only this export.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import json
 import os
 import tarfile
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -36,6 +41,7 @@ from .export_names import (
     caption_name,
     caption_text,
     id_caption_name,
+    is_shard_name,
     safe_relative,
     shard_name,
     webdataset_key,
@@ -79,11 +85,14 @@ class ExportReport:
     left_out: dict[str, int] = field(default_factory=dict)
     skipped: Counter[str] = field(default_factory=Counter)
     unfinished: str | None = None
+    removed: int = 0  # an earlier export's shards beyond this one's (--force)
 
     def lines(self) -> list[str]:
         head = f"wrote {self.written} {self.noun} {self.where}"
         if self.samples is not None:
             head += f" ({self.samples} image + caption samples)"
+        if self.removed:
+            head += f"; removed {self.removed} older {'shard' if self.removed == 1 else 'shards'} beyond these"
         lines = [head]
         if self.left_out:
             counts = ", ".join(f"{status} {n}" for status, n in sorted(self.left_out.items()))
@@ -116,6 +125,8 @@ def export_folder(out_dir: Path, options: ExportOptions) -> ExportReport:
         raise ExportError(f"{out_dir}: not a folder; give the --out folder of a `caption run`")
     if options.shard_size < 1:
         raise ExportError(f"--shard-size must be at least 1, not {options.shard_size}")
+    default_to = {"txt": None, "webdataset": out_dir / "webdataset"}.get(options.format, out_dir)
+    _check_folder(options.to or default_to)
     # A caption file or shard needs a few columns; reading only those keeps a million-row folder small.
     columns = None if options.format in ("jsonl", "csv") else ["id", "url", "path", "status", "row", options.field]
     folder = reading(out_dir, lambda: _read(out_dir, field=options.field, columns=columns))
@@ -128,6 +139,45 @@ def export_folder(out_dir: Path, options: ExportOptions) -> ExportReport:
     report.left_out = folder.left_out
     report.unfinished = folder.unfinished
     return report
+
+
+def _check_folder(to: Path | None) -> None:
+    """Refuse a ``--to`` that is, or lies under, a file (a typo) before anything is read or written."""
+    if to is None:
+        return
+    existing = to
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == to else f"cannot be made: {existing} is a file"
+        raise ExportError(f"--to {to}: {where}, not a folder; give the folder to write into")
+
+
+def _columns(*names: str) -> list[str]:
+    """``names`` without repeats: ``--field`` may name a column the export reads anyway (id, url, path),
+    and polars refuses a selection that names one twice."""
+    return list(dict.fromkeys(names))
+
+
+def _reason(exc: OSError) -> str:
+    # polars' own OSErrors carry no strerror, only "No such file or directory (os error 2): PATH".
+    return exc.strerror or str(exc).split(" (os error", 1)[0]
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """An OSError while writing ``path`` (disk full, no permission, a file where a folder goes) as a
+    one-line error naming the file, not a traceback. Files written before it stay: the message says so."""
+    try:
+        yield
+    except OSError as exc:
+        # os.replace names the target second; a temp file's name would mean nothing to the user.
+        where = exc.filename2 or exc.filename
+        name = path if where is None or ".tmp-" in os.fsdecode(where) else where
+        raise ExportError(
+            f"{os.fsdecode(name)}: cannot be written ({_reason(exc)}); "
+            "files written before it are kept: fix this and re-run with --force"
+        ) from None
 
 
 def _read(out_dir: Path, *, field: str, columns: list[str] | None) -> _Folder:
@@ -143,7 +193,7 @@ def _read(out_dir: Path, *, field: str, columns: list[str] | None) -> _Folder:
     if field not in names:
         choices = ["caption", "labels", *(c for c in names if c not in RESULT_SCHEMA)]
         raise ExportError(f"--field {field}: {out_dir} has no such column (choose from: {', '.join(choices)})")
-    frame = (rows if columns is None else rows.select(list(dict.fromkeys(columns)))).collect()
+    frame = (rows if columns is None else rows.select(_columns(*columns))).collect()
     statuses = frame.get_column("status").value_counts()
     left_out = {s: int(n) for s, n in statuses.iter_rows() if s != "ok"}
     status = meta.get("status")
@@ -198,13 +248,14 @@ def _inside(folder: Path, root: Path, checked: dict[Path, bool]) -> bool:
 
 
 def _write_caption(target: Path, text: str) -> bool:
-    """Write ``text`` to ``target`` unless it is a symlink (O_NOFOLLOW: writing would follow it)."""
+    """Write ``text`` to ``target`` unless it is a symlink (O_NOFOLLOW: writing would follow it).
+    Any other OSError is the caller's (``_writing``)."""
     try:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return False
-        raise ExportError(f"{target}: cannot be written ({exc.strerror})") from None
+        raise
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text + "\n")
     return True
@@ -223,7 +274,7 @@ def _export_txt(folder: _Folder, options: ExportOptions) -> ExportReport:
     report = ExportReport(noun="caption files", where=f"under {options.to}" if options.to else "beside their images")
     planned: dict[Path, str] = {}
     sources: dict[Path, Path] = {}  # the local image each planned caption file is for
-    for row in folder.rows.select("id", "url", "path", options.field).iter_rows(named=True):
+    for row in folder.rows.select(_columns("id", "url", "path", options.field)).iter_rows(named=True):
         text = caption_text(row[options.field])
         image = _local_image(row["url"], folder.base_dir)
         if text is None:
@@ -251,18 +302,20 @@ def _export_txt(folder: _Folder, options: ExportOptions) -> ExportReport:
     _refuse_existing(list(planned), force=options.force)
     checked: dict[Path, bool] = {}
     if options.to is not None:
-        options.to.mkdir(parents=True, exist_ok=True)
+        with _writing(options.to):
+            options.to.mkdir(parents=True, exist_ok=True)
         root = options.to.resolve()
     for target, text in planned.items():
-        if options.to is not None:
-            if not _inside(target.parent, root, checked):
+        with _writing(target):
+            if options.to is not None:
+                if not _inside(target.parent, root, checked):
+                    report.skipped[OUTSIDE_TO] += 1
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+            if _write_caption(target, text):
+                report.written += 1
+            else:
                 report.skipped[OUTSIDE_TO] += 1
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-        if _write_caption(target, text):
-            report.written += 1
-        else:
-            report.skipped[OUTSIDE_TO] += 1
     return report
 
 
@@ -270,19 +323,31 @@ def _export_table(folder: _Folder, options: ExportOptions, *, default_to: Path) 
     to = options.to or default_to
     target = to / f"results.{options.format}"
     _refuse_existing([target], force=options.force)
-    to.mkdir(parents=True, exist_ok=True)
     frame = folder.rows.with_columns(
         pl.col(pl.Datetime).dt.to_string("%Y-%m-%dT%H:%M:%S%.6f%:z"),
     )
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    if options.format == "jsonl":
-        frame.write_ndjson(tmp)
-    else:
-        frame.with_columns(
-            pl.col(pl.List, pl.Struct, pl.Array).map_batches(_as_json, return_dtype=pl.String)
-        ).write_csv(tmp)
-    os.replace(tmp, target)
+    with _writing(target), _temp_removed_on_error(tmp):
+        to.mkdir(parents=True, exist_ok=True)
+        if options.format == "jsonl":
+            frame.write_ndjson(tmp)
+        else:
+            frame.with_columns(
+                pl.col(pl.List, pl.Struct, pl.Array).map_batches(_as_json, return_dtype=pl.String)
+            ).write_csv(tmp)
+        os.replace(tmp, target)
     return ExportReport(written=frame.height, noun="rows", where=f"to {target}")
+
+
+@contextmanager
+def _temp_removed_on_error(tmp: Path) -> Iterator[None]:
+    """A write that fails leaves no half-written temp file behind."""
+    try:
+        yield
+    except BaseException:
+        with suppress(OSError):  # best effort: the error being raised is the one to report
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def _as_json(series: pl.Series) -> pl.Series:
@@ -295,7 +360,7 @@ def _export_webdataset(folder: _Folder, options: ExportOptions, *, default_to: P
     to = options.to or default_to
     report = ExportReport(noun="shards", where=f"to {to}")
     samples: list[tuple[str, str, Path, str]] = []
-    for row in folder.rows.select("id", "url", options.field).iter_rows(named=True):
+    for row in folder.rows.select(_columns("id", "url", options.field)).iter_rows(named=True):
         text = caption_text(row[options.field])
         image = _local_image(row["url"], folder.base_dir)
         if text is None:
@@ -310,30 +375,48 @@ def _export_webdataset(folder: _Folder, options: ExportOptions, *, default_to: P
             samples.append((webdataset_key(str(row["id"])), image.suffix.lower().lstrip("."), image, text))
     batches = [samples[i : i + options.shard_size] for i in range(0, len(samples), options.shard_size)]
     shards = [to / shard_name(i) for i in range(len(batches))]
-    _refuse_existing(shards, force=options.force)
-    to.mkdir(parents=True, exist_ok=True)
+    # An earlier export's shards beyond these would be read with them by a loader globbing shard-*.tar.
+    older = _other_shards(to, keep=set(shards))
+    _refuse_existing(shards + older, force=options.force)
+    with _writing(to):
+        to.mkdir(parents=True, exist_ok=True)
     for shard, batch in zip(shards, batches, strict=True):
-        report.samples = (report.samples or 0) + _write_shard(shard, batch, report.skipped)
+        with _writing(shard):
+            report.samples = (report.samples or 0) + _write_shard(shard, batch, report.skipped)
         report.written += 1
     report.samples = report.samples or 0
+    # Removed only once this export's shards are all in place: a failed write leaves the old set whole.
+    for shard in older:
+        with _writing(shard):
+            shard.unlink(missing_ok=True)
+        report.removed += 1
     return report
+
+
+def _other_shards(to: Path, *, keep: set[Path]) -> list[Path]:
+    """The files in ``to`` named as this export names its shards, other than ``keep``; nothing else
+    (a user's own ``shard-a.tar`` or ``.tar.gz``) is touched."""
+    if not to.is_dir():
+        return []
+    return sorted(p for p in to.iterdir() if is_shard_name(p.name) and p not in keep and not p.is_dir())
 
 
 def _write_shard(shard: Path, batch: list[tuple[str, str, Path, str]], skipped: Counter[str]) -> int:
     """One tar, written under a temp name and renamed: a reader never sees half a shard."""
     tmp = shard.with_name(f".{shard.name}.tmp-{os.getpid()}")
     packed = 0
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        for key, ext, image, text in batch:
-            try:
-                data = image.read_bytes()
-            except OSError:  # gone or unreadable since it was listed
-                skipped[IMAGE_MISSING] += 1
-                continue
-            _add(tar, f"{key}.{ext}", data)
-            _add(tar, f"{key}.txt", text.encode("utf-8"))
-            packed += 1
-    os.replace(tmp, shard)
+    with _temp_removed_on_error(tmp):
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            for key, ext, image, text in batch:
+                try:
+                    data = image.read_bytes()
+                except OSError:  # gone or unreadable since it was listed
+                    skipped[IMAGE_MISSING] += 1
+                    continue
+                _add(tar, f"{key}.{ext}", data)
+                _add(tar, f"{key}.txt", text.encode("utf-8"))
+                packed += 1
+        os.replace(tmp, shard)
     return packed
 
 

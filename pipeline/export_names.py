@@ -67,6 +67,14 @@ def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
 
 
+_SHARD_NAME = re.compile(r"shard-[0-9]{6,}\.tar")
+
+
+def is_shard_name(name: str) -> bool:
+    """``name`` is one ``shard_name`` makes (so ``--force`` may remove it as an earlier export's)."""
+    return _SHARD_NAME.fullmatch(name) is not None
+
+
 def caption_text(value: Any) -> str | None:
     """A column's value as caption text: a list of tags comma-separated (the kohya convention),
     an object as JSON, None (nothing to write) for a null or empty value."""

@@ -237,3 +237,84 @@ def test_two_rows_of_one_caption_file_write_it_once_and_say_why(simulator, tmp_p
     assert code == 0 and "wrote 1 caption files" in said
     assert "1 same image file as an earlier row" in said and "1 same caption file name as an earlier, different" in said
     assert (images / "photo.txt").read_text() == frame.filter(pl.col("id") == "a")["caption"].item() + "\n"
+
+
+def test_webdataset_force_removes_an_earlier_exports_extra_shards(folder_run, capsys):
+    """--force with fewer shards than last time: the old shard-00000N.tar beyond the new ones are removed
+    (a loader globbing shard-*.tar would read every sample twice) and counted; other files are kept."""
+    _, out, frame = folder_run
+    to = out / "wds"
+    assert _export(capsys, out, "--format", "webdataset", "--to", to, "--shard-size", "1")[0] == 0
+    assert len(list(to.glob("shard-*.tar"))) == 4
+    (to / "shard-notes.tar").write_text("mine")  # not a name the export makes: never touched
+    code, said, _ = _export(capsys, out, "--format", "webdataset", "--to", to, "--shard-size", "10", "--force")
+    assert code == 0 and "wrote 1 shards" in said and "removed 3 older shards beyond these" in said
+    assert sorted(p.name for p in to.iterdir()) == ["shard-000000.tar", "shard-notes.tar"]
+    with tarfile.open(to / "shard-000000.tar") as tar:
+        assert len(tar.getnames()) == 2 * frame.filter(pl.col("status") == "ok").height
+
+
+def test_webdataset_without_force_refuses_a_folder_holding_an_earlier_exports_shards(folder_run, capsys):
+    """Only shards beyond this export's exist (it now writes none): still refused without --force,
+    else the folder would mix two exports."""
+    _, out, _ = folder_run
+    to = out / "wds"
+    to.mkdir()
+    (to / "shard-000007.tar").write_bytes(b"")
+    code, said, err = _export(capsys, out, "--format", "webdataset", "--to", to)
+    assert code == 2 and said == ""
+    assert err == f"caption: error: {to / 'shard-000007.tar'} already exists; add --force to overwrite\n"
+    assert (to / "shard-000007.tar").exists() and not (to / "shard-000000.tar").exists()
+
+
+@pytest.mark.parametrize("fmt", ["txt", "jsonl", "csv", "webdataset"])
+@pytest.mark.parametrize("under", [False, True], ids=["to-is-a-file", "to-under-a-file"])
+def test_export_to_an_existing_file_is_a_one_line_error(folder_run, capsys, fmt, under):
+    """--to naming a file (a typo), or a folder under one: exit 2, one line naming it; nothing written."""
+    _, out, _ = folder_run
+    target = out.parent / "a-file"
+    target.write_text("x")
+    to = target / "sub" if under else target
+    code, said, err = _export(capsys, out, "--format", fmt, "--to", to)
+    assert code == 2 and said == ""
+    assert err.count("\n") == 1 and err.startswith(f"caption: error: --to {to}: ")
+    assert (f"{target} is a file" if under else "is a file, not a folder") in err
+    assert target.read_text() == "x"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "blocker"),
+    [("txt", "sub"), ("jsonl", "results.jsonl"), ("csv", "results.csv"), ("webdataset", "shard-000000.tar")],
+)
+def test_a_failing_write_is_a_one_line_error_naming_the_file(folder_run, capsys, fmt, blocker):
+    """An OSError while writing (here a folder where a file or a file where a folder goes; disk full,
+    no permission alike): exit 2, one line naming the file, no traceback, no temp file left."""
+    _, out, _ = folder_run
+    to = out.parent / "to"
+    to.mkdir()
+    if fmt == "txt":
+        (to / blocker).write_text("a file where the sub-folder's captions go")
+    else:
+        (to / blocker).mkdir()
+    code, _, err = _export(capsys, out, "--format", fmt, "--to", to, "--force")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"caption: error: {to / blocker}") and "cannot be written (" in err
+    assert not [p.name for p in to.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize(("fmt", "field"), [("txt", "id"), ("txt", "url"), ("txt", "path"), ("webdataset", "url")])
+def test_export_field_naming_a_base_column_writes_that_column(folder_run, capsys, fmt, field):
+    """--field id/url/path: columns the export reads itself anyway are still a caption's text."""
+    _, out, frame = folder_run
+    to = out.parent / f"to-{fmt}-{field}"
+    code, said, err = _export(capsys, out, "--format", fmt, "--field", field, "--to", to)
+    assert code == 0, err
+    ok = frame.filter(pl.col("status") == "ok")
+    if fmt == "txt":
+        for path, value in ok.select("path", pl.col(field).alias("value")).iter_rows():
+            assert (to / path).with_suffix(".txt").read_text(encoding="utf-8") == f"{value}\n"
+        assert "wrote 4 caption files" in said
+    else:
+        with tarfile.open(to / "shard-000000.tar") as tar:
+            texts = {tar.extractfile(m).read().decode() for m in tar.getmembers() if m.name.endswith(".txt")}  # type: ignore[union-attr]
+        assert texts == set(ok[field].to_list())

@@ -11,8 +11,10 @@ from pipeline.export_names import (
     caption_name,
     caption_text,
     id_caption_name,
+    is_shard_name,
     safe_name,
     safe_relative,
+    shard_name,
     webdataset_key,
 )
 
@@ -71,3 +73,16 @@ def test_webdataset_keys_hold_no_dot_or_separator():
 def test_caption_text_from_a_column_value(value, text):
     """Tags comma-separated (kohya style), objects as JSON, nothing for null or blank."""
     assert caption_text(value) == text
+
+
+def test_is_shard_name_matches_only_the_names_shard_name_makes():
+    """--force removes an earlier export's shards by name: only shard_name's own shape qualifies."""
+    assert all(is_shard_name(shard_name(i)) for i in (0, 7, 999_999, 1_234_567))
+    for other in (
+        "shard-1.tar",
+        "shard-000001.tar.gz",
+        ".shard-000001.tar.tmp-12",
+        "shard-00000a.tar",
+        "Shard-000001.tar",
+    ):
+        assert not is_shard_name(other), other

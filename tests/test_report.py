@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
+from pipeline.cli import main
 from pipeline.journal import Journal
 from pipeline.models import ResultRow
 from pipeline.report import summarise, timeline_bucket_s
@@ -230,3 +231,29 @@ def _render_with_and_without_remote_thumbnails(host, fetched, flags, tmp_path):
         fetched.clear()
         subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, timeout=90)
         assert len(set(fetched)) == expected, (option, fetched)
+
+
+@pytest.mark.parametrize("folder_exists", [True, False], ids=["a-run-folder", "an-empty-folder"])
+def test_report_html_into_a_missing_folder_is_a_one_line_error(tmp_path, capsys, folder_exists, request):
+    """--html MISSING/page.html: exit 2, one line naming the missing folder, checked before the report
+    is computed (an empty folder would otherwise fail first with 'no results here'); nothing written."""
+    out = request.getfixturevalue("finished_run") if folder_exists else tmp_path / "empty"
+    out.mkdir(exist_ok=True)
+    page = tmp_path / "missing" / "page.html"
+    capsys.readouterr()
+    code = main(["report", str(out), "--html", str(page)])
+    said, err = capsys.readouterr()
+    assert code == 2 and said == ""
+    assert err == f"caption: error: key '--html': {page.parent}: no such folder to write the page in\n"
+    assert not page.parent.exists()
+
+
+def test_report_html_naming_a_folder_is_a_one_line_error(tmp_path, capsys):
+    """--html naming an existing folder (the file name forgotten): exit 2, one line, not IsADirectoryError."""
+    out = tmp_path / "empty"
+    out.mkdir()
+    capsys.readouterr()
+    assert main(["report", str(out), "--html", str(tmp_path)]) == 2
+    assert (
+        capsys.readouterr().err == f"caption: error: key '--html': {tmp_path}: is a folder; give the page's file name\n"
+    )

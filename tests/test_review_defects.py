@@ -3,46 +3,14 @@
 from __future__ import annotations
 
 import json
-import tarfile
 import time
 
 import polars as pl
-import pytest
 
 from pipeline.cli import main
 from pipeline.journal import Journal
 from pipeline.report import report
 from tests.conftest import FAST_CONFIG, remote_rows, run_args, write_config, write_csv
-from tests.test_export import _export, folder_run  # noqa: F401  (fixture)
-
-
-def test_export_webdataset_force_leaves_no_stale_shards(folder_run, capsys):  # noqa: F811
-    """--force with fewer shards than last time must not leave the old shard-00000N.tar files:
-    a loader globbing shard-*.tar would read every sample twice (and stale captions)."""
-    _, out, _ = folder_run
-    to = out / "wds"
-    assert _export(capsys, out, "--format", "webdataset", "--to", to, "--shard-size", "1")[0] == 0
-    assert _export(capsys, out, "--format", "webdataset", "--to", to, "--shard-size", "10", "--force")[0] == 0
-    members = [m for shard in sorted(to.glob("shard-*.tar")) for m in tarfile.open(shard).getnames()]
-    assert len(members) == len(set(members)), sorted(p.name for p in to.iterdir())
-
-
-@pytest.mark.parametrize("fmt", ["txt", "jsonl", "csv", "webdataset"])
-def test_export_to_an_existing_file_is_a_one_line_error(folder_run, capsys, fmt):  # noqa: F811
-    """--to naming a file (a typo) ends in FileExistsError's traceback instead of exit 2."""
-    _, out, _ = folder_run
-    target = out.parent / "a-file"
-    target.write_text("x")
-    code, _, err = _export(capsys, out, "--format", fmt, "--to", target)
-    assert code == 2 and "caption: error:" in err
-
-
-@pytest.mark.parametrize(("fmt", "field"), [("txt", "id"), ("txt", "url"), ("txt", "path"), ("webdataset", "url")])
-def test_export_field_naming_a_base_column_is_not_a_traceback(folder_run, capsys, fmt, field):  # noqa: F811
-    """--field id/url/path (columns the export also selects itself) raise polars' DuplicateError."""
-    _, out, _ = folder_run
-    code, _, err = _export(capsys, out, "--format", fmt, "--field", field, "--to", out.parent / f"to-{fmt}-{field}")
-    assert code in (0, 2), err
 
 
 def test_report_throughput_of_an_older_folder_counts_only_timed_rows(simulator, tmp_path):
