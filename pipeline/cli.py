@@ -311,12 +311,29 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         with _endpoint(config, simulate=args.simulate and args.sample > 0) as sent_to:
             configs = [_with_base_url(c, sent_to.endpoint.base_url) for c in configs]
             estimates = anyio.run(functools.partial(run_estimates, configs, job, journals=journals, sending=sending))
-    if args.html is not None:
-        images = sample_images(estimates[0].items, manifest=args.manifest, remote=args.remote_thumbnails)
-        page = render_comparison_html(estimates, images=images, title=f"caption estimate · {args.manifest}")
-        args.html.write_text(page, encoding="utf-8")
-    print(estimate_output(estimates, configs[0], compared=args.models is not None, as_json=args.json, html=args.html))
-    return 0
+    # A model whose sample stopped (unknown, refused) is named with why; the others' paid samples are shown.
+    finished = [e for e in estimates if e.error is None]
+    failed = [e.error for e in estimates if e.error is not None]
+    html = args.html
+    scrub = getattr(args, "scrubber", None) or Scrubber()
+    why = {e.model: scrub(str(e.error)) for e in estimates if e.error is not None}
+    if finished:  # printed before the page is written: a late write failure must not lose the paid table
+        output = estimate_output(
+            finished, configs[0], compared=args.models is not None, as_json=args.json, html=html, not_estimated=why
+        )
+        print(output, flush=True)
+    for model, reason in why.items():
+        _say(f"caption: {model}: not estimated: {reason}")
+    if not finished:
+        return failed[0].exit_code
+    if html is not None:
+        images = sample_images(finished[0].items, manifest=args.manifest, remote=args.remote_thumbnails)
+        page = render_comparison_html(finished, images=images, title=f"caption estimate · {args.manifest}")
+        try:
+            html.write_text(page, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{html}: cannot write the page ({exc.strerror or exc})", key="--html") from exc
+    return failed[0].exit_code if failed else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -74,13 +74,11 @@ def format_comparison(estimates: Sequence[Compared], *, html_path: str | None = 
         f"the same {first['sample']['rows']} sampled rows sent to each model"
     ]
     lines += ["  ".join([*(r[k].ljust(widths[k]) for k in header), r["sample"]]).rstrip() for r in rows]
-    kept = [e.result["sample"]["kept_in"] for e in estimates if e.result["sample"].get("kept_in")]
+    # Each folder by its real name: a model name is made safe for a folder (openai/gpt-4o → openai_gpt-4o).
+    kept = [(e.model, e.result["sample"]["kept_in"]) for e in estimates if e.result["sample"].get("kept_in")]
     if kept:
-        parent = str(Path(kept[0]).parent)
-        lines.append(
-            f"kept in {parent}/<model>: `caption run ... --model <model> --out {parent}/<model>` "
-            "does not send those rows again"
-        )
+        lines.append("samples kept: a full run with the same --model and --out does not send those rows again")
+        lines += [f"  caption run ... --model {model} --out {folder}" for model, folder in kept]
     if html_path:
         lines.append(f"captions side by side: {html_path}")
     return "\n".join(lines)
@@ -96,15 +94,26 @@ def comparison_json(estimates: Sequence[Compared]) -> dict[str, Any]:
 
 
 def estimate_output(
-    estimates: Sequence[Compared], config: Config, *, compared: bool, as_json: bool, html: Path | None
+    estimates: Sequence[Compared],
+    config: Config,
+    *,
+    compared: bool,
+    as_json: bool,
+    html: Path | None,
+    not_estimated: Mapping[str, str] | None = None,
 ) -> str:
-    """PURE: what `caption estimate` prints: one model's table or JSON, or the comparison's."""
+    """PURE: what `caption estimate` prints: one model's table or JSON, or the comparison's.
+
+    ``not_estimated``: each model whose sample stopped, and why (the CLI also says it on stderr);
+    in the comparison's JSON, so a script sees which of its models are missing.
+    """
     page = str(html) if html is not None else None
     if not compared:
         result = estimates[0].result
         return json.dumps(result, indent=2) if as_json else format_estimate(result, config)
     if as_json:
-        return json.dumps(comparison_json(estimates) | {"html": page}, indent=2)
+        extra = {"html": page, "not_estimated": dict(not_estimated or {})}
+        return json.dumps(comparison_json(estimates) | extra, indent=2)
     return format_comparison(estimates, html_path=page)
 
 

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import random
 import re
 import tempfile
@@ -26,7 +27,7 @@ from .client import Http, open_http, probe_image_size
 from .compose import build_runner
 from .config import Config
 from .dedup import DEDUP_WINDOW
-from .errors import ConfigError, PipelineError
+from .errors import ConfigError, PipelineError, RunStoppedError
 from .estimate import FormulaTotals, row_formula, summarise
 from .estimate_sample import Reservoir, sample_summary
 from .feed import MANIFEST_CHUNK_ROWS
@@ -35,7 +36,7 @@ from .journal import Journal
 from .manifest import base_dir, chunk_source
 from .models import Item
 from .request import build_body
-from .run_meta import check_resume
+from .run_meta import check_resume, sample_meta
 from .runner import Runner
 from .secrets import Scrubber
 from .tokens import TextCounter
@@ -68,12 +69,14 @@ class Sending:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelEstimate:
-    """One model's estimate (the `--json` object) and the sampled rows it answered, in sample order."""
+    """One model's estimate (the `--json` object) and the sampled rows it answered, in sample order;
+    or, for a model whose sample stopped (an unknown model, a refused key), ``error`` and no result."""
 
     model: str
     result: dict[str, Any]
     items: list[Item]
     rows: dict[str, dict[str, Any]]
+    error: RunStoppedError | None = None
 
 
 def model_folder(out: Path, model: str) -> Path:
@@ -101,10 +104,28 @@ def open_journals(
     return journals
 
 
+@dataclass
+class _Sampling:
+    """One model's sample on its way: its formula totals, sampled rows and the folder they go to."""
+
+    config: Config
+    totals: FormulaTotals
+    reservoir: Reservoir
+    journal: Journal
+    # run.json as it was before the sample (None: a new folder), restored in what the sample must not change.
+    previous: dict[str, Any] | None
+    kept: bool
+    error: RunStoppedError | None = None
+
+
 async def run_estimates(
     configs: list[Config], job: EstimateJob, *, journals: list[Journal | None], sending: Sending | None
 ) -> list[ModelEstimate]:
-    """Each config's estimate; with a sample, the same sampled rows (one seed, one manifest) sent with each."""
+    """Each config's estimate; with a sample, the same sampled rows (one seed, one manifest) sent with each.
+
+    With several models, each is first sent one sampled row: a model the endpoint refuses (a typo'd
+    name, 404) stops there, and the others' samples are still sent, paid for and shown.
+    """
     chunks = chunk_source(
         job.manifest,
         chunk_size=MANIFEST_CHUNK_ROWS,
@@ -125,53 +146,92 @@ async def run_estimates(
                 sizes[url] = await probe_image_size(http.client, url)
             return sizes[url]
 
-        estimates = []
-        for config, journal in zip(configs, journals, strict=True):
-            reservoir = Reservoir(k=job.sample, rng=random.Random(job.seed)) if job.sample else None
-            totals = await formula_pass(
-                chunks,
-                config=config,
-                base_dir=base_dir(job.manifest),
-                probe=probe if job.probe else None,
-                reservoir=reservoir,
-            )
-            if reservoir is None or sending is None:
-                result = summarise(config, totals, average_output=job.output_tokens)
-                estimates.append(ModelEstimate(model=config.request.model, result=result, items=[], rows={}))
+        with contextlib.ExitStack() as stack:
+            estimates: list[ModelEstimate | _Sampling] = []
+            for config, journal in zip(configs, journals, strict=True):
+                reservoir = Reservoir(k=job.sample, rng=random.Random(job.seed)) if job.sample else None
+                totals = await formula_pass(
+                    chunks,
+                    config=config,
+                    base_dir=base_dir(job.manifest),
+                    probe=probe if job.probe else None,
+                    reservoir=reservoir,
+                )
+                if reservoir is None or sending is None:
+                    result = summarise(config, totals, average_output=job.output_tokens)
+                    estimates.append(ModelEstimate(model=config.request.model, result=result, items=[], rows={}))
+                    continue
+                kept = journal or Journal(
+                    Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="caption-sample-")))
+                )
+                previous = kept.read_meta() if journal else None
+                estimates.append(_Sampling(config, totals, reservoir, kept, previous, kept=journal is not None))
+            sampling = [s for s in estimates if isinstance(s, _Sampling)]
+            if sending is not None and sampling:
+                await _send_samples(sampling, job, http, sending)
+            return [_finished(s, job) if isinstance(s, _Sampling) else s for s in estimates]
+
+
+async def _send_samples(sampling: list[_Sampling], job: EstimateJob, http: Http, sending: Sending) -> None:
+    """Each model's sample; with several, one row per model first so a refused model costs one request.
+
+    A stop (unknown model, refused key, budget) ends that model's sample only: its ``error`` says why.
+    An interrupt (not a stop of one model) ends them all, as it does a run.
+    """
+    batches = [1, job.sample] if len(sampling) > 1 else [job.sample]
+    for size in batches:
+        for s in sampling:
+            if s.error is not None:
                 continue
-            rows = await _send_sample(config, job, [i for i, _ in reservoir.items], http, journal, sending)
-            sample = sample_summary(config, totals, reservoir.items, rows, seed=job.seed)
-            sample["kept_in"] = str(journal.out_dir) if journal else None
-            result = summarise(config, totals, average_output=job.output_tokens, sample=sample)
-            items = [item for item, _ in reservoir.items]
-            estimates.append(ModelEstimate(model=config.request.model, result=result, items=items, rows=rows))
-    return estimates
+            items = [item for item, _ in s.reservoir.items][:size]
+            try:
+                await _send_sample(s, job, items, http, sending)
+            except RunStoppedError as exc:
+                if len(sampling) == 1:
+                    raise
+                s.error = exc
 
 
-async def _send_sample(
-    config: Config, job: EstimateJob, items: list[Item], http: Http, journal: Journal | None, sending: Sending
-) -> dict[str, dict[str, Any]]:
-    """The sampled rows through the runner a run uses, into the kept folder or a temporary one."""
-    with contextlib.ExitStack() as stack:
-        sample_journal = journal or Journal(
-            Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="caption-sample-")))
-        )
-        runner = build_runner(
-            config,
-            http=http,
-            journal=sample_journal,
-            api_key=sending.api_key,
-            chunks=lambda: iter([items]),
-            base_dir=base_dir(job.manifest),
-            total_rows=len(items),
-            manifest_label=str(job.manifest),
-            scrubber=sending.scrubber,
-        )
+def _finished(s: _Sampling, job: EstimateJob) -> ModelEstimate:
+    model = s.config.request.model
+    items = [item for item, _ in s.reservoir.items]
+    if s.error is not None:
+        return ModelEstimate(model=model, result={}, items=items, rows={}, error=s.error)
+    wanted = {item.id for item in items}
+    rows = {r["id"]: r for r in s.journal.latest_frame().to_dicts() if r["id"] in wanted}
+    sample = sample_summary(s.config, s.totals, s.reservoir.items, rows, seed=job.seed)
+    sample["kept_in"] = str(s.journal.out_dir) if s.kept else None
+    result = summarise(s.config, s.totals, average_output=job.output_tokens, sample=sample)
+    return ModelEstimate(model=model, result=result, items=items, rows=rows)
+
+
+async def _send_sample(s: _Sampling, job: EstimateJob, items: list[Item], http: Http, sending: Sending) -> None:
+    """The sampled rows through the runner a run uses, into the model's folder (kept or temporary).
+
+    A kept folder's run.json then says what it said before (or, new, that only a sample of the
+    manifest's rows is done): the runner wrote it as if the sample were the whole manifest.
+    """
+    previous_rows = (s.previous or {}).get("rows_in_manifest")
+    runner = build_runner(
+        s.config,
+        http=http,
+        journal=s.journal,
+        api_key=sending.api_key,
+        chunks=lambda: iter([items]),
+        base_dir=base_dir(job.manifest),
+        total_rows=previous_rows if isinstance(previous_rows, int) else s.totals.rows,
+        manifest_label=str(job.manifest),
+        scrubber=sending.scrubber,
+    )
+    try:
         stopped = await sending.run_until_stopped(runner)
-        if stopped is not None:
-            raise stopped
-        wanted = {item.id for item in items}
-        return {r["id"]: r for r in sample_journal.latest_frame().to_dicts() if r["id"] in wanted}
+    finally:
+        if s.kept:
+            written = s.journal.read_meta()
+            if written is not None:
+                s.journal.write_meta(sample_meta(s.previous, written, rows_in_manifest=s.totals.rows))
+    if stopped is not None:
+        raise stopped
 
 
 def plan(
@@ -184,6 +244,8 @@ def plan(
     """
     if html is not None and sample < 1:
         raise ConfigError("--html shows the sampled captions: give --sample N", key="--html")
+    if html is not None:
+        check_page_target(html)
     if models is None:
         return [config], [out if sample else None]
     names = [m.strip() for m in models.split(",") if m.strip()]
@@ -195,6 +257,18 @@ def plan(
     if out is not None and len(set(folders)) < len(folders):
         raise ConfigError("--models: two models map to the same folder under --out", key="--models")
     return [with_model(config, m) for m in names], folders
+
+
+def check_page_target(page: Path) -> None:
+    """Refused before anything is paid: a page the samples could not be written to after they were sent."""
+    folder = page.parent
+    if page.is_dir():
+        raise ConfigError(f"{page}: is a folder; give a file name for the page", key="--html")
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is not a folder"
+        raise ConfigError(f"{page}: the folder {folder} {what}", key="--html")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{page}: the folder {folder} is not writable", key="--html")
 
 
 async def formula_pass(

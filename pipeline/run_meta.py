@@ -98,6 +98,35 @@ def updated_meta(
     return meta
 
 
+# run.json's stop reason for a folder only `caption estimate --sample` wrote: the report reads it as the why.
+SAMPLE_ONLY = "only an estimate's sample was sent: `caption run` with this --out sends the rest"
+
+
+def sample_meta(previous: dict[str, Any] | None, written: dict[str, Any], *, rows_in_manifest: int) -> dict[str, Any]:
+    """PURE: ``run.json`` after an estimate's sample was kept in a run folder.
+
+    The sample went through the runner, which wrote ``written`` as if the sample were the
+    manifest (status finished, rows_in_manifest = the sample size). A folder that had a
+    run.json keeps what it said about its run (status, rows, last run, manifest); the
+    sample's working time (``active_s``) and request identity stay. A new folder records the
+    manifest's real row count and a stopped status, so a report says how much is left.
+    """
+    meta = dict(written)
+    if previous:
+        for key in ("status", "rows_in_manifest", "last_run", "manifest", "base_dir"):
+            if key in previous:
+                meta[key] = previous[key]
+            else:
+                meta.pop(key, None)
+        return meta
+    meta.update(status="stopped", rows_in_manifest=rows_in_manifest)
+    last_run = dict(meta.get("last_run") or {})
+    # A sample that itself stopped (a refused model, the budget) says so; else the sample is why.
+    stopped_by = last_run.get("stopped_by") or SAMPLE_ONLY
+    meta["last_run"] = last_run | {"rows_in_manifest": rows_in_manifest, "stopped_by": stopped_by}
+    return meta
+
+
 def session_s(meta: dict[str, Any], until: datetime) -> float:
     """Seconds from the current run's start (``run_started_at``) to ``until``; 0 when unknown."""
     started = meta.get("run_started_at")

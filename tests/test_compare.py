@@ -124,3 +124,60 @@ def test_comparison_page_renders_in_headless_chromium(comparison, tmp_path):
     ).stdout
     assert len(re.findall(r'<tr class="sample">', dom)) == 5
     assert len(re.findall(r'<td class="cap status-ok">', dom)) == 10
+
+
+def test_the_kept_hint_names_each_models_real_folder(tmp_path):
+    """A model name with a slash is kept in a sanitised folder: the hint names that folder, not OUT/<model>."""
+    from pipeline.compare import format_comparison
+
+    items = [Item(id="a", url="https://x/a.jpg", row=0)]
+    kept = {m: model_folder(tmp_path, m) for m in ("openai/gpt-4o", "gpt-4o-mini")}
+    estimates = []
+    for model, folder in kept.items():
+        estimate = _estimate(model, {}, items)
+        estimate.result.update(rows=10, requests=10)
+        estimate.result["sample"].update(rows=1, kept_in=str(folder))
+        estimates.append(estimate)
+    text = format_comparison(estimates)
+    assert kept["openai/gpt-4o"].name == "openai_gpt-4o"
+    for model, folder in kept.items():
+        assert f"--model {model} --out {folder}\n" in text + "\n", text
+    assert "<model>" not in text
+
+
+def test_one_refused_model_costs_one_request_and_the_others_are_kept(simulator, tmp_path):
+    """--models with a typo'd model: the good models' samples are sent, shown (table and JSON) and kept;
+    the refused one is named on stderr with why, is sent one row only, and the exit code says a model failed."""
+    simulator.app.update(accept_any_model=False)
+    manifest = write_csv(tmp_path / "m.csv", remote_rows(20))
+    config = write_config(tmp_path / "c.toml", FAST_CONFIG)
+    out = tmp_path / "samples"
+    argv = ["estimate", str(manifest), "--config", str(config), "--base-url", simulator.base_url, "--sample", "4"]
+    result = run_cli([*argv, "--models", "gpt-4o,gpt-4o-minii,gpt-4o-mini", "--out", str(out), "--json"])
+    assert result.returncode == 3, result.stderr
+    data = json.loads(result.stdout)
+    assert [m["model"] for m in data["models"]] == ["gpt-4o", "gpt-4o-mini"]
+    assert all(m["sample"]["by_status"]["ok"] == 4 for m in data["models"])
+    assert list(data["not_estimated"]) == ["gpt-4o-minii"]
+    assert "caption: gpt-4o-minii: not estimated:" in result.stderr
+    assert simulator.app.stats()["requests"] == 4 + 1 + 4  # the refused model: its first row only
+    for model in ("gpt-4o", "gpt-4o-mini"):
+        assert pl.read_parquet(model_folder(out, model) / "results.parquet").height == 4
+
+
+@pytest.mark.parametrize("where", ["missing", "a-file", "is-a-folder"])
+def test_html_that_cannot_be_written_is_refused_before_anything_is_sent(simulator, tmp_path, where):
+    """--html in a missing folder, under a file, or naming a folder: one line, exit 2, no request sent."""
+    manifest = write_csv(tmp_path / "m.csv", remote_rows(6))
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "is-a-folder").mkdir()
+    page = {
+        "missing": tmp_path / "missing" / "p.html",
+        "a-file": tmp_path / "a-file" / "p.html",
+        "is-a-folder": tmp_path / "is-a-folder",
+    }[where]
+    argv = ["estimate", str(manifest), "--base-url", simulator.base_url, "--models", "gpt-4o,gpt-4o-mini"]
+    result = run_cli([*argv, "--sample", "2", "--html", str(page)])
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert str(page) in result.stderr
+    assert simulator.app.stats()["requests"] == 0

@@ -251,3 +251,38 @@ def test_an_unpriced_model_says_unpriced_not_zero_dollars():
     text = format_estimate(summarise(config, totals, average_output=40), config)
     assert "cost               unpriced (no price for model 'my-model' in the pricing table)" in text
     assert "$" not in text
+
+
+def test_a_kept_sample_keeps_what_the_folder_said_about_its_run():
+    """PURE: the runner wrote run.json as if the sample were the manifest; a folder that had a run.json gets
+    its run's status, rows and last run back, and keeps the sample's working time."""
+    from pipeline.run_meta import sample_meta
+
+    previous = {
+        "status": "stopped",
+        "rows_in_manifest": 40,
+        "last_run": {"stopped_by": "BudgetExceededError", "rows_in_manifest": 40},
+        "manifest": "m.csv",
+        "active_s": 2.0,
+    }
+    written = {"status": "finished", "rows_in_manifest": 3, "last_run": {"stopped_by": None}, "active_s": 2.5}
+    meta = sample_meta(previous, written | {"manifest": "other.csv"}, rows_in_manifest=99)
+    assert meta == previous | {"active_s": 2.5}
+
+
+def test_a_sample_kept_in_a_new_folder_says_how_much_of_the_manifest_is_left(simulator, tmp_path):
+    """`estimate --sample 3 --out NEW`: the folder is not a finished run of 3 rows but 3 of the manifest's 12
+    done; the report says stopped, why, and 9 left, and a run with the same --out sends only those 9."""
+    from pipeline.run_meta import SAMPLE_ONLY
+    from tests.conftest import FAST_CONFIG, remote_rows
+
+    config = write_config(tmp_path / "c.toml", FAST_CONFIG)
+    manifest, out = write_csv(tmp_path / "m.csv", remote_rows(12)), tmp_path / "out"
+    argv = ["estimate", str(manifest), "--config", str(config), "--base-url", simulator.base_url]
+    assert run_cli([*argv, "--sample", "3", "--out", str(out)]).returncode == 0
+    report = json.loads(run_cli(["report", str(out), "--json"]).stdout)
+    assert report["state"] == "stopped" and report["run"]["stop_reason"] == SAMPLE_ONLY
+    assert report["run"]["rows_in_manifest"] == 12 and report["rows_left"] == 9, report["run"]["headline"]
+    assert run_cli(run_args(manifest, out, config, simulator.base_url)).returncode == 0
+    assert simulator.app.stats()["requests"] == 12
+    assert json.loads(run_cli(["report", str(out), "--json"]).stdout)["state"] == "finished"
