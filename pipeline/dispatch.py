@@ -248,7 +248,8 @@ class OnlineExecutor:
             raise StopDispatch(
                 RequestRejectedError(
                     f"every row is refused alike: {breaker.describe()} ({outcome.message}); it is about the "
-                    "request, the model or the account, not the images: fix that, then re-run to resume"
+                    "request, the model or the account, not the images: fix that, then re-run with --retry-errors "
+                    "(the rows refused so far are recorded as errors)"
                 )
             )
         if breaker.looks_down:

@@ -36,6 +36,7 @@ def test_the_same_refusal_for_every_row_stops_the_run(tmp_path):
     )
     assert result.returncode == 3, result.stderr
     assert "refused alike" in result.stderr and "Blocked by the gateway policy engine" in result.stderr
+    assert "--retry-errors" in result.stderr  # the refused rows are recorded: a plain re-run skips them
     assert requests <= CONCURRENCY + 10, requests
     # What was refused before the stop is recorded, so a resume moves past it.
     rows = pl.read_parquet(tmp_path / "out" / "results.parquet")
