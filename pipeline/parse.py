@@ -14,6 +14,7 @@ a wrong caption, a negative cost or an uncaught exception.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,14 +186,15 @@ def parse_completion(data: Any) -> Completion:
     )
 
 
-def parse_completion_bytes(body: bytes) -> Completion:
+def parse_completion_bytes(body: bytes, *, reshape: Callable[[Any], Any] | None = None) -> Completion:
+    """A 200's body → ``Completion``; ``reshape`` lets a dialect put moved fields back first."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         # orjson also refuses numbers that overflow a double (1e400) and nesting past 1024.
         raise InvalidResponseError(f"the response is not valid JSON ({len(body)} bytes: {exc})") from None
     try:
-        return parse_completion(data)
+        return parse_completion(reshape(data) if reshape is not None else data)
     except (RecursionError, OverflowError) as exc:
         # A backstop for shapes no check above foresaw: a classified row, never a crash.
         raise _shape_error(f"the response cannot be read ({type(exc).__name__}: {exc})") from None

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -16,9 +13,8 @@ from pipeline.compare import render_comparison_html
 from pipeline.estimate_run import ModelEstimate, model_folder, sample_images
 from pipeline.models import Item
 from tests.conftest import FAST_CONFIG, ROOT, remote_rows, run_args, run_cli, write_config, write_csv
-from tests.test_report import chromium_flags
+from tests.test_report import render_in_chromium
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 MODELS = ["gpt-4o-mini", "my-model"]  # one priced, one the pricing table does not know
 
 
@@ -112,16 +108,7 @@ def test_remote_images_are_shown_by_url_only_when_asked(tmp_path):
 def test_comparison_page_renders_in_headless_chromium(comparison, tmp_path):
     """A real browser renders the page (as the report's rendering test does): a screenshot, and the live DOM
     holds a row per sampled image with a caption per model."""
-    flags = chromium_flags(tmp_path)
-    page: Path = comparison["page"]
-    shot = tmp_path / "shot.png"
-    subprocess.run(
-        [CHROMIUM, *flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=90, check=False
-    )
-    assert shot.exists() and shot.stat().st_size > 20_000
-    dom = subprocess.run(
-        [CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=90
-    ).stdout
+    dom = render_in_chromium(comparison["page"], tmp_path)
     assert len(re.findall(r'<tr class="sample">', dom)) == 5
     assert len(re.findall(r'<td class="cap status-ok">', dom)) == 10
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import signal
 import time
 from pathlib import Path
@@ -183,6 +184,29 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _wait_for_exit(pids: set[int], *, timeout_s: float) -> None:
+    """Wait until each process has exited (a zombie counts): a pidfd becomes readable when its
+    process exits, which is how an orphan's end is observed without polling its state."""
+    poller, fds = select.poll(), []
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:  # gone already
+            continue
+        fds.append(fd)
+        poller.register(fd, select.POLLIN)
+    try:
+        deadline = time.monotonic() + timeout_s
+        pending = set(fds)
+        while pending and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                pending.discard(fd)
+                poller.unregister(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
 def test_sigterm_ends_a_cli_run_promptly_with_its_image_workers(tmp_path):
     """`caption run` over photos, SIGTERM while the pool is decoding: the run ends (exit 143 path, the
@@ -203,9 +227,7 @@ def test_sigterm_ends_a_cli_run_promptly_with_its_image_workers(tmp_path):
             if proc.poll() is None:
                 proc.kill()
     assert proc.returncode != 0 and "Traceback" not in stderr, stderr
-    deadline = time.monotonic() + 10
-    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
-        time.sleep(0.05)  # the workers' exit is not observable any other way once orphaned
+    _wait_for_exit(tree, timeout_s=10)
     assert not any(_alive(p) for p in tree), stderr
     assert app.stats()["accepted"] < 200
 

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -162,19 +163,24 @@ def chromium_flags(tmp_path):
     ]
 
 
-def test_html_page_renders_in_headless_chromium(finished_run, tmp_path):
-    """A real browser renders the page: a screenshot is taken and the live DOM holds one card per row."""
+def render_in_chromium(page: Path, tmp_path: Path) -> str:
+    """Headless Chromium renders ``page``: a screenshot must come out, and the live DOM is returned."""
     flags = chromium_flags(tmp_path)
-    page = tmp_path / "report.html"
-    run_cli(["report", str(finished_run), "--html", str(page)])
     shot = tmp_path / "shot.png"
     subprocess.run(
         [CHROMIUM, *flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=90, check=False
     )
     assert shot.exists() and shot.stat().st_size > 20_000
-    dom = subprocess.run(
+    return subprocess.run(
         [CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=90
     ).stdout
+
+
+def test_html_page_renders_in_headless_chromium(finished_run, tmp_path):
+    """A real browser renders the page: a screenshot is taken and the live DOM holds one card per row."""
+    page = tmp_path / "report.html"
+    run_cli(["report", str(finished_run), "--html", str(page)])
+    dom = render_in_chromium(page, tmp_path)
     assert len(re.findall(r'<div class="card ', dom)) == 18
     assert "showing 18" in dom  # the page's own script ran over every card
     # The sections above the gallery are in the live DOM too: state, config, chart axes, errors by type.

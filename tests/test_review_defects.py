@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import polars as pl
 
@@ -24,7 +23,6 @@ def test_report_throughput_of_an_older_folder_counts_only_timed_rows(simulator, 
     for key in ("active_s", "run_started_at", "rows_in_manifest"):  # as the branch point wrote it
         meta.pop(key, None)
     (out / "run.json").write_text(json.dumps(meta))
-    time.sleep(0.2)
     second = write_csv(tmp_path / "m2.csv", remote_rows(70))
     assert main(run_args(second, out, config, simulator.base_url)) == 0
     summary = report(out)

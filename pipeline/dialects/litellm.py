@@ -32,10 +32,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from ..models import Completion, Failure, FatalKind, FilterVerdict
-from ..parse import InvalidResponseError, parse_completion, parse_completion_bytes, parse_error_body
+from ..parse import parse_completion_bytes, parse_error_body
 from ..ratelimit import RateLimitHeaders
 from . import openai
 from .base import Dialect
@@ -109,25 +107,12 @@ def _restore_choice_filters(data: Any) -> Any:
 
 
 def parse_answer(body: bytes) -> Completion:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return parse_completion_bytes(body)  # the common parser names what is wrong with it
-    try:
-        return parse_completion(_restore_choice_filters(data))
-    except (RecursionError, OverflowError) as exc:
-        raise InvalidResponseError(
-            f"the response cannot be read ({type(exc).__name__}: {exc})", retryable=False
-        ) from None
+    return parse_completion_bytes(body, reshape=_restore_choice_filters)
 
 
-def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    kept = openai.kept_headers(headers)
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower.startswith(_PROVIDER_PREFIX + "x-ratelimit-") or lower.startswith(_PROVIDER_PREFIX + "retry-after"):
-            kept[lower] = value
-    return kept
+kept_headers = openai.headers_kept(
+    openai.KEPT_HEADER_PREFIXES + (_PROVIDER_PREFIX + "x-ratelimit-", _PROVIDER_PREFIX + "retry-after")
+)
 
 
 def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitHeaders:

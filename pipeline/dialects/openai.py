@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ..models import ErrorType, Failure, FatalKind, FilterVerdict
 from ..parse import ErrorBody, InvalidResponseError, filter_verdict, parse_completion_bytes, parse_error_body
@@ -28,7 +28,7 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429})
 QUOTA_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted", "billing_hard_limit_reached"})
 
 # Headers worth keeping from a response: the rate-limit family and the waits.
-_KEPT_HEADER_PREFIXES = ("x-ratelimit-", "x-rate-limit-", "retry-after", "x-ms-retry-after")
+KEPT_HEADER_PREFIXES = ("x-ratelimit-", "x-rate-limit-", "retry-after", "x-ms-retry-after")
 
 
 def request_url(base_url: str, query: Mapping[str, str]) -> str:
@@ -45,13 +45,22 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    kept = {}
-    for name, value in headers.items():
-        name = name.lower()
-        if name.startswith(_KEPT_HEADER_PREFIXES):
-            kept[name] = value
-    return kept
+def headers_kept(prefixes: tuple[str, ...]) -> Callable[[Mapping[str, str]], dict[str, str]]:
+    """A ``kept_headers`` keeping the headers whose lower-cased names start with ``prefixes``:
+    a dialect that keeps more names widens the tuple, and each answer is still read once."""
+
+    def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+        kept = {}
+        for name, value in headers.items():
+            name = name.lower()
+            if name.startswith(prefixes):
+                kept[name] = value
+        return kept
+
+    return kept_headers
+
+
+kept_headers = headers_kept(KEPT_HEADER_PREFIXES)
 
 
 def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitHeaders:
