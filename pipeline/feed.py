@@ -1,4 +1,4 @@
-"""The manifest feed: rows read ahead in a thread, ids already done skipped, handed to the workers.
+"""The manifest feed: rows read ahead in a thread, ids already done skipped, handed to the preparers.
 
 The rows of a manifest that fails mid-run still go out; the failure is kept in
 ``error`` for the run to end with.
@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from typing import TypeVar
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from .done_ids import DoneIds
 from .errors import ManifestError
+from .handoff import Handoff
 from .models import Item, RunTotals
 
-T = TypeVar("T")
 ChunkSource = Callable[[], Iterator[list[Item]]]
 MANIFEST_CHUNK_ROWS = 256  # rows per manifest chunk (not the journal's part_rows)
 _CHUNKS_PER_READ = 8  # manifest chunks read per trip to a thread
@@ -51,18 +50,20 @@ class ManifestFeed:
         self._source = source
         self.error: ManifestError | None = None
 
-    async def run(self, send: MemoryObjectSendStream[Item]) -> None:
-        """Hand the manifest's rows to the workers, skipping ids already done."""
+    async def run(self, items: Handoff[Item]) -> None:
+        """Hand the manifest's rows on, skipping ids already done; ``items`` hears when it is done."""
         blocks_send, blocks_recv = anyio.create_memory_object_stream[list[Item]](_READS_AHEAD)
         # The reader is cancelled before its queue closes: closing first would fail its pending send.
-        with blocks_recv:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._read_blocks, blocks_send)
-                async with send:
+        try:
+            with blocks_recv:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._read_blocks, blocks_send)
                     async for block in blocks_recv:
-                        if not await self._hand_over_block(send, block):
+                        if not await self._hand_over_block(items, block):
                             break
-                tg.cancel_scope.cancel()
+                    tg.cancel_scope.cancel()
+        finally:
+            items.producer_done()
 
     async def _read_blocks(self, send: MemoryObjectSendStream[list[Item]]) -> None:
         # Read ahead, several chunks per trip to a thread: a trip costs an event-loop turn plus
@@ -85,7 +86,7 @@ class ManifestFeed:
                 if not block:
                     return
 
-    async def _hand_over_block(self, send: MemoryObjectSendStream[Item], block: list[Item]) -> bool:
+    async def _hand_over_block(self, items: Handoff[Item], block: list[Item]) -> bool:
         """False once the run is stopping and no more rows should go out."""
         done = self._skip.among([item.id for item in block])
         for item in block:
@@ -95,30 +96,7 @@ class ManifestFeed:
             if self._stopping.is_set():
                 return False
             try:
-                await _hand_over(send, item)
+                await items.put(item)
             except anyio.BrokenResourceError:
-                return False  # every worker has stopped (the run is stopping)
+                return False  # every preparer has stopped (the run is stopping)
         return True
-
-
-async def _hand_over(send: MemoryObjectSendStream[Item], item: Item) -> None:
-    # nowait first: anyio's send and receive checkpoint and build waiter objects on
-    # every call, ~10% of the per-row CPU; only a full buffer needs to wait.
-    try:
-        send.send_nowait(item)
-    except anyio.WouldBlock:
-        await send.send(item)
-
-
-async def next_item(receive: MemoryObjectReceiveStream[T]) -> T | None:
-    """The next row to work on, or None when the feed is done."""
-    try:
-        return receive.receive_nowait()
-    except anyio.WouldBlock:
-        pass
-    except anyio.EndOfStream:
-        return None
-    try:
-        return await receive.receive()
-    except anyio.EndOfStream:
-        return None

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 PART_NAME = re.compile(r"^p(\d{10})-(\d{10})(?:-([a-z0-9]{1,32}))?\.parquet$")
@@ -46,5 +47,11 @@ def list_parts(parts_dir: Path) -> list[Part]:
 
 def ids_disjoint(paths: list[Path]) -> bool:
     """No id appears twice across these parts (each part already holds an id at most once)."""
-    ids = pl.concat([pl.Series("id", pq.read_table(path, columns=["id"])["id"]) for path in paths])
+    # ParquetFile.read, not read_table: a third of the cost on small parts (no dataset set-up).
+    return tables_disjoint([pq.ParquetFile(path).read(columns=["id"]) for path in paths])
+
+
+def tables_disjoint(tables: list[pa.Table]) -> bool:
+    """No id appears twice across these tables (each already holds an id at most once)."""
+    ids = pl.concat([pl.Series("id", table.column("id")) for table in tables])
     return ids.n_unique() == len(ids)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -87,6 +88,7 @@ def _category_results(block: Any) -> dict[str, Any]:
 
 
 _SEVERITY_NAMES = {rank: name for name, rank in SEVERITY_ORDER.items()}
+_ALL_CLEAR = MappingProxyType({"filtered": False, "severity": "safe"})
 
 
 def filter_verdict(prompt_results: Any, choice_results: list[Any]) -> FilterVerdict:
@@ -104,6 +106,11 @@ def filter_verdict(prompt_results: Any, choice_results: list[Any]) -> FilterVerd
     categories: set[str] = set()
     worst = -1
     for block in blocks:
+        if block and all(map(_ALL_CLEAR.__eq__, block.values())):
+            # Nearly every answer: each category safe and not filtered, checked in one C-level
+            # pass (the loop below cost more than parsing the rest of the answer).
+            worst = max(worst, SEVERITY_ORDER["safe"])
+            continue
         for category, result in block.items():
             if not isinstance(result, dict):
                 continue

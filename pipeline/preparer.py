@@ -20,17 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .client import VisionClient
 from .config import Config
 from .dialects import Dialect
 from .errors import ImageUnreadableError
-from .feed import next_item
+from .handoff import Handoff
 from .image_pool import ImagePool
 from .images import ImageLimits, PreparedImage, inline_bytes, is_remote, prepare_image, remote_url
 from .models import Item, ResultRow
 from .rows import result_row, unexpected_error_row
+
+IMAGES_AHEAD = 64  # prepared rows carrying an inlined image that may wait for a worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,41 +71,45 @@ class Preparer:
         self.tasks = (
             config.limits.concurrency if images.inline_remote else min(config.limits.concurrency, 2 * pool.workers)
         )
-        # Rows ready ahead: two per pool worker at least; up to 64 (about 16 MB of 768 px images)
-        # so that rows needing no image work (remote URLs) do not make the preparers block and
-        # wake on every few rows (at zero latency that cost ~0.1 ms CPU a request with 4 slots).
-        self.buffer = max(2 * pool.workers, min(config.limits.concurrency, 64))
+        # Rows ready ahead: one per request that may be in flight (two per pool worker at least), so
+        # workers coming back together find rows instead of waiting on the preparers one by one.
+        # A row carrying an inlined image counts for several: at most IMAGES_AHEAD of them wait
+        # (about 16 MB of 768 px images), whatever the concurrency.
+        self.capacity = max(2 * pool.workers, config.limits.concurrency)
+        self._image_weight = max(1, self.capacity // IMAGES_AHEAD)
 
-    async def run(
-        self,
-        receive: MemoryObjectReceiveStream[Item],
-        send: MemoryObjectSendStream[PreparedRow],
-        *,
-        stopping: anyio.Event,
-    ) -> None:
-        """Prepare every row ``receive`` gives; ``send`` is closed once all are handed on.
+    def weight(self, prepared: PreparedRow) -> int:
+        """What ``prepared`` counts for in the ready queue (``capacity``)."""
+        return self._image_weight if prepared.image is not None and prepared.image.inlined else 1
+
+    async def run(self, items: Handoff[Item], ready: Handoff[PreparedRow], *, stopping: anyio.Event) -> None:
+        """Prepare every row ``items`` gives (``self.tasks`` consumers of it) into ``ready``,
+        which hears once all are handed on.
 
         Once ``stopping`` is set, preparations under way are abandoned at once: nothing is paid
         for them, and a slow decode or download must not hold up the stop (its grace period is
         for requests in flight).
         """
-        async with receive, send, anyio.create_task_group() as outer:
-            outer.start_soon(_cancel_when_set, stopping, outer.cancel_scope)
-            async with anyio.create_task_group() as tg:
-                for _ in range(self.tasks):
-                    tg.start_soon(self._prepare_each, receive.clone(), send.clone())
-            outer.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(_cancel_when_set, stopping, outer.cancel_scope)
+                async with anyio.create_task_group() as tg:
+                    for _ in range(self.tasks):
+                        tg.start_soon(self._prepare_each, items, ready)
+                outer.cancel_scope.cancel()
+        finally:
+            ready.producer_done()
 
-    async def _prepare_each(
-        self, receive: MemoryObjectReceiveStream[Item], send: MemoryObjectSendStream[PreparedRow]
-    ) -> None:
-        async with receive, send:
-            while (item := await next_item(receive)) is not None:
+    async def _prepare_each(self, items: Handoff[Item], ready: Handoff[PreparedRow]) -> None:
+        try:
+            while (item := await items.get()) is not None:
                 prepared = await self.prepare_row(item)
                 try:
-                    await _hand_over(send, prepared)
+                    await ready.put(prepared, weight=self.weight(prepared))
                 except anyio.BrokenResourceError:
                     return  # every worker has stopped (the run is stopping)
+        finally:
+            items.consumer_done()
 
     async def prepare_row(self, item: Item) -> PreparedRow:
         """The per-row boundary for preparation: whatever happens ends in this row's ``PreparedRow``."""
@@ -138,13 +143,6 @@ class Preparer:
             return await self._pool.run(inline_bytes, data, limits=self._limits, source=item.url)
         # The path goes to the pool, not the bytes: the worker reads the file itself.
         return await self._pool.run(prepare_image, item.url, base_dir=self._base_dir, limits=self._limits)
-
-
-async def _hand_over(send: MemoryObjectSendStream[PreparedRow], prepared: PreparedRow) -> None:
-    try:
-        send.send_nowait(prepared)  # nowait first: only a full buffer needs to wait
-    except anyio.WouldBlock:
-        await send.send(prepared)
 
 
 async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:

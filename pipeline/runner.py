@@ -30,7 +30,6 @@ from functools import partial
 from pathlib import Path
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .breaker import CircuitBreaker
 from .budget import Budget
@@ -42,7 +41,8 @@ from .dialects import Dialect
 from .dispatch import OnlineExecutor
 from .errors import JournalError, PipelineError
 from .executor import Executor, PreparedRequest, StopDispatch
-from .feed import ChunkSource, ManifestFeed, next_item
+from .feed import MANIFEST_CHUNK_ROWS, ChunkSource, ManifestFeed
+from .handoff import Handoff
 from .image_pool import ImagePool, ThreadImagePool
 from .journal import Journal
 from .labels import label_extender, label_spec
@@ -196,8 +196,9 @@ class Runner:
         self._write_meta(status="running")
         # Off the event loop: the first count would otherwise stall every request for the load.
         await anyio.to_thread.run_sync(self._text.preload, self.config.request.model)
-        items_send, items_recv = anyio.create_memory_object_stream[Item](self.config.limits.concurrency)
-        ready_send, ready_recv = anyio.create_memory_object_stream[PreparedRow](self._preparer.buffer)
+        concurrency = self.config.limits.concurrency
+        items = Handoff[Item](max(concurrency, MANIFEST_CHUNK_ROWS), consumers=self._preparer.tasks)
+        ready = Handoff[PreparedRow](self._preparer.capacity, consumers=concurrency)
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._flush_loop)
@@ -205,11 +206,10 @@ class Runner:
                 outer.start_soon(self._watch_stop, work)
                 with work:
                     async with anyio.create_task_group() as tg:
-                        tg.start_soon(feed.run, items_send)
-                        tg.start_soon(partial(self._preparer.run, items_recv, ready_send, stopping=self._stopping))
-                        for _ in range(self.config.limits.concurrency):
-                            tg.start_soon(self._work, ready_recv.clone())
-                        ready_recv.close()
+                        tg.start_soon(feed.run, items)
+                        tg.start_soon(partial(self._preparer.run, items, ready, stopping=self._stopping))
+                        for _ in range(concurrency):
+                            tg.start_soon(self._work, ready)
                 outer.cancel_scope.cancel()
         finally:  # without waiting for a decode still under way (a stop must end promptly)
             self.deps.image_pool.close()
@@ -258,15 +258,17 @@ class Runner:
         else:
             log.error("%s", problem)
 
-    async def _work(self, receive: MemoryObjectReceiveStream[PreparedRow]) -> None:
-        async with receive:
+    async def _work(self, ready: Handoff[PreparedRow]) -> None:
+        try:
             while not self._stopping.is_set():
-                prepared = await next_item(receive)
+                prepared = await ready.get()
                 if prepared is None or self._stopping.is_set():
                     return
                 row = prepared.row or await self._process(prepared)
                 if row is not None:
                     self._record(row)
+        finally:
+            ready.consumer_done()
 
     def _record(self, row: ResultRow) -> None:
         if self.deps.scrub is not None:
