@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 
+from . import event_loop
 from .cli_parser import config_overrides, parse_args
 from .config import Config, load_config
 from .errors import ConfigError, InterruptedRunError, ManifestError, PipelineError
@@ -125,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with Journal(args.out) as journal:
         check_resume(journal, config, force=args.force)
         with _endpoint(config, simulate=args.simulate) as config:
-            return anyio.run(_run_async, config, args, info.ids, journal, api_key)
+            return event_loop.run(_run_async, config, args, info.ids, journal, api_key)
 
 
 def _check_label_schema(config: Config) -> None:
@@ -310,7 +311,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         journals = open_journals(stack, configs, outs, force=args.force)
         with _endpoint(config, simulate=args.simulate and args.sample > 0) as sent_to:
             configs = [_with_base_url(c, sent_to.endpoint.base_url) for c in configs]
-            estimates = anyio.run(functools.partial(run_estimates, configs, job, journals=journals, sending=sending))
+            estimates = event_loop.run(
+                functools.partial(run_estimates, configs, job, journals=journals, sending=sending)
+            )
     # A model whose sample stopped (unknown, refused) is named with why; the others' paid samples are shown.
     finished = [e for e in estimates if e.error is None]
     failed = [e.error for e in estimates if e.error is not None]

@@ -8,6 +8,7 @@ base model plus the OCR model (``gpt-4o-mini`` unless ``ocr_model`` says otherwi
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from .config import Config, Price
 from .models import Usage
@@ -41,21 +42,50 @@ def usage_cost_usd(usage: Usage, price: Price) -> float:
     ) / 1e6
 
 
+PriceOf = Callable[[str | None], Price | None]
+_NAMES_KEPT = 256  # model names a PriceLookup remembers (a server could name a new one on every answer)
+
+
+class PriceLookup:
+    """``price_for`` over one table, remembering each name: the server names the model (usually a
+    dated snapshot, resolved through its candidates) on every answer."""
+
+    def __init__(self, table: dict[str, Price]) -> None:
+        self._table = table
+        self._known: dict[str, Price | None] = {}
+
+    def __call__(self, model: str | None) -> Price | None:
+        if not model:
+            return None
+        try:
+            return self._known[model]
+        except KeyError:
+            if len(self._known) >= _NAMES_KEPT:
+                self._known.clear()
+            price = self._known[model] = price_for(model, self._table)
+            return price
+
+
 def row_cost_usd(
     model: str | None, usage: Usage, table: dict[str, Price], *, ocr_model: str | None = None
 ) -> float | None:
-    """Cost of one answered request, or None for a model the table does not price.
+    """Cost of one answered request, or None for a model the table does not price."""
+    return cost_with(model, usage, lambda name: price_for(name, table), ocr_model=ocr_model)
+
+
+def cost_with(model: str | None, usage: Usage, price_of: PriceOf, *, ocr_model: str | None = None) -> float | None:
+    """``row_cost_usd`` with prices looked up by ``price_of`` (a ``PriceLookup`` on the hot path).
 
     For ``-ocr`` models the gateway reports one usage; the OCR pass is priced on
     the same prompt tokens (the image analysis) as an upper-bound approximation.
     """
     if model and model.endswith("-ocr"):
-        base = price_for(model[: -len("-ocr")], table)
-        ocr = price_for(ocr_model or DEFAULT_OCR_MODEL, table)
+        base = price_of(model[: -len("-ocr")])
+        ocr = price_of(ocr_model or DEFAULT_OCR_MODEL)
         if base is None or ocr is None:
             return None
         return usage_cost_usd(usage, base) + usage_cost_usd(Usage(prompt_tokens=usage.prompt_tokens), ocr)
-    price = price_for(model, table)
+    price = price_of(model)
     return None if price is None else usage_cost_usd(usage, price)
 
 

@@ -21,7 +21,7 @@ from .breaker import CircuitBreaker
 from .budget import Budget
 from .client import VisionClient
 from .config import Config
-from .cost import row_cost_usd
+from .cost import PriceLookup, cost_with
 from .errors import (
     AuthError,
     BudgetExceededError,
@@ -117,6 +117,8 @@ class OnlineExecutor:
         # The same for every image of unknown size in the run: worked out once, not per row.
         self._worst_image_tokens = max_image_tokens(config.request.model, detail=config.request.detail)
         self._unpriced_warned: set[str] = set()
+        self._price_of = PriceLookup(config.pricing)
+        self._ocr_model = config.request.extra_body.get("ocr_model")
 
     @property
     def in_flight(self) -> int:
@@ -126,13 +128,16 @@ class OnlineExecutor:
         item, state = request.item, _RowState()
         try:
             est = self._estimate(request)
-            outcome, attempts = await call_with_retries(
-                lambda attempt: self._attempt(request.body, est, state),
-                max_attempts=self.config.limits.max_attempts,
-                sleep=self._sleep,
-                rng=self._rng,
-                on_retry=functools.partial(self._log_retry, item.id),
-            )
+            outcome, attempts = await self._attempt(request.body, est, state), 1
+            if isinstance(outcome, Failure) and outcome.retryable:
+                outcome, attempts = await call_with_retries(
+                    lambda attempt: self._attempt(request.body, est, state),
+                    max_attempts=self.config.limits.max_attempts,
+                    sleep=self._sleep,
+                    rng=self._rng,
+                    on_retry=functools.partial(self._log_retry, item.id),
+                    first=outcome,
+                )
         except StopDispatch as stop:
             if not state.answered or state.last is None:
                 raise  # nothing was answered (so nothing billed): the next run sends it
@@ -300,9 +305,7 @@ class OnlineExecutor:
 
     def cost(self, model: str | None, usage: Usage, *, warn: bool = True) -> float | None:
         model = model or self.config.request.model
-        cost = row_cost_usd(
-            model, usage, self.config.pricing, ocr_model=self.config.request.extra_body.get("ocr_model")
-        )
+        cost = cost_with(model, usage, self._price_of, ocr_model=self._ocr_model)
         if cost is None and warn and model not in self._unpriced_warned:
             self._unpriced_warned.add(model)
             log.warning(

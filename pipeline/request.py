@@ -40,14 +40,14 @@ def render_prompt(template: str, fields: Mapping[str, Any]) -> str:
 
 
 _OPTIONAL_KNOBS = ("temperature", "top_p", "n", "stop", "response_format")
-_REASONING_FAMILIES = ("o1", "o3", "o4", "gpt-5")
+# o1, o3, o4, gpt-5, alone or followed by "-" (snapshots, -mini/-nano), after any ``vendor/`` prefix.
+_REASONING_MODEL = re.compile(r"(?:.*/)?(?:o1|o3|o4|gpt-5)(?:-.*)?", re.IGNORECASE | re.DOTALL)
 
 
 def is_reasoning_model(model: str) -> bool:
     """o1, o3, o4-mini, gpt-5 and their snapshots and -mini/-nano variants, with or without a
     gateway's ``vendor/`` prefix: they take ``max_completion_tokens``, never ``max_tokens``."""
-    name = model.rsplit("/", 1)[-1].lower()
-    return any(name == family or name.startswith(family + "-") for family in _REASONING_FAMILIES)
+    return _REASONING_MODEL.fullmatch(model) is not None
 
 
 def build_body(request: RequestConfig, *, image_url: str, fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -92,6 +92,7 @@ async def call_with_retries(
     sleep: Callable[[float], Awaitable[None]],
     rng: random.Random,
     on_retry: Callable[[Failure, int, float], None] | None = None,
+    first: Outcome | None = None,
 ) -> tuple[Outcome, int]:
     """Run ``attempt_fn(attempt)`` until it succeeds, fails for good, or attempts run out.
 
@@ -100,11 +101,12 @@ async def call_with_retries(
     ``wait_before_retry``) are the pure functions above, so nothing is left for a
     retry library to own, and tenacity's per-call set-up (~34 us of CPU) was a tenth
     of the pipeline's per-row budget. ``on_retry(failure, attempt, wait_s)`` hears of
-    each retry before its wait (the ``-v`` log line).
+    each retry before its wait (the ``-v`` log line). ``first``: the outcome of attempt 1, when the
+    caller made it already (most rows are answered at once and never need the loop).
     """
     attempt = 1
     while True:
-        outcome = await attempt_fn(attempt)
+        outcome = first if first is not None and attempt == 1 else await attempt_fn(attempt)
         if not isinstance(outcome, Failure) or not outcome.retryable or attempt >= max_attempts:
             return outcome, attempt
         wait_s = wait_before_retry(outcome, attempt, rng=rng)

@@ -42,6 +42,7 @@ from .dispatch import OnlineExecutor
 from .errors import JournalError, PipelineError
 from .executor import Executor, PreparedRequest, StopDispatch
 from .feed import MANIFEST_CHUNK_ROWS, ChunkSource, ManifestFeed
+from .gc_tuning import fewer_collections
 from .handoff import Handoff
 from .image_pool import ImagePool, ThreadImagePool
 from .journal import Journal
@@ -183,6 +184,10 @@ class Runner:
     # -- the run ---------------------------------------------------------------
 
     async def run(self) -> RunTotals:
+        with fewer_collections():  # a row's objects live for milliseconds (gc_tuning.py)
+            return await self._run()
+
+    async def _run(self) -> RunTotals:
         journal = self.deps.journal
         # Read before run.json says "running": a damaged file found here ends the run untouched.
         feed = ManifestFeed(

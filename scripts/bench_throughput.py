@@ -99,6 +99,7 @@ def run_pipeline(
     import anyio
     import httpx
 
+    from pipeline import event_loop
     from pipeline.client import Http, HttpxPoster, make_http_client, open_http
     from pipeline.compose import build_runner
     from pipeline.config import build_config
@@ -155,7 +156,7 @@ def run_pipeline(
                 return await runner.run()
 
     cpu0, t0 = cpu_s(), time.perf_counter()
-    totals = anyio.run(go)
+    totals = event_loop.run(go)  # as `caption run` does: uvloop where installed
     wall, cpu = time.perf_counter() - t0, cpu_s() - cpu0
     if keep is None:
         shutil.rmtree(out, ignore_errors=True)

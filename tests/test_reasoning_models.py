@@ -15,7 +15,10 @@ from pipeline.simulator import SimConfig, SimulatorApp, SimulatorServer
 from tests.conftest import FAST_CONFIG, remote_rows, run_args, run_cli, write_config, write_csv
 
 
-@pytest.mark.parametrize("model", ["o1", "o3", "o4-mini", "o4-mini-2025-04-16", "gpt-5", "gpt-5-nano", "openai/gpt-5"])
+@pytest.mark.parametrize(
+    "model",
+    ["o1", "o3", "o4-mini", "o4-mini-2025-04-16", "gpt-5", "gpt-5-nano", "openai/gpt-5", "O3-MINI", "a/b/o1-preview"],
+)
 def test_reasoning_models_get_max_completion_tokens_and_their_effort(model):
     assert is_reasoning_model(model)
     body = build_body(
@@ -25,7 +28,10 @@ def test_reasoning_models_get_max_completion_tokens_and_their_effort(model):
     assert "temperature" not in body and "top_p" not in body
 
 
-@pytest.mark.parametrize("model", ["gpt-4o", "gpt-4.1-mini", "gpt-4o-mini-2024-07-18", "omni-moderation"])
+@pytest.mark.parametrize(
+    "model",
+    ["gpt-4o", "gpt-4.1-mini", "gpt-4o-mini-2024-07-18", "omni-moderation", "o1x", "gpt-50", "xo1", "o1/gpt-4o", "o3/"],
+)
 def test_other_models_keep_max_tokens_and_get_no_effort(model):
     assert not is_reasoning_model(model)
     body = build_body(

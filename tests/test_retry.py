@@ -133,3 +133,20 @@ def test_call_with_retries_backs_off_exponentially_across_attempts_and_respects_
 def test_retry_after_reads_infinite_nan_and_absurd_values_without_raising(headers, seconds):
     """inf (or 1e400) is the longest wait there is; nan and dates past the calendar are no answer."""
     assert retry_after_s(headers, now_epoch=0.0) == seconds
+
+
+def test_call_with_retries_goes_on_from_a_first_outcome_made_by_the_caller():
+    calls = []
+
+    async def attempt(n):
+        calls.append(n)
+        return _ok()
+
+    async def no_sleep(_: float) -> None:
+        pass
+
+    first = Failure("server_error", "HTTP 503", retryable=True, http_status=503)
+    outcome, attempts = anyio.run(
+        lambda: call_with_retries(attempt, max_attempts=3, sleep=no_sleep, rng=random.Random(0), first=first)
+    )
+    assert isinstance(outcome, Reply) and attempts == 2 and calls == [2]
