@@ -83,33 +83,43 @@ def parse_usage(usage: Any) -> Usage:
     )
 
 
-def _category_results(block: Any) -> dict[str, Any]:
-    return block if isinstance(block, dict) else {}
-
-
 _SEVERITY_NAMES = {rank: name for name, rank in SEVERITY_ORDER.items()}
 _ALL_CLEAR = MappingProxyType({"filtered": False, "severity": "safe"})
+_SAFE = SEVERITY_ORDER["safe"]
 
 
-def filter_verdict(prompt_results: Any, choice_results: list[Any]) -> FilterVerdict:
-    """Fold prompt-level and choice-level filter results into flags and a max severity."""
+def _filter_blocks(prompt_results: Any, choice_results: list[Any]) -> list[dict[str, Any]]:
+    """The category → result blocks of the prompt entries and the choices (other shapes: none)."""
     blocks: list[dict[str, Any]] = []
     if isinstance(prompt_results, list):
         for entry in prompt_results:
             if isinstance(entry, dict):
-                blocks.append(
-                    _category_results(entry.get("content_filter_results", entry.get("content_filter_result")))
+                block = (
+                    entry["content_filter_results"]
+                    if "content_filter_results" in entry
+                    else entry.get("content_filter_result")
                 )
+                if isinstance(block, dict):
+                    blocks.append(block)
     elif isinstance(prompt_results, dict):
         blocks.append(prompt_results)
-    blocks.extend(_category_results(b) for b in choice_results)
+    blocks.extend(block for block in choice_results if isinstance(block, dict))
+    return blocks
+
+
+def filter_verdict(prompt_results: Any, choice_results: list[Any]) -> FilterVerdict:
+    """Fold prompt-level and choice-level filter results into flags and a max severity."""
     categories: set[str] = set()
     worst = -1
-    for block in blocks:
-        if block and all(map(_ALL_CLEAR.__eq__, block.values())):
-            # Nearly every answer: each category safe and not filtered, checked in one C-level
-            # pass (the loop below cost more than parsing the rest of the answer).
-            worst = max(worst, SEVERITY_ORDER["safe"])
+    for block in _filter_blocks(prompt_results, choice_results):
+        for result in block.values():
+            if result != _ALL_CLEAR:
+                break
+        else:
+            # Nearly every answer: each category safe and not filtered (the checks below, per
+            # category, cost more than parsing the rest of the answer).
+            if block:
+                worst = max(worst, _SAFE)
             continue
         for category, result in block.items():
             if not isinstance(result, dict):
@@ -125,7 +135,7 @@ def filter_verdict(prompt_results: Any, choice_results: list[Any]) -> FilterVerd
         raise _shape_error(f"content_filter_results / prompt_filter_results cannot be stored ({exc})") from None
     return FilterVerdict(
         flagged=bool(categories),
-        categories=tuple(sorted(categories)),
+        categories=tuple(sorted(categories)) if categories else (),
         max_severity=_SEVERITY_NAMES.get(worst),  # type: ignore[arg-type]
         raw_json=raw_json,
     )
