@@ -90,6 +90,7 @@ class Journal:
         # The tables of the parts this writer flushed and has not merged yet (at most merge_factor
         # small ones): a merge takes them from here instead of reading back what it just wrote.
         self._unmerged: dict[Path, pa.Table] = {}
+        self._loose_parts = 0
         self.quarantined: list[Path] = []  # damaged parts moved aside by finalize
         self._lock = FolderLock(out_dir, writer_id=writer_id)
         if not writer:
@@ -106,6 +107,9 @@ class Journal:
         self.check_files()
         parts = self._parts()
         self._next_seq = (parts[-1].last + 1) if parts else 1
+        # One-flush parts of this writer (a killed run's too): compaction is looked for only once
+        # merge_factor of them exist, not after every flush.
+        self._loose_parts = sum(1 for part in parts if part.writer == writer_id and part.span == 1)
 
     @classmethod
     def reader(cls, out_dir: Path) -> Journal:
@@ -247,6 +251,9 @@ class Journal:
         except OSError as exc:
             raise JournalError(f"{self.out_dir}: cannot write results ({exc.strerror or exc})") from None
         self._unmerged[path] = table
+        self._loose_parts += 1
+        if self._loose_parts < self._merge_factor:
+            return path  # no group of one-flush parts is complete: nothing to list or merge
         try:
             self._compact()
         except (OSError, JournalError, pl.exceptions.PolarsError, pa.ArrowException) as exc:
@@ -258,6 +265,7 @@ class Journal:
     def _compact(self) -> None:
         while True:
             parts = self._own_parts()
+            self._loose_parts = sum(1 for part in parts if part.span == 1)
             by_span: dict[int, list[Part]] = {}
             for part in parts:
                 by_span.setdefault(part.span, []).append(part)
@@ -349,6 +357,7 @@ class Journal:
             for part in parts:
                 part.path.unlink(missing_ok=True)
             self._unmerged.clear()
+            self._loose_parts = 0
         except UnreadableFileError:
             raise
         except (OSError, pl.exceptions.PolarsError, pa.ArrowException) as exc:

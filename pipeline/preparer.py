@@ -71,11 +71,11 @@ class Preparer:
         self.tasks = (
             config.limits.concurrency if images.inline_remote else min(config.limits.concurrency, 2 * pool.workers)
         )
-        # Rows ready ahead: one per request that may be in flight (two per pool worker at least), so
-        # workers coming back together find rows instead of waiting on the preparers one by one.
+        # Rows ready ahead: two per request that may be in flight (and per pool worker), so workers
+        # coming back together find rows while the preparers refill, instead of waiting on them.
         # A row carrying an inlined image counts for several: at most IMAGES_AHEAD of them wait
         # (about 16 MB of 768 px images), whatever the concurrency.
-        self.capacity = max(2 * pool.workers, config.limits.concurrency)
+        self.capacity = 2 * max(pool.workers, config.limits.concurrency)
         self._image_weight = max(1, self.capacity // IMAGES_AHEAD)
 
     def weight(self, prepared: PreparedRow) -> int:

@@ -197,3 +197,16 @@ def test_a_writer_leaves_other_writers_temp_files_alone(tmp_path):
     with Journal(tmp_path, writer_id="s1"):
         pass
     assert not mine.exists() and theirs.exists()
+
+
+def test_parts_of_an_earlier_run_with_other_ids_merge_from_disk_with_this_runs(tmp_path):
+    """A killed run's one-flush part is not in this writer's memory: the merge reads it back, sees
+    its ids differ, concatenates, and every row of both is there once."""
+    with Journal(tmp_path, merge_factor=2) as killed:
+        killed.write_rows([ResultRow(id="a", url="u", status="ok", caption="from before")])
+    resumed = Journal(tmp_path, merge_factor=2)
+    resumed.write_rows([ResultRow(id="b", url="u", status="ok", caption="this run")])
+    assert resumed.part_count() == 1
+    frame = resumed.latest_frame().sort("id")
+    assert frame["id"].to_list() == ["a", "b"] and frame["caption"].to_list() == ["from before", "this run"]
+    resumed.close()
