@@ -191,7 +191,7 @@ class OnlineExecutor:
         if known is not None:
             return known
         config = self.config.request
-        text_tokens = self._text.count(key[0], model=config.model)
+        text_tokens = self._text.count_for_pacing(key[0], model=config.model)
         image_est = image_tokens(config.model, detail=config.detail, width=image.width, height=image.height)
         # An image of unknown size is charged its worst case: starting high costs a few
         # seconds until answers correct the scale; starting low trips a TPM limit.
