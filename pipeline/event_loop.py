@@ -9,7 +9,6 @@ README "Overhead"). Windows, and anyone who sets ``CAPTION_EVENT_LOOP=asyncio``
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -23,7 +22,11 @@ def backend_options(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """anyio's asyncio backend options: uvloop unless unavailable or turned off."""
     if environ.get("CAPTION_EVENT_LOOP", "").strip().lower() == "asyncio":
         return {}
-    return {"use_uvloop": True} if importlib.util.find_spec("uvloop") is not None else {}
+    try:
+        import uvloop  # noqa: F401 - imported to know it works, not only that it is installed
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
 
 
 def run(func: Callable[..., Awaitable[T]], *args: Any) -> T:

@@ -76,7 +76,7 @@ class Preparer:
         # A row carrying an inlined image counts for several: at most IMAGES_AHEAD of them wait
         # (about 16 MB of 768 px images), whatever the concurrency.
         self.capacity = 2 * max(pool.workers, config.limits.concurrency)
-        self._image_weight = max(1, self.capacity // IMAGES_AHEAD)
+        self._image_weight = -(-self.capacity // IMAGES_AHEAD)  # rounded up: never more than IMAGES_AHEAD
 
     def weight(self, prepared: PreparedRow) -> int:
         """What ``prepared`` counts for in the ready queue (``capacity``)."""

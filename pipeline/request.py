@@ -40,8 +40,9 @@ def render_prompt(template: str, fields: Mapping[str, Any]) -> str:
 
 
 _OPTIONAL_KNOBS = ("temperature", "top_p", "n", "stop", "response_format")
-# o1, o3, o4, gpt-5, alone or followed by "-" (snapshots, -mini/-nano), after any ``vendor/`` prefix.
-_REASONING_MODEL = re.compile(r"(?:.*/)?(?:o1|o3|o4|gpt-5)(?:-.*)?", re.IGNORECASE | re.DOTALL)
+# o1, o3, o4, gpt-5, alone or followed by "-" (snapshots, -mini/-nano), as the last path segment
+# (after any ``vendor/`` prefix).
+_REASONING_MODEL = re.compile(r"(?:.*/)?(?:o1|o3|o4|gpt-5)(?:-[^/]*)?", re.IGNORECASE | re.DOTALL)
 
 
 def is_reasoning_model(model: str) -> bool:

@@ -191,19 +191,21 @@ def approx_text_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4)) if text else 0
 
 
-PACING_APPROX_MAX_CHARS = 400
+PACING_APPROX_MAX_CHARS = 200
 
 
 def close_enough_for_pacing(text: str) -> bool:
-    """Text whose pacing estimate need not come from the tokenizer: short ASCII, where ~3
-    characters a token errs high by a few tokens (English runs ~4, code and JSON ~2.5) against
-    an image's 85-1,105. Longer or other text (CJK is near 1 character a token) is counted."""
+    """Text whose pacing estimate need not come from the tokenizer: short ASCII. At ~2 characters
+    a token (``pacing_text_tokens``) it errs high for prose (English runs ~4) and at most ~30
+    tokens low for digits or JSON (~1.6): a few percent of a request whose image alone is 85-1,105
+    tokens, and the limiter corrects its scale from the answers' usage. Longer or other text
+    (CJK is near 1 character a token) is counted."""
     return len(text) <= PACING_APPROX_MAX_CHARS and text.isascii()
 
 
 def pacing_text_tokens(text: str) -> int:
     """What ``close_enough_for_pacing`` text is charged in a request's estimate."""
-    return max(1, math.ceil(len(text) / 3)) if text else 0
+    return max(1, math.ceil(len(text) / 2)) if text else 0
 
 
 def request_tokens(*, text_tokens: int, image_tokens_: int, max_tokens: int) -> int:

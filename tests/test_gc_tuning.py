@@ -50,3 +50,14 @@ def test_a_run_collects_less_often_while_it_runs_and_as_before_after(simulator, 
     assert totals.ok == 20 and frame.height == 20
     assert seen and seen[0] >= RUN_GEN0_THRESHOLD
     assert gc.get_threshold() == before
+
+
+def test_collection_turned_off_stays_off() -> None:
+    before = gc.get_threshold()
+    gc.set_threshold(0, *before[1:])
+    try:
+        with fewer_collections():
+            assert gc.get_threshold()[0] == 0
+        assert gc.get_threshold()[0] == 0
+    finally:
+        gc.set_threshold(*before)

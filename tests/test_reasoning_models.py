@@ -30,7 +30,19 @@ def test_reasoning_models_get_max_completion_tokens_and_their_effort(model):
 
 @pytest.mark.parametrize(
     "model",
-    ["gpt-4o", "gpt-4.1-mini", "gpt-4o-mini-2024-07-18", "omni-moderation", "o1x", "gpt-50", "xo1", "o1/gpt-4o", "o3/"],
+    [
+        "gpt-4o",
+        "gpt-4.1-mini",
+        "gpt-4o-mini-2024-07-18",
+        "omni-moderation",
+        "o1x",
+        "gpt-50",
+        "xo1",
+        "o1/gpt-4o",
+        "o3/",
+        "vendor/o1-x/gpt-4o",
+        "openai/o1-mini/",
+    ],
 )
 def test_other_models_keep_max_tokens_and_get_no_effort(model):
     assert not is_reasoning_model(model)
