@@ -135,7 +135,7 @@ def filter_verdict(prompt_results: Any, choice_results: list[Any]) -> FilterVerd
         raise _shape_error(f"content_filter_results / prompt_filter_results cannot be stored ({exc})") from None
     return FilterVerdict(
         flagged=bool(categories),
-        categories=tuple(sorted(categories)) if categories else (),
+        categories=tuple(sorted(categories)),
         max_severity=_SEVERITY_NAMES.get(worst),  # type: ignore[arg-type]
         raw_json=raw_json,
     )

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .config import RequestConfig
+from .tokens import close_enough_for_pacing
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -88,3 +89,10 @@ def prompt_text(body: dict[str, Any]) -> str:
         else:
             parts.extend(p["text"] for p in content if p.get("type") == "text")
     return "\n".join(parts)
+
+
+def prompts_need_tokenizer(request: RequestConfig) -> bool:
+    """Whether a run's prompts can need the tokenizer (``TextCounter.count_for_pacing``): a
+    template that varies per row, or fixed text too long or not ASCII to estimate."""
+    texts = [t for t in (request.system, request.prompt) if t]
+    return any(placeholders(t) for t in texts) or not close_enough_for_pacing("\n".join(texts))

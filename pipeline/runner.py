@@ -34,7 +34,7 @@ import anyio
 from .breaker import CircuitBreaker
 from .budget import Budget
 from .client import VisionClient
-from .config import Config, RequestConfig
+from .config import Config
 from .cost import is_priced
 from .dedup import DEDUP_WINDOW, RequestDedup, SharedRequest, request_key
 from .dialects import Dialect
@@ -51,23 +51,16 @@ from .models import Item, ResultRow, RunTotals
 from .preparer import PreparedRow, Preparer
 from .progress import NoProgress, Progress
 from .ratelimit import RateLimiter
-from .request import placeholders
+from .request import prompts_need_tokenizer
 from .rows import dedup_copy
 from .run_meta import results_metadata, updated_meta
-from .tokens import TextCounter, close_enough_for_pacing
+from .tokens import TextCounter
 
 log = logging.getLogger("caption")
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def prompts_need_tokenizer(request: RequestConfig) -> bool:
-    """Whether the run's prompts can need the tokenizer (``TextCounter.count_for_pacing``): a
-    template that varies per row, or fixed text too long or not ASCII to estimate."""
-    texts = [t for t in (request.system, request.prompt) if t]
-    return any(placeholders(t) for t in texts) or not close_enough_for_pacing("\n".join(texts))
 
 
 @dataclass(kw_only=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.config import RequestConfig
-from pipeline.runner import prompts_need_tokenizer
+from pipeline.request import prompts_need_tokenizer
 from pipeline.tokens import PACING_APPROX_MAX_CHARS, TextCounter, close_enough_for_pacing, pacing_text_tokens
 
 
