@@ -54,10 +54,10 @@ from .parquet_files import (
     data_problem,
     footer_problem,
     fsync_dir,
-    order_rows,
     unreadable_message,
     with_metadata,
     write_in_row_groups,
+    write_sorted,
 )
 
 RESULTS_NAME = "results.parquet"
@@ -76,7 +76,15 @@ class Journal:
     process), and checks every file it will resume from before anything is sent.
     """
 
-    def __init__(self, out_dir: Path, *, merge_factor: int = 16, writer: bool = True, writer_id: str = "") -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        *,
+        merge_factor: int = 16,
+        writer: bool = True,
+        writer_id: str = "",
+        sort_in_memory_rows: int = BATCH_ROWS,
+    ) -> None:
         if writer_id and not _WRITER_ID.match(writer_id):
             raise ValueError(f"a writer id is 1-32 lowercase letters and digits, not {writer_id!r}")
         self.out_dir = out_dir
@@ -86,6 +94,7 @@ class Journal:
         self.meta_path = out_dir / RUN_META_NAME
         self.quarantine_dir = self.parts_dir / QUARANTINE_NAME
         self._merge_factor = merge_factor
+        self._sort_in_memory_rows = sort_in_memory_rows
         self._next_seq = 0
         # The tables of the parts this writer flushed and has not merged yet (at most merge_factor
         # small ones): a merge takes them from here instead of reading back what it just wrote.
@@ -211,25 +220,18 @@ class Journal:
             if fresh:
                 seen = pl.concat([seen, *fresh]).sort()
 
-    def _write_latest(
-        self,
-        paths: list[Path],
-        target: Path,
-        *,
-        extend: Extend | None = None,
-        compression: str = PART_COMPRESSION,
-        statistics: bool = False,
-        metadata: dict[str, str] | None = None,
-    ) -> None:
-        """Write the latest rows to ``target`` atomically; ``extend`` may add derived columns (typed labels)."""
+    def _latest_tables(
+        self, paths: list[Path], *, extend: Extend | None = None, metadata: dict[str, str] | None = None
+    ) -> tuple[pa.Schema, Iterator[pa.Table]]:
+        """The latest rows of ``paths`` as Arrow tables, and their schema; ``extend`` may add
+        derived columns (typed labels), ``metadata`` goes in the schema."""
 
         def shaped(frame: pl.DataFrame) -> pl.DataFrame:
             frame = conform(frame)
             return extend(frame) if extend is not None else frame
 
         schema = with_metadata(shaped(pl.DataFrame(schema=RESULT_SCHEMA)).to_arrow().schema, metadata)
-        tables = (shaped(frame).to_arrow().cast(schema) for frame in self._iter_latest(paths))
-        write_in_row_groups(target, schema, tables, compression=compression, statistics=statistics)
+        return schema, (shaped(frame).to_arrow().cast(schema) for frame in self._iter_latest(paths))
 
     # -- writing -----------------------------------------------------------
 
@@ -289,7 +291,8 @@ class Journal:
         elif ids_disjoint(paths):
             self._concat(paths, target)
         else:
-            self._write_latest(paths, target)
+            schema, tables = self._latest_tables(paths)  # newest wins
+            write_in_row_groups(target, schema, tables, compression=PART_COMPRESSION)
         for part in group:
             part.path.unlink(missing_ok=True)
             self._unmerged.pop(part.path, None)
@@ -343,17 +346,17 @@ class Journal:
                 raise UnreadableFileError(unreadable_message(self.results_path, problem), path=str(self.results_path))
             return self.results_path
         try:
-            # Folded newest first, then put in manifest order: a temp name the next writer tidies if killed.
-            folded = self.out_dir / f".{RESULTS_NAME}.unsorted.tmp-{os.getpid()}"
-            self._write_latest(
-                self._sources(),
-                folded,
-                extend=extend,
+            # Folded newest first, put in manifest order (temp names the next writer tidies if killed).
+            schema, tables = self._latest_tables(self._sources(), extend=extend, metadata=metadata)
+            write_sorted(
+                self.results_path,
+                schema,
+                tables,
+                order_by="row",
+                in_memory_rows=self._sort_in_memory_rows,
                 compression=RESULTS_COMPRESSION,
                 statistics=True,
-                metadata=metadata,
             )
-            order_rows(folded, self.results_path, column="row", compression=RESULTS_COMPRESSION)
             for part in parts:
                 part.path.unlink(missing_ok=True)
             self._unmerged.clear()

@@ -7,6 +7,7 @@ the full one (every page decoded).
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -132,6 +133,48 @@ def with_metadata(schema: pa.Schema, metadata: dict[str, str] | None) -> pa.Sche
     return schema.with_metadata({**(schema.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}})
 
 
+def write_sorted(
+    target: Path,
+    schema: pa.Schema,
+    tables: Iterable[pa.Table],
+    *,
+    order_by: str,
+    in_memory_rows: int,
+    compression: str,
+    statistics: bool = False,
+) -> None:
+    """``tables`` written to ``target`` atomically, their rows sorted by ``order_by`` (``sort_order``).
+
+    Up to ``in_memory_rows`` rows are sorted in memory and written once; more are written as
+    they come, then ordered by a second pass that holds only the sort key (``order_rows``).
+    """
+    tables = iter(tables)
+    held: list[pa.Table] = []
+    held_rows = 0
+    for table in tables:
+        held.append(table)
+        held_rows += table.num_rows
+        if held_rows > in_memory_rows:
+            break
+    else:
+        whole = pa.concat_tables(held) if held else schema.empty_table()
+        order = sort_order(pl.Series(order_by, whole.column(order_by))).to_arrow()
+        write_in_row_groups(target, schema, [whole.take(order)], compression=compression, statistics=statistics)
+        return
+    unsorted = target.with_name(f".{target.name}.unsorted.tmp-{os.getpid()}")
+    write_in_row_groups(unsorted, schema, itertools.chain(held, tables), compression=compression, statistics=statistics)
+    order_rows(unsorted, target, column=order_by, compression=compression)
+
+
+def sort_order(keys: pl.Series) -> pl.Series:
+    """The positions that put ``keys`` in order: nulls last, equal keys in their first order."""
+    return (
+        pl.DataFrame({"key": keys, "at": pl.int_range(len(keys), eager=True, dtype=pl.Int64)})
+        .sort(["key", "at"], nulls_last=True)
+        .get_column("at")
+    )
+
+
 def order_rows(source: Path, target: Path, *, column: str, compression: str) -> None:
     """``source`` with its rows sorted by ``column`` (nulls last, ties kept in file order), as
     ``target``, atomically; ``source`` is consumed (renamed when already in order, else removed).
@@ -148,11 +191,7 @@ def order_rows(source: Path, target: Path, *, column: str, compression: str) -> 
         fsync_dir(target.parent)
         return
     n = len(keys)
-    order = (
-        pl.DataFrame({"key": keys, "at": pl.int_range(n, eager=True, dtype=pl.Int64)})
-        .sort(["key", "at"], nulls_last=True)
-        .get_column("at")
-    )
+    order = sort_order(keys)
     sizes = [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)]
     starts = pl.Series([0, *sizes]).cum_sum().head(len(sizes))
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")

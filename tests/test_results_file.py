@@ -3,12 +3,14 @@ and folders written before those columns existed still resuming and folding."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from datetime import UTC, datetime
 
 import polars as pl
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from pipeline import __version__
@@ -61,9 +63,11 @@ def test_results_come_in_manifest_order_with_a_row_column(simulator, tmp_path):
     assert frame["row"].to_list() == list(range(60))
 
 
-def test_finalize_sorts_parts_written_out_of_order(tmp_path):
-    """Parts flushed in completion order (newest rows first) fold into row order."""
-    journal = Journal(tmp_path, merge_factor=100)
+@pytest.mark.parametrize("in_memory", [1000, 5], ids=["sorted-in-memory", "written-then-ordered"])
+def test_finalize_sorts_parts_written_out_of_order(tmp_path, in_memory):
+    """Parts flushed in completion order (newest rows first) fold into row order, whether the
+    folder is sorted in memory or, past ``sort_in_memory_rows``, written first and ordered after."""
+    journal = Journal(tmp_path, merge_factor=100, sort_in_memory_rows=in_memory)
     order = list(range(30))
     random.Random(1).shuffle(order)
     for start in range(0, 30, 7):
@@ -72,6 +76,23 @@ def test_finalize_sorts_parts_written_out_of_order(tmp_path):
     file = pq.ParquetFile(tmp_path / "results.parquet")
     assert file.read(columns=["row"]).column(0).to_pylist() == list(range(30))
     assert file.schema_arrow.metadata[b"model"] == b"m"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "journal", "results.parquet"]
+
+
+@pytest.mark.parametrize("in_memory", [1000, 3], ids=["sorted-in-memory", "written-then-ordered"])
+def test_finalize_keeps_the_newest_row_of_an_id_and_puts_rows_without_a_row_number_last(tmp_path, in_memory):
+    """A later run's row replaces the earlier one (results.parquet, then parts); null rows go last in fold order."""
+    with Journal(tmp_path, sort_in_memory_rows=in_memory) as journal:
+        journal.write_rows([_row(i, row=i) for i in (4, 2, 0)])
+        journal.finalize()
+    with Journal(tmp_path, sort_in_memory_rows=in_memory) as journal:
+        journal.write_rows([_row(7, row=None), dataclasses.replace(_row(2, row=2), caption="newer")])
+        journal.write_rows([_row(3, row=3), _row(8, row=None), _row(1, row=1)])
+        journal.finalize()
+    frame = pl.read_parquet(tmp_path / "results.parquet")
+    assert frame["row"].to_list() == [0, 1, 2, 3, 4, None, None]
+    assert frame["caption"].to_list()[:5] == ["c0", "c1", "newer", "c3", "c4"]
+    assert frame["id"].to_list()[5:] == ["id8", "id7"]  # the newest part is folded first
 
 
 def test_order_rows_reads_across_row_groups_and_puts_nulls_last(tmp_path):
