@@ -227,10 +227,28 @@ async def open_http(
     posts = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
     downloads = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), trust_env=True)
     async with posts, downloads:
-        transport = AiohttpTransport(client=downloads)
+        transport = _BuiltOnFirstUse(lambda: AiohttpTransport(client=downloads))
         async with make_http_client(concurrency=concurrency, timeout_s=timeout_s, transport=transport) as client:
             poster = AiohttpPoster(posts, timeout_s=timeout_s, proxy=proxy_for(endpoint_url, environ))
             yield Http(client=client, poster=poster)
+
+
+class _BuiltOnFirstUse(httpx.AsyncBaseTransport):
+    """A transport made when the first request needs it: ``AiohttpTransport`` loads the CA
+    certificates as it is built (~40 ms), and most runs never download or probe an image."""
+
+    def __init__(self, build: Callable[[], httpx.AsyncBaseTransport]) -> None:
+        self._build = build
+        self._transport: httpx.AsyncBaseTransport | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._transport is None:
+            self._transport = self._build()
+        return await self._transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        if self._transport is not None:
+            await self._transport.aclose()
 
 
 def make_http_client(*, concurrency: int, timeout_s: float, transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:

@@ -267,3 +267,25 @@ def test_a_200_error_object_quoting_the_key_is_masked():
     outcome = complete_with(lambda request: httpx.Response(200, content=body))
     assert isinstance(outcome, Failure) and outcome.error_type == "invalid_response"
     assert KEY not in outcome.message and "Bearer ***" in outcome.message
+
+
+def test_open_http_downloads_images_through_a_transport_built_on_first_use():
+    """The download client's transport (which loads CA certificates) is made by the first
+    download, once, and downloads work through it."""
+    app = SimulatorApp(SimConfig(latency_median_s=0.001, latency_p99_s=0.002, accept_any_model=True))
+    with SimulatorServer(app, log_level="critical") as sim:
+        image_url = sim.base_url.removesuffix("/v1") + "/images/a.png?size=64x48"
+
+        async def go():
+            async with open_http(concurrency=2, timeout_s=5, endpoint_url=sim.base_url, environ={}) as http:
+                transport = http.client._transport
+                built_before = transport._transport is not None
+                client = VisionClient(http.client, dialect=OPENAI, base_url=sim.base_url, api_key=KEY, timeout_s=5)
+                first = await client.fetch_image(image_url, max_bytes=1_000_000, timeout_s=5)
+                built = transport._transport
+                second = await client.fetch_image(image_url, max_bytes=1_000_000, timeout_s=5)
+                return built_before, first, second, built is transport._transport is not None
+
+        built_before, first, second, built_once = anyio.run(go)
+    assert not built_before and built_once
+    assert first == second and first.startswith(b"\x89PNG")
