@@ -33,6 +33,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import anyio
+
 from .errors import WaitTooLongError
 
 log = logging.getLogger("caption")
@@ -157,6 +159,7 @@ class RateLimiter:
         self._prompt_scale = 1.0
         self._answered = False
         self._probing = False
+        self._probe_answered: anyio.Event | None = None  # made by the first request that waits
         self._probe_wait_s = probe_wait_s
         self._horizon_s = horizon_s
         self._max_wait_s = max_wait_s
@@ -228,9 +231,17 @@ class RateLimiter:
         if not self._probing:
             self._probing = True
             return
-        deadline = self._clock() + self._probe_wait_s
-        while not self._answered and self.rpm is None and self.tpm is None and self._clock() < deadline:
-            await self._sleep(0.05)
+        if self._probe_answered is None:
+            self._probe_answered = anyio.Event()
+        # Woken by the answer itself (at zero latency a 50 ms poll held everyone back longer than
+        # the probe took); the bound is real time, for a probe that never comes back.
+        with anyio.move_on_after(self._probe_wait_s):
+            await self._probe_answered.wait()
+
+    def _heard_back(self) -> None:
+        self._answered = True
+        if self._probe_answered is not None:
+            self._probe_answered.set()
 
     def _note_dispatch(self, now: float) -> None:
         self._recent.append(now)
@@ -241,7 +252,8 @@ class RateLimiter:
 
     def settle(self, grant: Grant, *, prompt_tokens: int | None) -> None:
         """An answer came back: learn how far off the prompt estimate was, and correct this request's charge."""
-        self._answered = True
+        if not self._answered:
+            self._heard_back()
         self.factor = min(1.0, self.factor + self._increase)
         if not prompt_tokens or grant.estimated_prompt_tokens <= 0:
             return
@@ -266,7 +278,8 @@ class RateLimiter:
         Raises ``WaitTooLongError`` when the wait is over ``max_wait_s``: the request that
         got it must not sit out the wait either.
         """
-        self._answered = True
+        if not self._answered:
+            self._heard_back()
         now = self._clock()
         if self.rpm is None and self.tpm is None and self._recent:
             # No limit known at all: the rate that just tripped the server is the ceiling,
@@ -308,7 +321,8 @@ class RateLimiter:
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Learn limits the config left open, and slow down before a 429 when a window is used up."""
-        self._answered = True
+        if not self._answered:
+            self._heard_back()
         if not headers:
             return
         info = self._read_headers(headers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import anyio
 import pytest
@@ -232,6 +233,28 @@ def test_with_no_limit_known_the_first_request_probes_alone():
     anyio.run(main)
     assert len(sent) == 5 and sent[0] == 1000.0 and min(sent[1:]) >= 1001.5
     assert limiter.rpm == 600  # the rest were paced by what the probe's answer said
+
+
+def test_the_requests_waiting_on_the_probe_go_as_soon_as_its_answer_arrives():
+    """Woken by the answer itself, not by a poll some milliseconds later (on the real clock)."""
+    limiter = RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep, read_headers=openai_headers)
+    sent: list[int] = []
+
+    async def worker(i: int) -> None:
+        await limiter.acquire(10)
+        sent.append(i)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(worker, i)
+            await anyio.wait_all_tasks_blocked()
+            assert sent == [0]
+            limiter.observe({})  # the probe's answer, naming no limit
+            await anyio.wait_all_tasks_blocked()
+            assert sorted(sent) == [0, 1, 2, 3, 4]
+
+    anyio.run(main)
 
 
 def test_a_known_limit_needs_no_probe():
