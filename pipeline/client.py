@@ -49,12 +49,13 @@ from .errors import ImageUnreadableError
 from .models import Failure, Outcome, Reply
 from .parse import InvalidResponseError
 from .secrets import Scrubber
+from .value_types import value_type
 
 Clock = Callable[[], float]
 DEFAULT_MAX_RESPONSE_BYTES = 8_000_000
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@value_type
 class RawResponse:
     """An HTTP answer, whatever carried it: headers look up case-insensitively.
 

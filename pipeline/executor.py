@@ -12,15 +12,15 @@ module beside it implementing ``Executor``, reusing request building
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import PipelineError
 from .images import PreparedImage
 from .models import Item, ResultRow
+from .value_types import value_type
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class PreparedRequest:
     """One manifest row ready to send: its body, the image it carries, its dedup key."""
 

@@ -33,12 +33,13 @@ from urllib.parse import unquote, urlparse
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import ImageUnreadableError
+from .value_types import value_type
 
 # What OpenAI-compatible endpoints accept; anything else is re-encoded as PNG.
 SENDABLE_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class PreparedImage:
     url: str
     width: int | None = None

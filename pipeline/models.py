@@ -10,6 +10,8 @@ from typing import Any, Literal
 import polars as pl
 import pyarrow as pa
 
+from .value_types import value_type
+
 Status = Literal["ok", "filtered", "error"]
 ErrorType = Literal[
     "rate_limited",
@@ -29,7 +31,7 @@ Severity = Literal["safe", "low", "medium", "high"]
 SEVERITY_ORDER: dict[str, int] = {"safe": 0, "low": 1, "medium": 2, "high": 3}
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Item:
     """One manifest row: its id, the image as given, and the row's other columns."""
 
@@ -42,7 +44,7 @@ class Item:
     path: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Usage:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -51,7 +53,7 @@ class Usage:
     reasoning_tokens: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class FilterVerdict:
     """What the provider's content filter said about the prompt and the choices."""
 
@@ -61,7 +63,7 @@ class FilterVerdict:
     raw_json: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Completion:
     """A parsed 200 response."""
 
@@ -253,7 +255,7 @@ def rows_to_frame(rows: list[ResultRow]) -> pl.DataFrame:
 FatalKind = Literal["auth", "quota", "model_not_found", "request_shape"]
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Reply:
     """One attempt that got a usable 200."""
 
@@ -263,7 +265,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Failure:
     """One attempt that did not: what happened, and what to do about it."""
 

@@ -14,7 +14,6 @@ handed on like a prepared row for the workers to record.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,12 @@ from .image_pool import ImagePool
 from .images import ImageLimits, PreparedImage, inline_bytes, is_remote, prepare_image, remote_url
 from .models import Item, ResultRow
 from .rows import result_row, unexpected_error_row
+from .value_types import value_type
 
 IMAGES_AHEAD = 64  # prepared rows carrying an inlined image that may wait for a worker
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class PreparedRow:
     """A row ready to send (``body``, ``image``), or already finished (``row``: its image is unusable)."""
 

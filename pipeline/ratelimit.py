@@ -30,12 +30,12 @@ import math
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import anyio
 
 from .errors import WaitTooLongError
+from .value_types import value_type
 
 log = logging.getLogger("caption")
 
@@ -66,7 +66,7 @@ def parse_duration_s(raw: str | None) -> float | None:
     return sum(float(n) * _GO_UNITS[u] for n, u in parts)
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class RateLimitHeaders:
     """What a response said about the limits, whatever the provider named the headers.
 
@@ -98,7 +98,7 @@ def header_count(headers: Mapping[str, str], name: str) -> int | None:
 HeaderReader = Callable[[Mapping[str, str]], RateLimitHeaders]
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Grant:
     """What one dispatch was counted as, so the answer's usage can correct it."""
 
