@@ -27,6 +27,8 @@ def render_prompt(template: str, fields: Mapping[str, Any]) -> str:
 
     Unlike ``str.format`` a JSON example inside a prompt does not break it.
     """
+    if "{" not in template and "}" not in template:
+        return template  # a fixed prompt, the usual one: nothing to fill, no regex pass per row
 
     def substitute(match: re.Match[str]) -> str:
         token = match.group(0)
