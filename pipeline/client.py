@@ -361,8 +361,10 @@ class VisionClient:
             raise ImageUnreadableError(f"{url}: download failed ({type(exc).__name__}: {exc})") from None
         return bytes(data)
 
-    async def complete(self, body: dict[str, Any]) -> Outcome:
-        payload = orjson.dumps(body)
+    async def complete(self, body: dict[str, Any], *, payload: bytes | None = None) -> Outcome:
+        """POST ``body`` (``payload``: the same body already serialized, sent as it is)."""
+        if payload is None:
+            payload = orjson.dumps(body)
         started = self._clock()
         try:
             response = await self._poster.post(self._url, payload, self._headers, max_bytes=self._max_response_bytes)

@@ -22,9 +22,16 @@ from .models import ResultRow
 DEDUP_WINDOW = 20_000  # requests remembered; a duplicate further apart is sent again
 
 
-def request_key(body: dict[str, Any]) -> str:
-    """Identical bodies (same image bytes or URL, same rendered prompt, same parameters) share a key."""
-    return hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+def canonical_json(body: dict[str, Any]) -> bytes:
+    """The body as JSON with its keys sorted: what ``request_key`` hashes, and what is sent (once
+    serialized, a body is not serialized again for the POST)."""
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def request_key(payload: bytes) -> str:
+    """Identical bodies (same image bytes or URL, same rendered prompt, same parameters) share a
+    key: the hash of their ``canonical_json``."""
+    return hashlib.blake2b(payload, digest_size=16).hexdigest()
 
 
 class SharedRequest:

@@ -15,7 +15,6 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from .breaker import CircuitBreaker
 from .budget import Budget
@@ -128,10 +127,10 @@ class OnlineExecutor:
         item, state = request.item, _RowState()
         try:
             est = self._estimate(request)
-            outcome, attempts = await self._attempt(request.body, est, state), 1
+            outcome, attempts = await self._attempt(request, est, state), 1
             if isinstance(outcome, Failure) and outcome.retryable:
                 outcome, attempts = await call_with_retries(
-                    lambda attempt: self._attempt(request.body, est, state),
+                    lambda attempt: self._attempt(request, est, state),
                     max_attempts=self.config.limits.max_attempts,
                     sleep=self._sleep,
                     rng=self._rng,
@@ -209,7 +208,7 @@ class OnlineExecutor:
         self._estimates[key] = est
         return est
 
-    async def _attempt(self, body: dict[str, Any], est: RequestEstimate, state: _RowState) -> Outcome:
+    async def _attempt(self, request: PreparedRequest, est: RequestEstimate, state: _RowState) -> Outcome:
         if self._stopping():
             raise StopDispatch
         try:
@@ -225,7 +224,24 @@ class OnlineExecutor:
                     "raise --max-cost (limits.max_cost_usd) and re-run to continue"
                 )
             )
-        outcome = await self._send_once(body, est)
+        # Counted in flight while sent; an answer that cannot be read is that answer's failure.
+        self._in_flight += 1
+        answered = False
+        try:
+            outcome = await self._client.complete(request.body, payload=request.payload)
+            answered = True
+        except _UNREADABLE_ANSWER as exc:
+            # A number past what Python holds, a shape the parser did not expect: the server
+            # answered, so this is that answer's problem, recorded (and settled) like any bad answer.
+            answered = True
+            log.debug("unreadable answer", exc_info=True)
+            outcome = Failure(
+                "invalid_response", f"the answer could not be read ({type(exc).__name__}: {exc})", retryable=False
+            )
+        finally:
+            self._in_flight -= 1
+            if not answered:  # cancelled (or a bug) mid-request: nothing is known to be billed
+                self._budget.settle(est.max_cost_usd, 0.0)
         paid = self.cost(outcome.completion.model, outcome.completion.usage) if isinstance(outcome, Reply) else None
         self._budget.settle(est.max_cost_usd, paid or 0.0)
         state.paid_usd = (state.paid_usd or 0.0) + paid if paid is not None else state.paid_usd
@@ -264,27 +280,6 @@ class OnlineExecutor:
                 )
             )
         return outcome
-
-    async def _send_once(self, body: dict[str, Any], est: RequestEstimate) -> Outcome:
-        """One request, counted in flight; an answer that cannot be read is that answer's failure."""
-        self._in_flight += 1
-        answered = False
-        try:
-            outcome = await self._client.complete(body)
-            answered = True
-            return outcome
-        except _UNREADABLE_ANSWER as exc:
-            # A number past what Python holds, a shape the parser did not expect: the server
-            # answered, so this is that answer's problem, recorded (and settled) like any bad answer.
-            answered = True
-            log.debug("unreadable answer", exc_info=True)
-            return Failure(
-                "invalid_response", f"the answer could not be read ({type(exc).__name__}: {exc})", retryable=False
-            )
-        finally:
-            self._in_flight -= 1
-            if not answered:  # cancelled (or a bug) mid-request: nothing is known to be billed
-                self._budget.settle(est.max_cost_usd, 0.0)
 
     def _check_labels(self, reply: Reply, state: _RowState) -> Outcome:
         """With a response_format schema, an answer that does not match it is retried once, then an error."""

@@ -29,6 +29,7 @@ class PreparedRequest:
     image: PreparedImage
     key: str | None  # request_key, when dedup is on
     prior_cost_usd: float | None  # what earlier runs paid for this id
+    payload: bytes | None = None  # the body already serialized (dedup's canonical_json), sent as it is
 
 
 class StopDispatch(Exception):

@@ -115,7 +115,10 @@ class Preparer:
         """The per-row boundary for preparation: whatever happens ends in this row's ``PreparedRow``."""
         prior = self._prior_cost(item.id)
         try:
-            image = await self.image(item)
+            if is_remote(item.url) and not self.config.images.inline_remote:
+                image = PreparedImage(url=remote_url(item.url))  # sent as a link: nothing to wait for
+            else:
+                image = await self._inlined_image(item)
             body = self._build_body(self.config.request, image_url=image.url, fields=item.fields)
         except ImageUnreadableError as exc:
             row = result_row(
@@ -132,11 +135,10 @@ class Preparer:
             return PreparedRow(item, prior, row=row)
         return PreparedRow(item, prior, body=body, image=image)
 
-    async def image(self, item: Item) -> PreparedImage:
+    async def _inlined_image(self, item: Item) -> PreparedImage:
+        """A local file, or a remote image with ``images.inline_remote``, as a data: URL."""
         if is_remote(item.url):
             images = self.config.images
-            if not images.inline_remote:
-                return PreparedImage(url=remote_url(item.url))
             data = await self._client.fetch_image(
                 remote_url(item.url), max_bytes=images.max_bytes, timeout_s=images.download_timeout_s
             )

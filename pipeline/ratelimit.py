@@ -202,7 +202,8 @@ class RateLimiter:
 
     async def acquire(self, prompt_tokens: int, completion_tokens: int = 0) -> Grant:
         """Wait until one request may be sent, count it as sent, and say what it was counted as."""
-        await self._wait_for_probe()
+        if not self._answered:  # an await, even of a coroutine that returns at once, costs per row
+            await self._wait_for_probe()
         while True:
             now = self._clock()
             if self._paused_until - now > self._max_wait_s:

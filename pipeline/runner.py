@@ -36,7 +36,7 @@ from .budget import Budget
 from .client import VisionClient
 from .config import Config
 from .cost import is_priced
-from .dedup import DEDUP_WINDOW, RequestDedup, SharedRequest, request_key
+from .dedup import DEDUP_WINDOW, RequestDedup, SharedRequest, canonical_json, request_key
 from .dialects import Dialect
 from .dispatch import OnlineExecutor
 from .errors import JournalError, PipelineError
@@ -114,6 +114,8 @@ class Runner:
         self._buffer: list[ResultRow] = []
         self._buffer_full = anyio.Event()
         self._stopping = anyio.Event()
+        # The same, read as a plain attribute on the per-row path (an Event's is_set is two calls).
+        self._stop_requested = False
         self._hurry = anyio.Event()
         self._stop_reason: PipelineError | None = None
         self._labels = label_spec(config.request.response_format)
@@ -126,7 +128,7 @@ class Runner:
             budget=self.budget,
             text=self._text,
             labels=self._labels,
-            stopping=self._stopping.is_set,
+            stopping=lambda: self._stop_requested,
             sleep=deps.sleep,
             rng=deps.rng,
             now=deps.now,
@@ -152,6 +154,7 @@ class Runner:
             self._stop_reason = reason
             # -v only: the reason is printed once, on the run's last line (the CLI's error line).
             log.debug("stopping: %s", reason)
+        self._stop_requested = True
         self._stopping.set()
         self._buffer_full.set()
 
@@ -267,9 +270,9 @@ class Runner:
 
     async def _work(self, ready: Handoff[PreparedRow]) -> None:
         try:
-            while not self._stopping.is_set():
+            while not self._stop_requested:
                 prepared = await ready.get()
-                if prepared is None or self._stopping.is_set():
+                if prepared is None or self._stop_requested:
                     return
                 row = prepared.row or await self._process(prepared)
                 if row is not None:
@@ -283,7 +286,7 @@ class Runner:
         self.totals.add(row)
         self._buffer.append(row)
         # While stopping, every answer that still arrives is written at once: a SIGKILL may follow.
-        if len(self._buffer) >= self.config.run.part_rows or self._stopping.is_set():
+        if len(self._buffer) >= self.config.run.part_rows or self._stop_requested:
             self._buffer_full.set()
         self.deps.progress.update(self.totals)
 
@@ -294,33 +297,31 @@ class Runner:
         stops before it was answered: the next run sends it."""
         item, prior, body, image = prepared.item, prepared.prior_cost_usd, prepared.body, prepared.image
         assert body is not None and image is not None  # a row without them came with its result
-        if not self.config.images.dedup:
-            return await self._execute(
-                PreparedRequest(item=item, body=body, image=image, key=None, prior_cost_usd=prior)
-            )
-        key = request_key(body)
-        known = self._dedup.known(key)
-        if known is not None:
-            if isinstance(known, SharedRequest):
-                known = await known.wait()
-            if known is None:  # the identical request was not answered (the run is stopping)
-                return None
-            return dedup_copy(item, known, finished_at=self.deps.now(), prior_cost_usd=prior)
-        shared = self._dedup.begin(key)
+        key = shared = payload = None
+        if self.config.images.dedup:
+            payload = canonical_json(body)
+            key = request_key(payload)
+            known = self._dedup.known(key)
+            if known is not None:
+                if isinstance(known, SharedRequest):
+                    known = await known.wait()
+                if known is None:  # the identical request was not answered (the run is stopping)
+                    return None
+                return dedup_copy(item, known, finished_at=self.deps.now(), prior_cost_usd=prior)
+            shared = self._dedup.begin(key)
         row = None
         try:
-            row = await self._execute(PreparedRequest(item=item, body=body, image=image, key=key, prior_cost_usd=prior))
-        finally:
-            self._dedup.end(key, shared, row)
-        return row
-
-    async def _execute(self, request: PreparedRequest) -> ResultRow | None:
-        try:
-            return await self._executor.execute(request)
+            row = await self._executor.execute(
+                PreparedRequest(item=item, body=body, image=image, key=key, prior_cost_usd=prior, payload=payload)
+            )
         except StopDispatch as stop:
             if stop.reason is not None:
                 self.request_stop(stop.reason)
-            return stop.row
+            row = stop.row
+        finally:
+            if key is not None and shared is not None:
+                self._dedup.end(key, shared, row)
+        return row
 
     # -- flushing ----------------------------------------------------------------
 

@@ -46,7 +46,7 @@ SCHEMA = {
 
 
 class _NotJsonClient:
-    async def complete(self, body):
+    async def complete(self, body, *, payload=None):
         raw = orjson.dumps(
             {
                 "id": "r1",
