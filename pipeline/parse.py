@@ -103,7 +103,9 @@ def _filter_blocks(prompt_results: Any, choice_results: list[Any]) -> list[dict[
                     blocks.append(block)
     elif isinstance(prompt_results, dict):
         blocks.append(prompt_results)
-    blocks.extend(block for block in choice_results if isinstance(block, dict))
+    for block in choice_results:
+        if isinstance(block, dict):
+            blocks.append(block)
     return blocks
 
 
@@ -111,15 +113,14 @@ def filter_verdict(prompt_results: Any, choice_results: list[Any]) -> FilterVerd
     """Fold prompt-level and choice-level filter results into flags and a max severity."""
     categories: set[str] = set()
     worst = -1
+    all_clear = dict(_ALL_CLEAR)  # a dict: list.count compares dicts in C, a mapping proxy in Python
     for block in _filter_blocks(prompt_results, choice_results):
-        for result in block.values():
-            if result != _ALL_CLEAR:
-                break
-        else:
+        results = list(block.values())
+        if results.count(all_clear) == len(results):
             # Nearly every answer: each category safe and not filtered (the checks below, per
             # category, cost more than parsing the rest of the answer).
-            if block:
-                worst = max(worst, _SAFE)
+            if results and worst < _SAFE:
+                worst = _SAFE
             continue
         for category, result in block.items():
             if not isinstance(result, dict):
@@ -135,7 +136,7 @@ def filter_verdict(prompt_results: Any, choice_results: list[Any]) -> FilterVerd
         raise _shape_error(f"content_filter_results / prompt_filter_results cannot be stored ({exc})") from None
     return FilterVerdict(
         flagged=bool(categories),
-        categories=tuple(sorted(categories)),
+        categories=tuple(sorted(categories)) if categories else (),
         max_severity=_SEVERITY_NAMES.get(worst),  # type: ignore[arg-type]
         raw_json=raw_json,
     )
@@ -178,9 +179,12 @@ def parse_completion(data: Any) -> Completion:
         raise InvalidResponseError("the response has no choices")
     first = choices[0]
     caption, refusal = _message_text(first.get("message"), "choices[0].message")
-    choice_filters = [c.get("content_filter_results") for c in choices if isinstance(c, dict)]
+    if len(choices) == 1:  # the usual answer: no comprehension to set up
+        choice_filters = [first.get("content_filter_results")]
+    else:
+        choice_filters = [c.get("content_filter_results") for c in choices if isinstance(c, dict)]
     prompt_filters = data.get("prompt_filter_results")
-    has_filters = prompt_filters is not None or any(b is not None for b in choice_filters)
+    has_filters = prompt_filters is not None or choice_filters.count(None) < len(choice_filters)
     verdict = filter_verdict(prompt_filters, choice_filters) if has_filters else FilterVerdict()
     texts = (
         (caption,)
@@ -191,14 +195,15 @@ def parse_completion(data: Any) -> Completion:
             if isinstance(c, dict)
         )
     )
+    model, finish_reason, response_id = data.get("model"), first.get("finish_reason"), data.get("id")
     return Completion(
         captions=texts,
         caption=caption,
-        model=data.get("model") if isinstance(data.get("model"), str) else None,
-        finish_reason=first.get("finish_reason") if isinstance(first.get("finish_reason"), str) else None,
+        model=model if isinstance(model, str) else None,
+        finish_reason=finish_reason if isinstance(finish_reason, str) else None,
         usage=parse_usage(data.get("usage")),
         filters=verdict,
-        response_id=data.get("id") if isinstance(data.get("id"), str) else None,
+        response_id=response_id if isinstance(response_id, str) else None,
         refusal=refusal,
     )
 
