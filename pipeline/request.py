@@ -89,7 +89,9 @@ def prompt_text(body: dict[str, Any]) -> str:
         if isinstance(content, str):
             parts.append(content)
         else:
-            parts.extend(p["text"] for p in content if p.get("type") == "text")
+            for part in content:
+                if part.get("type") == "text":
+                    parts.append(part["text"])
     return "\n".join(parts)
 
 
