@@ -33,10 +33,10 @@ def one_side(what: str, rows: int, concurrency: int) -> None:
     sim = bench.SimulatorProcess("--latency-median", "0", "--latency-p99", "0", "--any-model")
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            manifest = bench.write_manifest(Path(tmp) / "m.csv", rows)
             if what == "loop":
-                bench.run_aiohttp_loop(sim.base_url, rows, concurrency=concurrency)
+                bench.run_aiohttp_loop(sim.base_url, manifest, concurrency=concurrency)
             else:
-                manifest = bench.write_manifest(Path(tmp) / "m.csv", rows)
                 bench.run_pipeline(sim.base_url, manifest, concurrency=concurrency)
     finally:
         sim.stop()
