@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,7 +42,17 @@ import pyarrow.parquet as pq
 from .done_ids import DoneIds, is_member
 from .errors import FolderChangedError, JournalError, UnreadableFileError
 from .folder_lock import FolderLock
-from .journal_parts import PART_NAME, Part, ids_disjoint, list_parts, part_path, tables_disjoint
+from .journal_parts import (
+    PART_NAME,
+    KeptTables,
+    Part,
+    concat_parts,
+    ids_disjoint,
+    list_parts,
+    part_path,
+    quarantine,
+    tables_disjoint,
+)
 from .models import RESULT_ARROW_SCHEMA, RESULT_SCHEMA, ResultRow, conform, recordable, rows_to_table
 from .parquet_files import (
     BATCH_ROWS,
@@ -53,7 +62,6 @@ from .parquet_files import (
     atomic_write_table,
     data_problem,
     footer_problem,
-    fsync_dir,
     unreadable_message,
     with_metadata,
     write_in_row_groups,
@@ -95,6 +103,7 @@ class Journal:
         self.quarantine_dir = self.parts_dir / QUARANTINE_NAME
         self._merge_factor = merge_factor
         self._sort_in_memory_rows = sort_in_memory_rows
+        self._kept = KeptTables(limit_rows=sort_in_memory_rows)  # this run's parts, for finalize
         self._next_seq = 0
         # The tables of the parts this writer flushed and has not merged yet (at most merge_factor
         # small ones): a merge takes them from here instead of reading back what it just wrote.
@@ -221,16 +230,29 @@ class Journal:
                 seen = pl.concat([seen, *fresh]).sort()
 
     def _latest_tables(
-        self, paths: list[Path], *, extend: Extend | None = None, metadata: dict[str, str] | None = None
+        self,
+        paths: list[Path],
+        *,
+        extend: Extend | None = None,
+        metadata: dict[str, str] | None = None,
+        kept: list[pa.Table] | None = None,
     ) -> tuple[pa.Schema, Iterator[pa.Table]]:
         """The latest rows of ``paths`` as Arrow tables, and their schema; ``extend`` may add
-        derived columns (typed labels), ``metadata`` goes in the schema."""
+        derived columns (typed labels), ``metadata`` goes in the schema. ``kept``: the same parts'
+        tables, newest first, already in memory (used when they share no id)."""
 
         def shaped(frame: pl.DataFrame) -> pl.DataFrame:
             frame = conform(frame)
             return extend(frame) if extend is not None else frame
 
         schema = with_metadata(shaped(pl.DataFrame(schema=RESULT_SCHEMA)).to_arrow().schema, metadata)
+        if kept and tables_disjoint(kept):
+            table = pa.concat_tables(kept)
+            if extend is None and table.schema == RESULT_ARROW_SCHEMA:
+                return schema, iter([table.cast(schema)])  # written by this version: nothing to shape
+            whole = pl.from_arrow(table)
+            assert isinstance(whole, pl.DataFrame)
+            return schema, iter([shaped(whole).to_arrow().cast(schema)])
         return schema, (shaped(frame).to_arrow().cast(schema) for frame in self._iter_latest(paths))
 
     # -- writing -----------------------------------------------------------
@@ -253,6 +275,7 @@ class Journal:
         except OSError as exc:
             raise JournalError(f"{self.out_dir}: cannot write results ({exc.strerror or exc})") from None
         self._unmerged[path] = table
+        self._kept.add(path, table)
         self._loose_parts += 1
         if self._loose_parts < self._merge_factor:
             return path  # no group of one-flush parts is complete: nothing to list or merge
@@ -288,33 +311,18 @@ class Journal:
             # All flushed by this writer a moment ago: concatenated from memory, not read back
             # (reading 16 small parts cost 5x writing their merge).
             write_in_row_groups(target, RESULT_ARROW_SCHEMA, fresh, compression=PART_COMPRESSION)
-        elif ids_disjoint(paths):
-            self._concat(paths, target)
+            self._kept.merged(paths, target, pa.concat_tables(fresh))
         else:
-            schema, tables = self._latest_tables(paths)  # newest wins
-            write_in_row_groups(target, schema, tables, compression=PART_COMPRESSION)
+            self._kept.forget()  # parts of an earlier run among them: finalize reads the folder
+            if ids_disjoint(paths):
+                concat_parts(paths, target)
+            else:
+                schema, tables = self._latest_tables(paths)  # newest wins
+                write_in_row_groups(target, schema, tables, compression=PART_COMPRESSION)
         for part in group:
             part.path.unlink(missing_ok=True)
             self._unmerged.pop(part.path, None)
         return Part(last=last, first=first, writer=self.writer_id, path=target)
-
-    def _concat(self, paths: list[Path], target: Path) -> None:
-        """Parts whose ids are known to be disjoint, as one file."""
-
-        def as_table(batch: pa.RecordBatch) -> pa.Table:
-            table = pa.Table.from_batches([batch])
-            if table.schema == RESULT_ARROW_SCHEMA:
-                return table
-            # Parts written by an older version may use other string or list types, or lack
-            # columns added since.
-            frame = pl.from_arrow(table)
-            assert isinstance(frame, pl.DataFrame)
-            return conform(frame).to_arrow().cast(RESULT_ARROW_SCHEMA)
-
-        tables = (
-            as_table(batch) for path in paths for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS)
-        )
-        write_in_row_groups(target, RESULT_ARROW_SCHEMA, tables, compression=PART_COMPRESSION)
 
     def finalize(self, *, extend: Extend | None = None, metadata: dict[str, str] | None = None) -> Path:
         """Fold every part into results.parquet: one row per id, in manifest order (``row``), with
@@ -335,7 +343,11 @@ class Journal:
             except UnreadableFileError as exc:
                 if Path(exc.path) == self.results_path:
                     raise
-                self._quarantine(Path(exc.path), str(exc))
+                target = quarantine(Path(exc.path), self.quarantine_dir, why=str(exc))
+                self.quarantined.append(target)
+                log.warning(
+                    "%s was damaged and is moved to %s; its rows will be sent again by the next run", exc.path, target
+                )
 
     def _finalize_once(self, extend: Extend | None, metadata: dict[str, str] | None) -> Path:
         parts = self._parts()
@@ -347,7 +359,9 @@ class Journal:
             return self.results_path
         try:
             # Folded newest first, put in manifest order (temp names the next writer tidies if killed).
-            schema, tables = self._latest_tables(self._sources(), extend=extend, metadata=metadata)
+            # A run that wrote every part here and few rows folds them from memory, newest first.
+            kept = None if self.results_path.exists() else self._kept.exactly([p.path for p in reversed(parts)])
+            schema, tables = self._latest_tables(self._sources(), extend=extend, metadata=metadata, kept=kept)
             write_sorted(
                 self.results_path,
                 schema,
@@ -360,6 +374,7 @@ class Journal:
             for part in parts:
                 part.path.unlink(missing_ok=True)
             self._unmerged.clear()
+            self._kept = KeptTables(limit_rows=self._sort_in_memory_rows)
             self._loose_parts = 0
         except UnreadableFileError:
             raise
@@ -375,23 +390,6 @@ class Journal:
             if problem is not None:
                 return UnreadableFileError(unreadable_message(path, problem), path=str(path))
         return JournalError(f"{self.out_dir}: {doing} ({exc})")
-
-    def _quarantine(self, path: Path, why: str) -> None:
-        self.quarantine_dir.mkdir(exist_ok=True)
-        # Part numbers restart after each finalize: a name already set aside gets a suffix, so an
-        # earlier damaged part (the only copy of its rows for anyone salvaging them) is kept.
-        target = self.quarantine_dir / path.name
-        n = 1
-        while target.exists():
-            target = self.quarantine_dir / f"{path.stem}.{n}{path.suffix}"
-            n += 1
-        try:
-            os.replace(path, target)
-        except OSError as exc:
-            raise JournalError(f"{why}; moving it aside also failed ({exc.strerror})") from None
-        fsync_dir(self.parts_dir)
-        self.quarantined.append(target)
-        log.warning("%s was damaged and is moved to %s; its rows will be sent again by the next run", path, target)
 
     # -- reading -----------------------------------------------------------
 

@@ -163,3 +163,48 @@ def test_parts_from_before_the_columns_fold_with_nulls_after_the_rows_that_have_
     frame = pl.read_parquet(tmp_path / "results.parquet")
     assert frame["id"].to_list() == ["id3", "id4", "id5", "id0", "id1", "id2"]
     assert frame["row"].to_list() == [0, 1, 2, None, None, None] and frame["path"].null_count() == 6
+
+
+FIXED = datetime(2026, 12, 2, tzinfo=UTC)
+
+
+def _fold(folder, *, reopen: bool) -> pl.DataFrame:
+    """Rows flushed in three parts (two merged), some without a row number, then finalized by
+    the same journal (from memory) or by a new one (read back from the files)."""
+    journal = Journal(folder, merge_factor=2)
+    order = [5, None, 2, 7, 0, None, 3, 1, 6, 4]
+    for start in (0, 4, 8):
+        journal.write_rows(
+            [
+                dataclasses.replace(_row(i, row=r), finished_at=FIXED)
+                for i, r in enumerate(order)
+                if start <= i < start + 4
+            ]
+        )
+    if reopen:
+        journal.close()
+        journal = Journal(folder, merge_factor=2)
+    journal.finalize(metadata={"model": "m"})
+    journal.close()
+    return pl.read_parquet(folder / "results.parquet")
+
+
+def test_a_small_run_folded_from_memory_matches_its_parts_read_back(tmp_path):
+    """Finalize takes a small run's own parts from memory: same rows, order and nulls-last order as from disk."""
+    from_memory, from_disk = _fold(tmp_path / "memory", reopen=False), _fold(tmp_path / "disk", reopen=True)
+    assert from_memory.equals(from_disk)
+    assert from_memory["row"].to_list() == [0, 1, 2, 3, 4, 5, 6, 7, None, None]
+    assert from_memory["id"].to_list()[-2:] == ["id1", "id5"]  # fold order: newest part first, each in its order
+
+
+def test_a_small_run_does_not_read_its_own_parts_back(tmp_path):
+    """The parts on disk are not what finalize reads for this run's rows: one damaged after it was
+    written costs nothing (read back, it would be moved aside and its rows sent again)."""
+    journal = Journal(tmp_path, merge_factor=100)
+    journal.write_rows([_row(i, row=i) for i in range(3)])
+    journal.write_rows([_row(i, row=i) for i in range(3, 6)])
+    (part,) = [p for p in (tmp_path / "journal").glob("p*.parquet") if p.name.startswith("p0000000002")]
+    part.write_bytes(b"PAR1 damaged")
+    journal.finalize()
+    assert journal.quarantined == []
+    assert pl.read_parquet(tmp_path / "results.parquet")["id"].to_list() == [f"id{i}" for i in range(6)]
