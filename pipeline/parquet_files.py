@@ -21,6 +21,38 @@ BATCH_ROWS = 65_536
 # (zstd's per-column set-up dominates small files). results.parquet, the file users keep, is zstd.
 PART_COMPRESSION = "lz4"
 RESULTS_COMPRESSION = "zstd"
+# Result columns whose values repeat (a status, a model, the filter verdict, token counts) are
+# dictionary-encoded; the others (ids, URLs, captions, times) are nearly all distinct, and a
+# dictionary built for them only to be dropped cost time and size: 20,000 rows wrote in 37 ms
+# instead of 55 (zstd), into a file 27% smaller; a part in lz4, 25 instead of 44.
+REPEATING_COLUMNS = frozenset(
+    {
+        "status",
+        "model",
+        "finish_reason",
+        "flagged",
+        "flagged_categories",
+        "max_severity",
+        "filter_results",
+        "error_type",
+        "error_message",
+        "retryable",
+        "http_status",
+        "attempts",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cached_tokens",
+        "reasoning_tokens",
+        "cost_usd",
+        "prior_cost_usd",
+        "dedup_of",
+    }
+)
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    return [name for name in schema.names if name in REPEATING_COLUMNS]
 
 
 def fsync_dir(folder: Path) -> None:
@@ -57,7 +89,13 @@ def _fsync_and_rename(tmp: Path, path: Path) -> None:
 
 def atomic_write_table(path: Path, table: pa.Table) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression=PART_COMPRESSION, write_statistics=False)
+    pq.write_table(
+        table,
+        tmp,
+        compression=PART_COMPRESSION,
+        write_statistics=False,
+        use_dictionary=_dictionary_columns(table.schema),
+    )
     _fsync_and_rename(tmp, path)
 
 
@@ -69,7 +107,13 @@ def write_in_row_groups(
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     pending: list[pa.Table] = []
     pending_rows = 0
-    with pq.ParquetWriter(tmp, schema, compression=compression, write_statistics=statistics) as writer:
+    with pq.ParquetWriter(
+        tmp,
+        schema,
+        compression=compression,
+        write_statistics=statistics,
+        use_dictionary=_dictionary_columns(schema),
+    ) as writer:
         for table in tables:
             pending.append(table)
             pending_rows += table.num_rows
@@ -197,7 +241,10 @@ def order_rows(source: Path, target: Path, *, column: str, compression: str) -> 
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     # Consecutive blocks mostly need the same row groups: keep the last block's decoded.
     cache: dict[int, pa.Table] = {}
-    with pq.ParquetWriter(tmp, file.schema_arrow, compression=compression, write_statistics=True) as writer:
+    schema = file.schema_arrow
+    with pq.ParquetWriter(
+        tmp, schema, compression=compression, write_statistics=True, use_dictionary=_dictionary_columns(schema)
+    ) as writer:
         for begin in range(0, n, BATCH_ROWS):
             at = order.slice(begin, BATCH_ROWS)
             group = starts.search_sorted(at, side="right") - 1

@@ -208,3 +208,15 @@ def test_a_small_run_does_not_read_its_own_parts_back(tmp_path):
     journal.finalize()
     assert journal.quarantined == []
     assert pl.read_parquet(tmp_path / "results.parquet")["id"].to_list() == [f"id{i}" for i in range(6)]
+
+
+def test_repeating_columns_are_dictionary_encoded_and_distinct_ones_are_not(tmp_path):
+    """A dictionary for ids or captions is built and dropped for nothing; status and the like keep one."""
+    journal = Journal(tmp_path)
+    journal.write_rows([_row(i, row=i) for i in range(50)])
+    journal.finalize()
+    meta = pq.ParquetFile(tmp_path / "results.parquet").metadata
+    encodings = {meta.schema.column(i).name: meta.row_group(0).column(i).encodings for i in range(meta.num_columns)}
+    assert any("DICTIONARY" in e for e in encodings["status"]), encodings["status"]
+    assert not any("DICTIONARY" in e for e in encodings["id"]), encodings["id"]
+    assert not any("DICTIONARY" in e for e in encodings["caption"]), encodings["caption"]
