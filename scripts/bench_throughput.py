@@ -17,7 +17,8 @@ requests, latency p50/p99, client CPU seconds per 1,000 requests, peak RSS.
 overhead: a zero-latency simulator with no limits, in its own process (so its
 CPU is not charged to the client). For each concurrency it runs the whole
 pipeline (manifest → requests → parsing → Parquet journal) and a plain aiohttp
-request loop against the same server, and prints requests/s, the pipeline's
+request loop over the same manifest (one POST per row, with its image URL)
+against the same server, and prints requests/s, the pipeline's
 rate as a ratio of the plain loop's (whole run, and steady state: the middle 80%
 of the server's admissions, without start-up and finalising), and client CPU
 per request (whole run).
