@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.journal import Journal
 from pipeline.models import ResultRow
+from pipeline.parquet_files import write_in_row_groups
 
 FILTERS = json.dumps({"prompt": [{"content_filter_results": {k: {"filtered": False} for k in "abcd"}}]})
 
@@ -68,7 +69,8 @@ def measure(folder: Path, *, fold_only: bool) -> None:
     journal = Journal(folder)
     started = time.perf_counter()
     if fold_only:
-        journal._write_latest(journal._sources(), folder / "folded.parquet", compression="zstd", statistics=True)
+        schema, tables = journal._latest_tables(journal._sources())
+        write_in_row_groups(folder / "folded.parquet", schema, tables, compression="zstd", statistics=True)
     else:
         journal.finalize()
     elapsed = time.perf_counter() - started
