@@ -103,7 +103,8 @@ class Journal:
         self.quarantine_dir = self.parts_dir / QUARANTINE_NAME
         self._merge_factor = merge_factor
         self._sort_in_memory_rows = sort_in_memory_rows
-        self._kept = KeptTables(limit_rows=sort_in_memory_rows)  # this run's parts, for finalize
+        # This run's parts, for its finalize (a shard's finalize folds nothing: it keeps none).
+        self._kept = KeptTables(limit_rows=0 if writer_id else sort_in_memory_rows)
         self._next_seq = 0
         # The tables of the parts this writer flushed and has not merged yet (at most merge_factor
         # small ones): a merge takes them from here instead of reading back what it just wrote.
@@ -306,14 +307,14 @@ class Journal:
         # Within a run every id is written once (manifest ids are unique), so parts usually share
         # no id and merge by plain concatenation, a third of the newest-wins merge's cost. Parts
         # of different runs can hold two rows of one id (a retried error): those keep the newest.
-        fresh = [self._unmerged[path] for path in paths if path in self._unmerged]
+        fresh = [t for t in (self._unmerged.get(path, self._kept.get(path)) for path in paths) if t is not None]
         if len(fresh) == len(paths) and tables_disjoint(fresh):
             # All flushed by this writer a moment ago: concatenated from memory, not read back
             # (reading 16 small parts cost 5x writing their merge).
             write_in_row_groups(target, RESULT_ARROW_SCHEMA, fresh, compression=PART_COMPRESSION)
             self._kept.merged(paths, target, pa.concat_tables(fresh))
         else:
-            self._kept.forget()  # parts of an earlier run among them: finalize reads the folder
+            self._kept.forget()  # parts not in memory (an earlier run's): finalize reads the folder
             if ids_disjoint(paths):
                 concat_parts(paths, target)
             else:
@@ -374,7 +375,7 @@ class Journal:
             for part in parts:
                 part.path.unlink(missing_ok=True)
             self._unmerged.clear()
-            self._kept = KeptTables(limit_rows=self._sort_in_memory_rows)
+            self._kept = KeptTables(limit_rows=0 if self.writer_id else self._sort_in_memory_rows)
             self._loose_parts = 0
         except UnreadableFileError:
             raise

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from .errors import JournalError
 from .models import RESULT_ARROW_SCHEMA, conform
-from .parquet_files import BATCH_ROWS, PART_COMPRESSION, fsync_dir, write_in_row_groups
+from .parquet_files import BATCH_ROWS, IN_MEMORY_BYTES, PART_COMPRESSION, fsync_dir, write_in_row_groups
 
 PART_NAME = re.compile(r"^p(\d{10})-(\d{10})(?:-([a-z0-9]{1,32}))?\.parquet$")
 
@@ -82,22 +82,27 @@ def concat_parts(paths: list[Path], target: Path) -> None:
 
 class KeptTables:
     """The tables of the parts one writer wrote in this run, kept while they add up to at most
-    ``limit_rows`` rows: finalize then folds them from memory instead of reading its parts back
-    (20,000 rows: ~130 of the ~220 ms it took). A merge's table shares its parts' buffers."""
+    ``limit_rows`` rows and IN_MEMORY_BYTES: finalize then folds them from memory instead of
+    reading its parts back (20,000 rows: ~130 of the ~220 ms it took), and a merge of merged parts
+    takes them from here too. A merge's table shares its parts' buffers."""
 
     def __init__(self, *, limit_rows: int) -> None:
-        self._tables: dict[Path, pa.Table] | None = {}
-        self._rows = 0
+        self._tables: dict[Path, pa.Table] | None = {} if limit_rows > 0 else None
+        self._rows = self._bytes = 0
         self._limit_rows = limit_rows
 
     def add(self, path: Path, table: pa.Table) -> None:
         if self._tables is None:
             return
         self._rows += table.num_rows
-        if self._rows > self._limit_rows:
+        self._bytes += table.nbytes
+        if self._rows > self._limit_rows or self._bytes > IN_MEMORY_BYTES:
             self.forget()  # too many to hold: finalize reads the parts
         else:
             self._tables[path] = table
+
+    def get(self, path: Path) -> pa.Table | None:
+        return None if self._tables is None else self._tables.get(path)
 
     def merged(self, paths: list[Path], target: Path, table: pa.Table) -> None:
         if self._tables is None or any(path not in self._tables for path in paths):

@@ -7,9 +7,8 @@ the full one (every page decoded).
 
 from __future__ import annotations
 
-import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import polars as pl
@@ -21,38 +20,29 @@ BATCH_ROWS = 65_536
 # (zstd's per-column set-up dominates small files). results.parquet, the file users keep, is zstd.
 PART_COMPRESSION = "lz4"
 RESULTS_COMPRESSION = "zstd"
-# Result columns whose values repeat (a status, a model, the filter verdict, token counts) are
-# dictionary-encoded; the others (ids, URLs, captions, times) are nearly all distinct, and a
-# dictionary built for them only to be dropped cost time and size: 20,000 rows wrote in 37 ms
-# instead of 55 (zstd), into a file 27% smaller; a part in lz4, 25 instead of 44.
-REPEATING_COLUMNS = frozenset(
-    {
-        "status",
-        "model",
-        "finish_reason",
-        "flagged",
-        "flagged_categories",
-        "max_severity",
-        "filter_results",
-        "error_type",
-        "error_message",
-        "retryable",
-        "http_status",
-        "attempts",
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
-        "cached_tokens",
-        "reasoning_tokens",
-        "cost_usd",
-        "prior_cost_usd",
-        "dedup_of",
-    }
+# Result columns nearly all distinct (ids, URLs, captions, times) are written without a
+# dictionary: pyarrow builds one for every column by default, and for these it was built only to
+# be dropped. 20,000 rows wrote in 37 ms instead of 55 (zstd), into a file 27% smaller; a part in
+# lz4, 25 instead of 44. Every other column (status, model, filter verdict, token counts, typed
+# labels) keeps one.
+DISTINCT_COLUMNS = frozenset(
+    {"id", "url", "caption", "captions", "response_id", "request_key", "finished_at", "latency_s", "path", "row"}
 )
+# What finalize and a run's kept parts hold in memory at most (a caption can be long): past it, they stream.
+IN_MEMORY_BYTES = 256 * 1024 * 1024
 
 
 def _dictionary_columns(schema: pa.Schema) -> list[str]:
-    return [name for name in schema.names if name in REPEATING_COLUMNS]
+    """Parquet column paths to dictionary-encode: a list column's values sit at ``name.list.element``."""
+    paths: list[str] = []
+    for field in schema:
+        if field.name in DISTINCT_COLUMNS:
+            continue
+        if pa.types.is_list(field.type) or pa.types.is_large_list(field.type):
+            paths += [f"{field.name}.list.element", f"{field.name}.list.item"]  # compliant and legacy names
+        else:
+            paths.append(field.name)
+    return paths
 
 
 def fsync_dir(folder: Path) -> None:
@@ -189,16 +179,17 @@ def write_sorted(
 ) -> None:
     """``tables`` written to ``target`` atomically, their rows sorted by ``order_by`` (``sort_order``).
 
-    Up to ``in_memory_rows`` rows are sorted in memory and written once; more are written as
+    Up to ``in_memory_rows`` rows (and IN_MEMORY_BYTES) are sorted in memory and written once; more are written as
     they come, then ordered by a second pass that holds only the sort key (``order_rows``).
     """
     tables = iter(tables)
     held: list[pa.Table] = []
-    held_rows = 0
+    held_rows = held_bytes = 0
     for table in tables:
         held.append(table)
         held_rows += table.num_rows
-        if held_rows > in_memory_rows:
+        held_bytes += table.nbytes
+        if held_rows > in_memory_rows or held_bytes > IN_MEMORY_BYTES:
             break
     else:
         whole = pa.concat_tables(held) if held else schema.empty_table()
@@ -206,7 +197,13 @@ def write_sorted(
         write_in_row_groups(target, schema, [whole.take(order)], compression=compression, statistics=statistics)
         return
     unsorted = target.with_name(f".{target.name}.unsorted.tmp-{os.getpid()}")
-    write_in_row_groups(unsorted, schema, itertools.chain(held, tables), compression=compression, statistics=statistics)
+
+    def handed_on() -> Iterator[pa.Table]:
+        while held:  # each held table let go of once written
+            yield held.pop(0)
+        yield from tables
+
+    write_in_row_groups(unsorted, schema, handed_on(), compression=compression, statistics=statistics)
     order_rows(unsorted, target, column=order_by, compression=compression)
 
 

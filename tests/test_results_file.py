@@ -216,7 +216,22 @@ def test_repeating_columns_are_dictionary_encoded_and_distinct_ones_are_not(tmp_
     journal.write_rows([_row(i, row=i) for i in range(50)])
     journal.finalize()
     meta = pq.ParquetFile(tmp_path / "results.parquet").metadata
-    encodings = {meta.schema.column(i).name: meta.row_group(0).column(i).encodings for i in range(meta.num_columns)}
+    encodings = {meta.schema.column(i).path: meta.row_group(0).column(i).encodings for i in range(meta.num_columns)}
     assert any("DICTIONARY" in e for e in encodings["status"]), encodings["status"]
+    assert any("DICTIONARY" in e for e in encodings["flagged_categories.list.element"]), encodings
     assert not any("DICTIONARY" in e for e in encodings["id"]), encodings["id"]
     assert not any("DICTIONARY" in e for e in encodings["caption"]), encodings["caption"]
+
+
+def test_merges_of_merged_parts_keep_a_small_run_in_memory(tmp_path):
+    """With merge_factor 2, four flushes merge twice over; the run is still folded from memory
+    (its one remaining part, damaged on disk, is not read)."""
+    journal = Journal(tmp_path, merge_factor=2)
+    for start in range(0, 8, 2):
+        journal.write_rows([_row(i, row=i) for i in range(start, start + 2)])
+    (part,) = (tmp_path / "journal").glob("p*.parquet")
+    assert part.name.startswith("p0000000004-0000000001")
+    part.write_bytes(b"PAR1 damaged")
+    journal.finalize()
+    assert journal.quarantined == []
+    assert pl.read_parquet(tmp_path / "results.parquet")["row"].to_list() == list(range(8))
