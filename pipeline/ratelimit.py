@@ -234,10 +234,18 @@ class RateLimiter:
             return
         if self._probe_answered is None:
             self._probe_answered = anyio.Event()
+        answered = self._probe_answered
         # Woken by the answer itself (at zero latency a 50 ms poll held everyone back longer than
-        # the probe took); the bound is real time, for a probe that never comes back.
-        with anyio.move_on_after(self._probe_wait_s):
-            await self._probe_answered.wait()
+        # the probe took), or after probe_wait_s on the limiter's own clock if it never comes back.
+        async with anyio.create_task_group() as waiting:
+
+            async def give_up() -> None:
+                await self._sleep(self._probe_wait_s)
+                waiting.cancel_scope.cancel()
+
+            waiting.start_soon(give_up)
+            await answered.wait()
+            waiting.cancel_scope.cancel()
 
     def _heard_back(self) -> None:
         self._answered = True

@@ -257,6 +257,26 @@ def test_the_requests_waiting_on_the_probe_go_as_soon_as_its_answer_arrives():
     anyio.run(main)
 
 
+def test_a_probe_that_never_answers_holds_the_others_for_probe_wait_s_of_the_limiters_clock():
+    """The bound is on the injected clock, like every other wait of the limiter: on virtual time the
+    others go 10 virtual seconds after the probe, at once in real time."""
+    clock = VirtualClock()
+    limiter = RateLimiter(rpm=None, tpm=None, clock=clock, sleep=clock.sleep, read_headers=openai_headers)
+    sent: list[float] = []
+
+    async def worker() -> None:
+        await limiter.acquire(10)
+        sent.append(clock.now)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(worker)
+
+    clock.run(main)
+    assert sent == [1000.0, 1010.0, 1010.0, 1010.0]
+
+
 def test_a_known_limit_needs_no_probe():
     """rpm configured: requests are paced from the first one, nobody waits for an answer."""
     clock = FakeClock()
