@@ -172,7 +172,7 @@ def run_pipeline(
     }
 
 
-def run_aiohttp_loop(base_url: str, manifest: Path, *, concurrency: int) -> dict:
+def run_aiohttp_loop(base_url: str, manifest: Path, *, concurrency: int, event_loop: str = "asyncio") -> dict:
     """The reference: one POST per manifest row with a bounded number in flight, reading each JSON
     reply, nothing else. Each body carries its row's image URL, as the pipeline's do.
 
@@ -223,7 +223,13 @@ def run_aiohttp_loop(base_url: str, manifest: Path, *, concurrency: int) -> dict
         return done
 
     cpu0, t0 = cpu_s(), time.perf_counter()
-    done = asyncio.run(go())
+    if event_loop == "uvloop":  # the loop the pipeline runs on (--reference-loop uvloop)
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            done = runner.run(go())
+    else:
+        done = asyncio.run(go())
     wall, cpu = time.perf_counter() - t0, cpu_s() - cpu0
     return {"requests": done, "wall_s": wall, "rps": done / wall, "cpu_ms_per_request": cpu / max(1, done) * 1000}
 
@@ -259,7 +265,9 @@ def overhead(args: argparse.Namespace) -> None:
                 # run on this machine, so one pair of runs gives a noisy ratio; the median is kept.
                 trials = []
                 for _ in range(args.repeat):
-                    plain = run_aiohttp_loop(sim.base_url, manifest, concurrency=concurrency)
+                    plain = run_aiohttp_loop(
+                        sim.base_url, manifest, concurrency=concurrency, event_loop=args.reference_loop
+                    )
                     plain_times = new_admissions(seen)
                     seen += len(plain_times)
                     ours = run_pipeline(sim.base_url, manifest, concurrency=concurrency, transport=args.transport)
@@ -286,6 +294,7 @@ def overhead(args: argparse.Namespace) -> None:
                         {
                             "mode": "overhead",
                             "transport": args.transport,
+                            "reference_loop": args.reference_loop,
                             "rows": args.rows,
                             "concurrency": concurrency,
                             "repeats": args.repeat,
@@ -421,6 +430,12 @@ def main() -> None:
     o = sub.add_parser("overhead", help="zero-latency simulator, no limits: pipeline vs a plain aiohttp loop")
     o.add_argument("--rows", type=int, default=4000)
     o.add_argument("--concurrency", type=int, nargs="+", default=[64, 512])
+    o.add_argument(
+        "--reference-loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="the plain loop's event loop: asyncio's own (plain, the default) or uvloop (the pipeline's)",
+    )
     o.add_argument(
         "--repeat", type=int, default=3, help="interleaved loop/pipeline pairs per concurrency (median kept)"
     )
