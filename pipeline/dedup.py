@@ -41,9 +41,10 @@ class SharedRequest:
     Event per request is a measurable share of the per-row CPU.
     """
 
-    __slots__ = ("row", "finished", "_done")
+    __slots__ = ("key", "row", "finished", "_done")
 
-    def __init__(self) -> None:
+    def __init__(self, key: str) -> None:
+        self.key = key
         self.row: ResultRow | None = None
         self.finished = False
         self._done: anyio.Event | None = None
@@ -81,13 +82,14 @@ class RequestDedup:
         return found
 
     def begin(self, key: str) -> SharedRequest:
-        shared = SharedRequest()
+        shared = SharedRequest(key)
         self._remember(key, shared)
         return shared
 
-    def end(self, key: str, shared: SharedRequest, row: ResultRow | None) -> None:
+    def end(self, shared: SharedRequest, row: ResultRow | None) -> None:
         """The request's answer (None: it was not answered, and the next identical row sends it)."""
         shared.finish(row)
+        key = shared.key
         if self._known.get(key) is shared:
             # Once answered, keep only the row: a waiter object per remembered request adds up.
             if row is None:

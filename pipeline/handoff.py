@@ -79,7 +79,7 @@ class Handoff(Generic[T]):
             self._getters.append(woken)
             try:
                 await woken.wait()
-            except BaseException:
+            except anyio.get_cancelled_exc_class():  # the only way out of a wait that did not end it
                 if woken.is_set():
                     self._wake_getter()  # the wake-up meant for this task goes to the next one
                 else:

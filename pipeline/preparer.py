@@ -65,6 +65,7 @@ class Preparer:
         self._now = now
         self._prior_cost = prior_cost
         images = config.images
+        self._links_only = not config.images.inline_remote  # remote images are sent as their URL
         self._limits = ImageLimits(max_bytes=images.max_bytes, max_pixels=images.max_pixels, max_side=images.max_side)
         # Two calls per pool worker keep each busy while the other's result comes back. Downloads
         # (inline_remote) wait on the network, not a core: as many as requests may be in flight.
@@ -115,7 +116,7 @@ class Preparer:
         """The per-row boundary for preparation: whatever happens ends in this row's ``PreparedRow``."""
         prior = self._prior_cost(item.id)
         try:
-            if is_remote(item.url) and not self.config.images.inline_remote:
+            if self._links_only and is_remote(item.url):
                 image = PreparedImage(url=remote_url(item.url))  # sent as a link: nothing to wait for
             else:
                 image = await self._inlined_image(item)

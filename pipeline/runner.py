@@ -319,8 +319,8 @@ class Runner:
                 self.request_stop(stop.reason)
             row = stop.row
         finally:
-            if key is not None and shared is not None:
-                self._dedup.end(key, shared, row)
+            if shared is not None:
+                self._dedup.end(shared, row)
         return row
 
     # -- flushing ----------------------------------------------------------------

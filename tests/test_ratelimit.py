@@ -211,20 +211,26 @@ def test_a_young_run_measures_its_rate_over_the_time_it_has_run():
     assert limiter.rpm == 1800
 
 
+def _start_workers(tg, limiter: RateLimiter, n: int, record) -> None:
+    """``n`` workers, each acquiring one slot and then calling ``record`` with its number."""
+
+    async def worker(i: int) -> None:
+        await limiter.acquire(10)
+        record(i)
+
+    for i in range(n):
+        tg.start_soon(worker, i)
+
+
 def test_with_no_limit_known_the_first_request_probes_alone():
     """Before any answer, one request goes and the others wait for its headers; then they are paced by them."""
     clock = FakeClock()
     limiter = RateLimiter(rpm=None, tpm=None, clock=clock, sleep=clock.sleep, read_headers=openai_headers)
     sent: list[float] = []
 
-    async def worker() -> None:
-        await limiter.acquire(10)
-        sent.append(clock.now)
-
     async def main() -> None:
         async with anyio.create_task_group() as tg:
-            for _ in range(5):
-                tg.start_soon(worker)
+            _start_workers(tg, limiter, 5, lambda _: sent.append(clock.now))
             await anyio.sleep(0)  # let the probe go and the others start waiting
             assert len(sent) == 1
             clock.now += 1.5  # the probe's answer arrives, with the server's limit
@@ -240,14 +246,9 @@ def test_the_requests_waiting_on_the_probe_go_as_soon_as_its_answer_arrives():
     limiter = RateLimiter(rpm=None, tpm=None, clock=time.monotonic, sleep=anyio.sleep, read_headers=openai_headers)
     sent: list[int] = []
 
-    async def worker(i: int) -> None:
-        await limiter.acquire(10)
-        sent.append(i)
-
     async def main() -> None:
         async with anyio.create_task_group() as tg:
-            for i in range(5):
-                tg.start_soon(worker, i)
+            _start_workers(tg, limiter, 5, sent.append)
             await anyio.wait_all_tasks_blocked()
             assert sent == [0]
             limiter.observe({})  # the probe's answer, naming no limit
@@ -264,14 +265,9 @@ def test_a_probe_that_never_answers_holds_the_others_for_probe_wait_s_of_the_lim
     limiter = RateLimiter(rpm=None, tpm=None, clock=clock, sleep=clock.sleep, read_headers=openai_headers)
     sent: list[float] = []
 
-    async def worker() -> None:
-        await limiter.acquire(10)
-        sent.append(clock.now)
-
     async def main() -> None:
         async with anyio.create_task_group() as tg:
-            for _ in range(4):
-                tg.start_soon(worker)
+            _start_workers(tg, limiter, 4, lambda _: sent.append(clock.now))
 
     clock.run(main)
     assert sent == [1000.0, 1010.0, 1010.0, 1010.0]
